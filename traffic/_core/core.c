@@ -1,0 +1,1356 @@
+/*
+ * core.c: transits, transfers, and the cycle.
+ *
+ * Who owns what, across threads
+ * -----------------------------
+ * Every mutable field of a Traffic and of its transits and kernel points is
+ * guarded by the Traffic's mutex.  The mutex is never held across a system
+ * call that can block: a transfer marks its transit IN_SYSCALL (and its
+ * kernel point busy), drops the mutex, loops read/write/accept to EAGAIN,
+ * and takes the mutex back to settle the outcome.  While IN_SYSCALL, only
+ * the thread performing the transfer touches the transit's resource and
+ * position; everyone else sees the flag and leaves them alone: a withdraw
+ * then answers TR_COMPLETING, and a termination is finished by the
+ * transferring thread when it settles.
+ *
+ * Kernel points are closed only here, once every transit on them has
+ * terminated and no system call on the descriptor is in flight: the
+ * registration is removed first, then the descriptor closed, exactly once.
+ * A closed point is not freed at once: an event batch fetched by the cycle
+ * may still name it.  Points are freed by the thread that runs the cycle
+ * between batches (reap), or when the Traffic is destroyed.
+ *
+ * A transit's struct is freed when its owner (Python) has released it, it
+ * has terminated, and no list or system call refers to it.  Transits and
+ * Traffics are reachable from Python through plain pointers; the registry
+ * lock orders a transit's release against its Traffic's destruction.
+ *
+ * Lists
+ * -----
+ * Transits are linked into the Traffic's lists through themselves (no
+ * allocation per event): "work" holds transits with a resource and a kernel
+ * that is ready for them; "reports" holds transits with cycle events
+ * (synchronous) or completed requests (threaded).  "all" links every
+ * transit in traffic, for destruction.
+ *
+ * Edges and readiness
+ * -------------------
+ * Registration is edge-triggered and lazy: a transit starts out assuming
+ * its kernel point is ready, tries, and only at its first EAGAIN registers
+ * the point (registration reports current readiness, so no edge is lost).
+ * Each edge bumps the transit's edge count; a transfer that ends in EAGAIN
+ * clears READY only if no edge arrived during its system call, which closes
+ * the race between "drained" and "new data" without a wake of the cycle.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "internal.h"
+
+#define TR_BATCH 256
+
+/* Transit flags */
+#define TF_READY       (1u << 0)   /* the kernel may have more for us */
+#define TF_TERMINATED  (1u << 1)   /* no more transfers */
+#define TF_TERMINATING (1u << 2)   /* owner asked to terminate during a syscall */
+#define TF_DISREGARD   (1u << 3)   /* ... without shutdown */
+#define TF_CLOSED      (1u << 4)   /* terminated by its owner, not by the kernel */
+#define TF_EXHAUSTED   (1u << 5)   /* last resource used up, none since */
+#define TF_REQUEST     (1u << 6)   /* threaded: a request is outstanding */
+#define TF_WITHDRAW    (1u << 7)   /* threaded: withdraw asked during a syscall */
+#define TF_IN_SYSCALL  (1u << 8)   /* a thread is transferring without the lock */
+#define TF_ON_WORK     (1u << 9)
+#define TF_ON_REPORTS  (1u << 10)
+#define TF_RELEASED    (1u << 11)  /* the owner dropped its reference */
+#define TF_FAULT       (1u << 12)  /* threaded: a fault waits to be reported */
+
+/* Outcomes of one transfer loop. */
+enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT };
+
+struct tr_point {
+	int fd;
+	int links;          /* transit structs pointing here */
+	int open;           /* transits not yet terminated */
+	int busy;           /* system calls in flight on fd */
+	unsigned registered:1, closed:1, is_socket:1, dead:1;
+	struct tr_transit *io[2];   /* by polarity */
+	struct tr_point *next_dead;
+};
+
+struct tr_transit {
+	struct tr_traffic *traffic;
+	struct tr_point *point;
+	unsigned long long token;
+	int type;
+	int polarity;
+	unsigned int flags;
+	unsigned int events;      /* synchronous: TR_EV_* not yet taken */
+	int outcome;              /* threaded: outcome of the completed request */
+	int error;                /* errno of termination or fault */
+	int inject;               /* fault injection: errno for the next transfer */
+	unsigned long edges;
+	char *buf;
+	size_t size, pos, mark;   /* resource, transferred so far, reported so far */
+	struct tr_transit *next_work, *next_report;
+	struct tr_transit *next_all, *prev_all;
+};
+
+struct tr_traffic {
+	pthread_mutex_t lock;
+	struct tr_kernel *kernel;
+	int mode;
+	int signal_read, signal_write;
+	unsigned sleeping:1, wake_pending:1, signalled:1, cycling:1, stopping:1,
+	    threaded:1, failed:1;
+	int fatal;                /* errno that stopped the cycle thread */
+	pthread_t thread;
+	struct tr_transit *work, *work_tail;
+	struct tr_transit *reports, *reports_tail;
+	struct tr_transit *all;
+	struct tr_point *dead;
+	struct tr_kevent events[TR_BATCH];
+};
+
+static long live_objects;
+static pthread_mutex_t registry = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+
+static void
+registry_after_fork_child(void)
+{
+	/* A thread of the parent may have held it at fork(); the child has one thread. */
+	pthread_mutex_init(&registry, NULL);
+}
+
+static void
+registry_init(void)
+{
+	pthread_atfork(NULL, NULL, registry_after_fork_child);
+}
+
+long
+tr_live_objects(void)
+{
+	return __atomic_load_n(&live_objects, __ATOMIC_SEQ_CST);
+}
+
+static void
+live(long delta)
+{
+	__atomic_add_fetch(&live_objects, delta, __ATOMIC_SEQ_CST);
+}
+
+/* Lists */
+
+static void
+push_work(struct tr_traffic *tr, struct tr_transit *t)
+{
+	if (t->flags & TF_ON_WORK)
+		return;
+	t->flags |= TF_ON_WORK;
+	t->next_work = NULL;
+	if (tr->work_tail)
+		tr->work_tail->next_work = t;
+	else
+		tr->work = t;
+	tr->work_tail = t;
+}
+
+static struct tr_transit *
+pop_work(struct tr_traffic *tr)
+{
+	struct tr_transit *t = tr->work;
+
+	if (t == NULL)
+		return NULL;
+	tr->work = t->next_work;
+	if (tr->work == NULL)
+		tr->work_tail = NULL;
+	t->flags &= ~TF_ON_WORK;
+	return t;
+}
+
+static void
+push_report(struct tr_traffic *tr, struct tr_transit *t)
+{
+	if (t->flags & TF_ON_REPORTS)
+		return;
+	t->flags |= TF_ON_REPORTS;
+	t->next_report = NULL;
+	if (tr->reports_tail)
+		tr->reports_tail->next_report = t;
+	else
+		tr->reports = t;
+	tr->reports_tail = t;
+	if (tr->threaded && !tr->signalled) {
+		/* One signal per batch: the collector clears it when it empties the list. */
+		tr->signalled = 1;
+		tr_signal_raise(tr->signal_write);
+	}
+}
+
+static struct tr_transit *
+pop_report(struct tr_traffic *tr)
+{
+	struct tr_transit *t = tr->reports;
+
+	if (t == NULL)
+		return NULL;
+	tr->reports = t->next_report;
+	if (tr->reports == NULL)
+		tr->reports_tail = NULL;
+	t->flags &= ~TF_ON_REPORTS;
+	return t;
+}
+
+static void
+wake_cycle(struct tr_traffic *tr)
+{
+	if (tr->sleeping)
+		tr_kernel_wake(tr->kernel);
+	else
+		tr->wake_pending = 1;
+}
+
+static int wants_transfer(const struct tr_transit *t);
+
+/* Kernel points */
+
+static void
+point_close(struct tr_traffic *tr, struct tr_point *p)
+{
+	if (p->closed)
+		return;
+	if (p->registered && tr != NULL)
+		tr_kernel_unregister(tr->kernel, p->fd);
+	/* Never retried on EINTR: on Linux the descriptor is gone either way. */
+	close(p->fd);
+	p->fd = -1;
+	p->closed = 1;
+	p->registered = 0;
+}
+
+/* Close the point if nothing is left to use it; called with the lock held. */
+static void
+point_settle(struct tr_traffic *tr, struct tr_point *p)
+{
+	if (p->open == 0 && p->busy == 0)
+		point_close(tr, p);
+}
+
+static void
+point_unlink(struct tr_traffic *tr, struct tr_point *p)
+{
+	if (--p->links > 0)
+		return;
+	if (tr == NULL) {
+		point_close(NULL, p);
+		free(p);
+	} else if (!p->dead) {
+		/* An event batch may still name it: the cycle frees it between batches. */
+		p->dead = 1;
+		p->next_dead = tr->dead;
+		tr->dead = p;
+	}
+}
+
+static void
+reap(struct tr_traffic *tr)
+{
+	struct tr_point *p;
+
+	while ((p = tr->dead) != NULL) {
+		tr->dead = p->next_dead;
+		point_close(tr, p);
+		free(p);
+	}
+}
+
+/* Transits */
+
+static void
+transit_free(struct tr_transit *t)
+{
+	struct tr_traffic *tr = t->traffic;
+
+	if (tr != NULL) {
+		if (t->prev_all)
+			t->prev_all->next_all = t->next_all;
+		else
+			tr->all = t->next_all;
+		if (t->next_all)
+			t->next_all->prev_all = t->prev_all;
+	}
+	if (t->point->io[t->polarity] == t)
+		t->point->io[t->polarity] = NULL;
+	point_unlink(tr, t->point);
+	free(t);
+	live(-1);
+}
+
+/* Free a released transit once nothing refers to it; lock held. */
+static int
+transit_consider_free(struct tr_transit *t)
+{
+	const unsigned int held = TF_IN_SYSCALL | TF_ON_WORK | TF_ON_REPORTS;
+
+	if ((t->flags & TF_RELEASED) && (t->flags & TF_TERMINATED) && !(t->flags & held)) {
+		transit_free(t);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * End the transit's ability to transfer; lock held, not IN_SYSCALL.
+ * The owner's terminate shuts down its own direction of a socket whose
+ * other transit lives on (half-close); disregard and kernel-reported ends
+ * do not.  The point closes with its last transit.
+ */
+static void
+transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner)
+{
+	struct tr_point *p = t->point;
+
+	if (t->flags & TF_TERMINATED)
+		return;
+	t->flags |= TF_TERMINATED;
+	t->flags &= ~(TF_TERMINATING | TF_READY);
+	t->error = error;
+	if (by_owner)
+		t->flags |= TF_CLOSED;
+	p->open -= 1;
+	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && p->open > 0 && !p->closed)
+		shutdown(p->fd, t->polarity == TR_INPUT ? SHUT_RD : SHUT_WR);
+	point_settle(tr, p);
+}
+
+static int
+set_nonblocking(int fd)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	/* Add the flag: never overwrite O_APPEND and friends. */
+	if (flags < 0)
+		return -errno;
+	if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+}
+
+int
+tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *sibling)
+{
+	struct tr_transit *t;
+	struct tr_point *p;
+	struct stat st;
+	int err;
+
+	if (type != TR_OCTETS && type != TR_SOCKETS)
+		return -EINVAL;
+	if (polarity != TR_INPUT && polarity != TR_OUTPUT)
+		return -EINVAL;
+	if (type == TR_SOCKETS && polarity != TR_INPUT)
+		return -EINVAL;
+
+	if (sibling != NULL) {
+		p = sibling->point;
+		if (sibling->traffic != NULL || (sibling->flags & TF_TERMINATED) || p->io[polarity] != NULL)
+			return -EINVAL;
+		if (type != sibling->type || fd != p->fd)
+			return -EINVAL;
+	} else {
+		if (fd < 0)
+			return -EBADF;
+		if (fstat(fd, &st) < 0)
+			return -errno;
+		if (type == TR_SOCKETS) {
+			int listening = 0;
+			socklen_t len = sizeof listening;
+
+			if (!S_ISSOCK(st.st_mode))
+				return -ENOTSOCK;
+			if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+				return -errno;
+			if (!listening)
+				return -EINVAL;
+		}
+		if ((err = set_nonblocking(fd)) < 0)
+			return err;
+		p = calloc(1, sizeof *p);
+		if (p == NULL)
+			return -ENOMEM;
+		p->fd = fd;
+		p->is_socket = S_ISSOCK(st.st_mode) ? 1 : 0;
+	}
+
+	t = calloc(1, sizeof *t);
+	if (t == NULL) {
+		if (sibling == NULL)
+			free(p);
+		return -ENOMEM;
+	}
+	t->point = p;
+	t->type = type;
+	t->polarity = polarity;
+	t->flags = TF_READY;   /* unknown readiness: try first, register at EAGAIN */
+	p->io[polarity] = t;
+	p->links += 1;
+	p->open += 1;
+	live(1);
+	*out = t;
+	return 0;
+}
+
+int
+tr_transit_fd(tr_transit *t)
+{
+	return t->point->closed ? -1 : t->point->fd;
+}
+
+/*
+ * Lock the transit's Traffic.  Returns NULL, with nothing locked, when the
+ * transit is not in traffic (never acquired, or its Traffic destroyed).
+ */
+static struct tr_traffic *
+lock_traffic(struct tr_transit *t)
+{
+	struct tr_traffic *tr;
+
+	pthread_mutex_lock(&registry);
+	tr = t->traffic;
+	if (tr != NULL)
+		pthread_mutex_lock(&tr->lock);
+	pthread_mutex_unlock(&registry);
+	return tr;
+}
+
+int
+tr_transit_status(tr_transit *t, int *error)
+{
+	struct tr_traffic *tr = lock_traffic(t);
+	int status = 0;
+
+	if (tr != NULL)
+		status |= TR_ST_ACQUIRED;
+	if (t->buf != NULL)
+		status |= TR_ST_RESOURCE;
+	if (t->flags & TF_EXHAUSTED)
+		status |= TR_ST_EXHAUSTED;
+	if (t->flags & (TF_TERMINATED | TF_TERMINATING))
+		status |= TR_ST_TERMINATED;
+	if (t->flags & TF_REQUEST)
+		status |= TR_ST_REQUEST;
+	*error = t->error;
+	if (tr != NULL)
+		pthread_mutex_unlock(&tr->lock);
+	return status;
+}
+
+int
+tr_transit_inject(tr_transit *t, int error)
+{
+	struct tr_traffic *tr = lock_traffic(t);
+
+	if (tr == NULL)
+		return TR_ECLOSED;
+	t->inject = error;
+	/* Fire at once if a transfer is waiting, rather than at the next edge. */
+	t->flags |= TF_READY;
+	if (wants_transfer(t)) {
+		push_work(tr, t);
+		wake_cycle(tr);
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return 0;
+}
+
+/* Transfers: called without the lock, with the transit IN_SYSCALL. */
+
+static int
+accept_is_transient(int error)
+{
+	switch (error) {
+	case ECONNABORTED:
+	case EINTR:
+	/* Pending network errors Linux reports through accept(2): retry. */
+	case EPROTO:
+	case ENOPROTOOPT:
+	case EHOSTDOWN:
+#ifdef ENONET
+	case ENONET:
+#endif
+	case EHOSTUNREACH:
+	case EOPNOTSUPP:
+	case ENETUNREACH:
+	case ENETDOWN:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int
+accept_is_fault(int error)
+{
+	/* Out of descriptors or memory: the listener is fine; report and let the caller back off. */
+	return error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM;
+}
+
+static int
+transfer_sockets(struct tr_transit *t, int *error)
+{
+	int fd = t->point->fd;
+
+	for (;;) {
+		int s;
+
+		if (t->size - t->pos < sizeof(int))
+			return TX_EXHAUSTED;
+#ifdef SOCK_CLOEXEC
+		s = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+#else
+		s = accept(fd, NULL, NULL);
+		if (s >= 0) {
+			fcntl(s, F_SETFD, FD_CLOEXEC);
+			set_nonblocking(s);
+		}
+#endif
+		if (s >= 0) {
+			memcpy(t->buf + t->pos, &s, sizeof s);
+			t->pos += sizeof s;
+			continue;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return TX_AGAIN;
+		if (accept_is_transient(errno))
+			continue;
+		*error = errno;
+		return accept_is_fault(errno) ? TX_FAULT : TX_ERROR;
+	}
+}
+
+static int
+transfer_octets(struct tr_transit *t, int *error)
+{
+	struct tr_point *p = t->point;
+
+	for (;;) {
+		size_t want = t->size - t->pos;
+		ssize_t n;
+
+		if (want == 0)
+			return TX_EXHAUSTED;
+		if (t->polarity == TR_INPUT)
+			n = read(p->fd, t->buf + t->pos, want);
+		else if (p->is_socket)
+			n = send(p->fd, t->buf + t->pos, want, MSG_NOSIGNAL);
+		else
+			n = write(p->fd, t->buf + t->pos, want);
+
+		if (n > 0) {
+			t->pos += (size_t)n;
+			/*
+			 * A short transfer means the kernel's buffer was drained (or
+			 * filled) at that moment; anything that changes it later raises
+			 * a new edge, so the EAGAIN call would only cost a system call.
+			 */
+			if ((size_t)n < want)
+				return TX_AGAIN;
+			continue;
+		}
+		if (n == 0 && t->polarity == TR_INPUT)
+			return TX_EOF;
+		if (n == 0)
+			return TX_AGAIN;   /* a zero-length write: wait for space */
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return TX_AGAIN;
+		*error = errno;
+		return TX_ERROR;
+	}
+}
+
+static int
+transfer(struct tr_transit *t, int *error)
+{
+	if (t->inject != 0) {
+		*error = t->inject;
+		t->inject = 0;
+		return (t->type == TR_SOCKETS && accept_is_fault(*error)) ? TX_FAULT : TX_ERROR;
+	}
+	if (t->type == TR_SOCKETS)
+		return transfer_sockets(t, error);
+	return transfer_octets(t, error);
+}
+
+/* Settling: lock held. */
+
+static void
+release_resource(struct tr_transit *t)
+{
+	t->buf = NULL;
+	t->size = t->pos = t->mark = 0;
+}
+
+/*
+ * A threaded request ended: hand the outcome back directly (inline) or
+ * through the completion list (cycle thread).  Returns the outcome.
+ */
+static int
+finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_report *report)
+{
+	t->flags &= ~(TF_REQUEST | TF_WITHDRAW);
+	t->outcome = outcome;
+	if (report != NULL) {
+		report->token = t->token;
+		report->events = 0;
+		report->outcome = outcome;
+		report->error = t->error;
+		report->start = 0;
+		report->stop = t->pos;
+		release_resource(t);
+	} else {
+		push_report(tr, t);
+	}
+	return outcome;
+}
+
+static int
+wants_transfer(const struct tr_transit *t)
+{
+	if (t->flags & (TF_TERMINATED | TF_TERMINATING | TF_IN_SYSCALL))
+		return 0;
+	if (t->buf == NULL || (t->flags & TF_EXHAUSTED))
+		return 0;
+	if (t->traffic->threaded && !(t->flags & TF_REQUEST))
+		return 0;
+	return 1;
+}
+
+static int
+ensure_registered(struct tr_traffic *tr, struct tr_point *p)
+{
+	int err;
+
+	if (p->registered || p->closed)
+		return 0;
+	err = tr_kernel_register(tr->kernel, p->fd, p);
+	if (err == 0)
+		p->registered = 1;
+	return err;
+}
+
+/*
+ * Decide what a threaded request's transfer loop amounts to.  Returns the
+ * outcome, or TR_PENDING if the request keeps waiting for an edge.
+ */
+static int
+judge_request(struct tr_transit *t, int rc)
+{
+	switch (rc) {
+	case TX_EOF:
+	case TX_ERROR:
+		/* Deliver what arrived first; the next request sees the end. */
+		if (t->polarity == TR_INPUT && t->pos > 0)
+			return TR_DONE;
+		return TR_TERMINATED;
+	case TX_FAULT:
+		if (t->pos > 0) {
+			t->flags |= TF_FAULT;   /* report it with the next request */
+			return TR_DONE;
+		}
+		return TR_FAULT;
+	case TX_EXHAUSTED:
+		return TR_DONE;
+	default:
+		if (t->polarity == TR_INPUT && t->pos > 0)
+			return TR_DONE;
+		return TR_PENDING;
+	}
+}
+
+/*
+ * Transfer for a transit until it has nothing to do, then settle: events
+ * (synchronous) or the request's outcome (threaded).  Lock held on entry and
+ * exit, dropped around the system calls.  report is non-NULL for an inline
+ * request: its outcome is returned instead of being queued.
+ */
+static int
+drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
+{
+	struct tr_point *p = t->point;
+	int outcome = TR_PENDING;
+
+	while (wants_transfer(t) && (t->flags & TF_READY)) {
+		unsigned long edges = t->edges;
+		size_t before = t->pos;
+		int error = 0, rc;
+
+		t->flags |= TF_IN_SYSCALL;
+		p->busy += 1;
+		pthread_mutex_unlock(&tr->lock);
+		rc = transfer(t, &error);
+		pthread_mutex_lock(&tr->lock);
+		t->flags &= ~TF_IN_SYSCALL;
+		p->busy -= 1;
+
+		if (t->flags & TF_TERMINATING) {
+			/* The owner terminated it while we were in the kernel. */
+			transit_end(tr, t, 0, 1);
+			if (tr->threaded && (t->flags & TF_REQUEST))
+				outcome = finish_request(tr, t, TR_CLOSED, report);
+			else if (!tr->threaded) {
+				t->events |= TR_EV_TERMINATE;
+				push_report(tr, t);
+			}
+			break;
+		}
+
+		switch (rc) {
+		case TX_AGAIN:
+			if (t->edges == edges) {
+				int err = ensure_registered(tr, p);
+
+				t->flags &= ~TF_READY;
+				if (err < 0) {
+					rc = TX_ERROR;
+					error = -err;
+				}
+			}
+			break;
+		case TX_EXHAUSTED:
+			t->flags |= TF_EXHAUSTED;
+			break;
+		case TX_FAULT:
+			t->error = error;
+			break;
+		default:
+			break;
+		}
+		if (rc == TX_EOF || rc == TX_ERROR)
+			transit_end(tr, t, rc == TX_EOF ? 0 : error, 0);
+
+		if (tr->threaded) {
+			outcome = judge_request(t, rc);
+			if (outcome == TR_PENDING && (t->flags & TF_WITHDRAW))
+				outcome = TR_WITHDRAWN;
+			if (outcome != TR_PENDING) {
+				t->flags &= ~TF_EXHAUSTED;
+				outcome = finish_request(tr, t, outcome, report);
+				break;
+			}
+		} else {
+			if (t->pos > before)
+				t->events |= TR_EV_TRANSFER;
+			if (rc == TX_EXHAUSTED)
+				t->events |= TR_EV_EXHAUST;
+			if (rc == TX_FAULT) {
+				t->events |= TR_EV_FAULT;
+				t->flags |= TF_EXHAUSTED;
+			}
+			if (t->flags & TF_TERMINATED)
+				t->events |= TR_EV_TERMINATE;
+			if (t->events)
+				push_report(tr, t);
+		}
+	}
+	point_settle(tr, p);
+	return outcome;
+}
+
+/* Apply a batch of kernel events: lock held. */
+static void
+apply_events(struct tr_traffic *tr, int n)
+{
+	int i;
+
+	for (i = 0; i < n; ++i) {
+		struct tr_point *p = tr->events[i].udata;
+		unsigned int f = tr->events[i].flags;
+		struct tr_transit *in, *out;
+
+		if (p->closed)
+			continue;
+		in = p->io[TR_INPUT];
+		out = p->io[TR_OUTPUT];
+		if (in != NULL && (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))) {
+			in->edges += 1;
+			in->flags |= TF_READY;
+			if (wants_transfer(in))
+				push_work(tr, in);
+		}
+		if (out != NULL && (f & (TR_K_WRITE | TR_K_ERROR))) {
+			out->edges += 1;
+			out->flags |= TF_READY;
+			if (wants_transfer(out))
+				push_work(tr, out);
+		}
+	}
+}
+
+static void
+run_work(struct tr_traffic *tr)
+{
+	struct tr_transit *t;
+
+	while ((t = pop_work(tr)) != NULL) {
+		if (!transit_consider_free(t)) {
+			drive(tr, t, NULL);
+			transit_consider_free(t);
+		}
+	}
+}
+
+/* Traffic */
+
+int
+tr_traffic_create(tr_traffic **out)
+{
+	struct tr_traffic *tr;
+	int err;
+
+	pthread_once(&registry_once, registry_init);
+	tr = calloc(1, sizeof *tr);
+	if (tr == NULL)
+		return -ENOMEM;
+	if ((err = tr_kernel_open(&tr->kernel)) < 0) {
+		free(tr);
+		return err;
+	}
+	if ((err = tr_signal_open(&tr->signal_read, &tr->signal_write)) < 0) {
+		tr_kernel_close(tr->kernel);
+		free(tr);
+		return err;
+	}
+	pthread_mutex_init(&tr->lock, NULL);
+	live(1);
+	*out = tr;
+	return 0;
+}
+
+int
+tr_traffic_mode(tr_traffic *tr)
+{
+	int mode;
+
+	pthread_mutex_lock(&tr->lock);
+	mode = tr->mode;
+	pthread_mutex_unlock(&tr->lock);
+	return mode;
+}
+
+int
+tr_traffic_completion_fd(tr_traffic *tr)
+{
+	return tr->signal_read;
+}
+
+int
+tr_traffic_wake(tr_traffic *tr)
+{
+	pthread_mutex_lock(&tr->lock);
+	wake_cycle(tr);
+	pthread_mutex_unlock(&tr->lock);
+	return 0;
+}
+
+int
+tr_traffic_acquire(tr_traffic *tr, tr_transit *t, unsigned long long token)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&registry);
+	pthread_mutex_lock(&tr->lock);
+	if (tr->stopping)
+		err = TR_ECLOSED;
+	else if (t->traffic != NULL)
+		err = t->traffic == tr ? -EALREADY : -EBUSY;
+	else if (t->flags & TF_TERMINATED)
+		err = TR_ECLOSED;
+	else {
+		struct tr_transit *sibling = t->point->io[!t->polarity];
+
+		/* One kernel registration per point: siblings share one Traffic. */
+		if (sibling != NULL && sibling->traffic != NULL && sibling->traffic != tr)
+			err = -EXDEV;
+	}
+	if (err == 0) {
+		t->traffic = tr;
+		t->token = token;
+		t->next_all = tr->all;
+		t->prev_all = NULL;
+		if (tr->all)
+			tr->all->prev_all = t;
+		tr->all = t;
+	}
+	pthread_mutex_unlock(&tr->lock);
+	pthread_mutex_unlock(&registry);
+	return err;
+}
+
+static void
+block_signals(sigset_t *saved)
+{
+	sigset_t all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, saved);
+}
+
+static void *
+cycle_main(void *arg)
+{
+	struct tr_traffic *tr = arg;
+
+#ifdef __linux__
+	pthread_setname_np(pthread_self(), "traffic-cycle");
+#endif
+	pthread_mutex_lock(&tr->lock);
+	while (!tr->stopping) {
+		int timeout = (tr->work != NULL || tr->wake_pending) ? 0 : -1;
+		int n;
+
+		tr->wake_pending = 0;
+		tr->sleeping = timeout != 0;
+		pthread_mutex_unlock(&tr->lock);
+		n = tr_kernel_wait(tr->kernel, tr->events, TR_BATCH, timeout);
+		pthread_mutex_lock(&tr->lock);
+		tr->sleeping = 0;
+		if (n < 0 && n != -EINTR) {
+			tr->fatal = -n;
+			break;
+		}
+		if (n > 0)
+			apply_events(tr, n);
+		run_work(tr);
+		reap(tr);
+	}
+	if (tr->fatal) {
+		/* The kernel queue failed: fail every request rather than hang it. */
+		struct tr_transit *t;
+
+		tr->failed = 1;
+		for (t = tr->all; t != NULL; t = t->next_all) {
+			if ((t->flags & TF_REQUEST) && !(t->flags & TF_IN_SYSCALL)) {
+				t->error = tr->fatal;
+				finish_request(tr, t, TR_TERMINATED, NULL);
+			}
+		}
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return NULL;
+}
+
+int
+tr_traffic_start(tr_traffic *tr)
+{
+	sigset_t saved;
+	int err = 0;
+
+	pthread_mutex_lock(&tr->lock);
+	if (tr->stopping)
+		err = TR_ECLOSED;
+	else if (tr->mode == TR_MODE_SYNCHRONOUS)
+		err = -EINVAL;
+	else if (tr->mode == TR_MODE_UNSET) {
+		/* The thread inherits the mask: blocked signals reach Python's main thread. */
+		block_signals(&saved);
+		err = -pthread_create(&tr->thread, NULL, cycle_main, tr);
+		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+		if (err == 0) {
+			tr->mode = TR_MODE_THREADED;
+			tr->threaded = 1;
+		}
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return err;
+}
+
+void
+tr_traffic_destroy(tr_traffic *tr)
+{
+	struct tr_transit *t, *next;
+
+	pthread_mutex_lock(&registry);
+	pthread_mutex_lock(&tr->lock);
+	tr->stopping = 1;
+	if (tr->threaded) {
+		tr_kernel_wake(tr->kernel);
+		pthread_mutex_unlock(&tr->lock);
+		pthread_join(tr->thread, NULL);
+		pthread_mutex_lock(&tr->lock);
+	}
+	for (t = tr->all; t != NULL; t = next) {
+		next = t->next_all;
+		t->flags &= ~(TF_ON_WORK | TF_ON_REPORTS);
+		if (!(t->flags & TF_TERMINATED)) {
+			t->flags |= TF_TERMINATED | TF_CLOSED;
+			t->point->open -= 1;
+		}
+		t->flags &= ~(TF_REQUEST | TF_TERMINATING);
+		release_resource(t);
+		point_close(tr, t->point);
+		if (t->flags & TF_RELEASED) {
+			transit_free(t);
+		} else {
+			t->traffic = NULL;
+			t->next_all = t->prev_all = NULL;
+		}
+	}
+	tr->all = NULL;
+	reap(tr);
+	pthread_mutex_unlock(&tr->lock);
+	pthread_mutex_unlock(&registry);
+
+	pthread_mutex_destroy(&tr->lock);
+	tr_signal_close(tr->signal_read, tr->signal_write);
+	tr_kernel_close(tr->kernel);
+	free(tr);
+	live(-1);
+}
+
+void
+tr_traffic_abandon(tr_traffic *tr)
+{
+	struct tr_transit *t;
+
+	/*
+	 * After fork(), in the child: the parent's cycle thread does not exist
+	 * here and the mutex may be held by a thread that does not exist either.
+	 * Close the child's copies of every descriptor without shutdown (the
+	 * parent's connections stay intact), detach the transits, and leak the
+	 * rest rather than touch the lock.
+	 */
+	for (t = tr->all; t != NULL; t = t->next_all) {
+		t->flags |= TF_TERMINATED | TF_CLOSED;
+		t->flags &= ~(TF_REQUEST | TF_ON_WORK | TF_ON_REPORTS);
+		release_resource(t);
+		if (!t->point->closed) {
+			close(t->point->fd);
+			t->point->fd = -1;
+			t->point->closed = 1;
+		}
+		t->traffic = NULL;
+	}
+	tr->all = NULL;
+	tr_signal_close(tr->signal_read, tr->signal_write);
+	tr_kernel_close(tr->kernel);
+}
+
+/* Transit operations */
+
+int
+tr_transit_acquire(tr_transit *t, void *resource, size_t size)
+{
+	struct tr_traffic *tr = lock_traffic(t);
+	int err = 0;
+
+	if (tr == NULL)
+		return (t->flags & TF_TERMINATED) ? TR_ECLOSED : -ENOTCONN;
+	if (tr->mode == TR_MODE_THREADED)
+		err = -EINVAL;
+	else if (t->flags & (TF_TERMINATED | TF_TERMINATING))
+		err = TR_ECLOSED;
+	else if (t->buf != NULL || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
+		err = -EBUSY;   /* the current resource is not exhausted, or its end not yet seen */
+	else {
+		tr->mode = TR_MODE_SYNCHRONOUS;
+		t->buf = resource;
+		t->size = size;
+		t->pos = t->mark = 0;
+		t->flags &= ~TF_EXHAUSTED;
+		if (t->flags & TF_READY) {
+			push_work(tr, t);
+			wake_cycle(tr);
+		}
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return err;
+}
+
+/*
+ * The owner ended a transit: report it so the owner
+ * can unpin the resource (a pending request completes TR_CLOSED; a
+ * synchronous transit gets its termination event).  Lock held.
+ */
+static void
+report_end(struct tr_traffic *tr, struct tr_transit *t)
+{
+	if (tr->threaded) {
+		if (t->flags & TF_REQUEST)
+			finish_request(tr, t, TR_CLOSED, NULL);
+	} else {
+		t->events |= TR_EV_TERMINATE;
+		push_report(tr, t);
+		wake_cycle(tr);
+	}
+}
+
+int
+tr_transit_terminate(tr_transit *t, int disregard)
+{
+	struct tr_traffic *tr = lock_traffic(t);
+
+	if (tr == NULL) {
+		/* Not in traffic: nothing else can be using it. */
+		if (!(t->flags & TF_TERMINATED)) {
+			if (disregard)
+				t->flags |= TF_DISREGARD;
+			transit_end(NULL, t, 0, 1);
+		}
+		return 0;
+	}
+	if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
+		pthread_mutex_unlock(&tr->lock);
+		return 0;
+	}
+	if (disregard)
+		t->flags |= TF_DISREGARD;
+	if (t->flags & TF_IN_SYSCALL) {
+		t->flags |= TF_TERMINATING;   /* the transferring thread finishes it */
+	} else {
+		transit_end(tr, t, 0, 1);
+		report_end(tr, t);
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return 0;
+}
+
+void
+tr_transit_release(tr_transit *t)
+{
+	struct tr_traffic *tr;
+
+	pthread_mutex_lock(&registry);
+	tr = t->traffic;
+	if (tr == NULL) {
+		if (!(t->flags & TF_TERMINATED))
+			transit_end(NULL, t, 0, 1);
+		transit_free(t);
+		pthread_mutex_unlock(&registry);
+		return;
+	}
+	pthread_mutex_lock(&tr->lock);
+	pthread_mutex_unlock(&registry);
+	/*
+	 * Dropped while in traffic: terminate it, never free it under the core.
+	 * Its last report still reaches the owner's collector, which unpins the
+	 * resource; the struct goes when nothing refers to it.
+	 */
+	t->flags |= TF_RELEASED;
+	if (!(t->flags & (TF_TERMINATED | TF_TERMINATING))) {
+		if (t->flags & TF_IN_SYSCALL) {
+			t->flags |= TF_TERMINATING;
+		} else {
+			transit_end(tr, t, 0, 1);
+			report_end(tr, t);
+		}
+	}
+	transit_consider_free(t);
+	pthread_mutex_unlock(&tr->lock);
+}
+
+/* Synchronous cycles */
+
+int
+tr_cycle_enter(tr_traffic *tr, int timeout_ms)
+{
+	int n, err = 0;
+
+	pthread_mutex_lock(&tr->lock);
+	if (tr->stopping)
+		err = TR_ECLOSED;
+	else if (tr->mode == TR_MODE_THREADED)
+		err = -EINVAL;
+	else if (tr->cycling)
+		err = -EBUSY;
+	if (err != 0) {
+		pthread_mutex_unlock(&tr->lock);
+		return err;
+	}
+	tr->mode = TR_MODE_SYNCHRONOUS;
+	tr->cycling = 1;
+	/* Carried-over events, ready work or a wake: look, but do not wait. */
+	if (tr->reports != NULL || tr->work != NULL || tr->wake_pending)
+		timeout_ms = 0;
+	tr->wake_pending = 0;
+	tr->sleeping = timeout_ms != 0;
+	pthread_mutex_unlock(&tr->lock);
+
+	n = tr_kernel_wait(tr->kernel, tr->events, TR_BATCH, timeout_ms);
+
+	pthread_mutex_lock(&tr->lock);
+	tr->sleeping = 0;
+	if (n < 0) {
+		tr->cycling = 0;
+		pthread_mutex_unlock(&tr->lock);
+		return n;
+	}
+	apply_events(tr, n);
+	run_work(tr);
+	reap(tr);
+	n = tr->reports != NULL;
+	pthread_mutex_unlock(&tr->lock);
+	return n;
+}
+
+int
+tr_cycle_take(tr_traffic *tr, tr_report *report)
+{
+	struct tr_transit *t;
+	int taken = 0;
+
+	pthread_mutex_lock(&tr->lock);
+	while (!taken && (t = pop_report(tr)) != NULL) {
+		if (t->events == 0) {
+			transit_consider_free(t);
+			continue;
+		}
+		report->token = t->token;
+		report->events = t->events;
+		report->outcome = 0;
+		report->error = t->error;
+		report->start = t->mark;
+		report->stop = t->pos;
+		t->mark = t->pos;
+		if (t->events & (TR_EV_EXHAUST | TR_EV_FAULT | TR_EV_TERMINATE))
+			t->buf = NULL;   /* released: the owner keeps it for this cycle's view */
+		t->events = 0;
+		taken = 1;
+		transit_consider_free(t);
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return taken;
+}
+
+void
+tr_cycle_exit(tr_traffic *tr)
+{
+	pthread_mutex_lock(&tr->lock);
+	tr->cycling = 0;
+	pthread_mutex_unlock(&tr->lock);
+}
+
+/* Threaded requests */
+
+int
+tr_request(tr_transit *t, void *resource, size_t size, int inline_first, tr_report *report)
+{
+	struct tr_traffic *tr = lock_traffic(t);
+	int outcome = TR_PENDING;
+
+	memset(report, 0, sizeof *report);
+	report->token = t->token;
+	if (tr == NULL)
+		return TR_ECLOSED;
+	if (!tr->threaded || tr->stopping) {
+		int err = tr->stopping ? TR_ECLOSED : -EINVAL;
+
+		pthread_mutex_unlock(&tr->lock);
+		return err;
+	}
+	if (tr->failed) {
+		report->error = tr->fatal;
+		outcome = TR_TERMINATED;
+	} else if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
+		if (t->flags & TF_CLOSED) {
+			pthread_mutex_unlock(&tr->lock);
+			return TR_ECLOSED;
+		}
+		report->error = t->error;
+		outcome = TR_TERMINATED;
+	} else if (t->flags & (TF_REQUEST | TF_ON_REPORTS)) {
+		pthread_mutex_unlock(&tr->lock);
+		return -EBUSY;
+	} else if (t->flags & TF_FAULT) {
+		/* A fault met after delivering earlier accepts: report it now. */
+		t->flags &= ~TF_FAULT;
+		report->error = t->error;
+		outcome = TR_FAULT;
+	} else {
+		t->buf = resource;
+		t->size = size;
+		t->pos = t->mark = 0;
+		t->error = 0;
+		t->flags |= TF_REQUEST;
+		t->flags &= ~TF_EXHAUSTED;
+		if (size == 0 || (t->type == TR_SOCKETS && size < sizeof(int)))
+			outcome = finish_request(tr, t, TR_DONE, report);
+		else if (inline_first)
+			outcome = drive(tr, t, report);
+		else if (t->flags & TF_READY) {
+			push_work(tr, t);
+			wake_cycle(tr);
+		}
+		if (outcome == TR_PENDING)
+			report->stop = t->pos;   /* a partly done send reports its count */
+	}
+	report->outcome = outcome;
+	pthread_mutex_unlock(&tr->lock);
+	return outcome;
+}
+
+int
+tr_withdraw(tr_transit *t, tr_report *report)
+{
+	struct tr_traffic *tr = lock_traffic(t);
+	int outcome;
+
+	memset(report, 0, sizeof *report);
+	report->token = t->token;
+	if (tr == NULL)
+		return TR_ECLOSED;
+	if (t->flags & TF_ON_REPORTS) {
+		outcome = TR_COMPLETING;    /* completed, not yet collected */
+	} else if (!(t->flags & TF_REQUEST)) {
+		outcome = -ENOENT;
+	} else if (t->flags & TF_IN_SYSCALL) {
+		t->flags |= TF_WITHDRAW;    /* the transferring thread completes it */
+		outcome = TR_COMPLETING;
+	} else {
+		t->flags &= ~TF_REQUEST;
+		report->outcome = TR_WITHDRAWN;
+		report->stop = t->pos;
+		release_resource(t);
+		outcome = TR_WITHDRAWN;
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return outcome;
+}
+
+int
+tr_collect(tr_traffic *tr, tr_report *reports, int max)
+{
+	struct tr_transit *t;
+	int n = 0;
+
+	pthread_mutex_lock(&tr->lock);
+	while (n < max && (t = pop_report(tr)) != NULL) {
+		reports[n].token = t->token;
+		reports[n].events = 0;
+		reports[n].outcome = t->outcome;
+		reports[n].error = t->error;
+		reports[n].start = 0;
+		reports[n].stop = t->pos;
+		release_resource(t);
+		transit_consider_free(t);
+		++n;
+	}
+	if (tr->reports == NULL && tr->signalled) {
+		tr->signalled = 0;
+		tr_signal_clear(tr->signal_read);
+	}
+	pthread_mutex_unlock(&tr->lock);
+	return n;
+}

@@ -1,0 +1,54 @@
+/*
+ * internal.h: what the core's C files share, and the one narrow interface
+ * every kernel event backend implements (epoll.c on Linux, kqueue.c where
+ * <sys/event.h> exists; the build compiles exactly one of them).
+ *
+ * The backend's contract, in the kqueue(2) model:
+ *
+ * - tr_kernel_register() subscribes a descriptor once, edge-triggered
+ *   (EPOLLET / EV_CLEAR), for both readability and writability, with an
+ *   opaque pointer returned in its events.  There is no per-transfer
+ *   modification: the core loops each transfer to EAGAIN and waits for the
+ *   next edge.  Registering reports the descriptor's current readiness.
+ * - tr_kernel_wait() waits at most timeout_ms (-1: forever) and returns the
+ *   number of events stored, or -errno (-EINTR included: a wait entered
+ *   from Python must return so that Python's signal handlers run).  A wake
+ *   is consumed inside the backend and is not reported as an event.
+ * - tr_kernel_wake() makes a concurrent or the next tr_kernel_wait() return;
+ *   safe from any thread.
+ * - The signal is the completion descriptor: raised by the cycle thread,
+ *   cleared by the collector, readable (poll/epoll/trio) while raised.
+ */
+#ifndef TRAFFIC_INTERNAL_H
+#define TRAFFIC_INTERNAL_H
+
+#include <stddef.h>
+#include "traffic.h"
+
+/* Readiness bits carried by a tr_kevent. */
+#define TR_K_READ  1u  /* readable, or accept can proceed */
+#define TR_K_WRITE 2u  /* writable */
+#define TR_K_HUP   4u  /* the peer hung up (input still to be drained) */
+#define TR_K_ERROR 8u  /* an error is pending on the descriptor */
+
+struct tr_kevent {
+	void *udata;
+	unsigned int flags;
+};
+
+struct tr_kernel;
+
+int tr_kernel_open(struct tr_kernel **out);
+void tr_kernel_close(struct tr_kernel *kernel);
+int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata);
+int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
+int tr_kernel_wait(struct tr_kernel *kernel, struct tr_kevent *events, int max, int timeout_ms);
+int tr_kernel_wake(struct tr_kernel *kernel);
+
+/* The completion signal: read_fd is what consumers wait on. */
+int tr_signal_open(int *read_fd, int *write_fd);
+void tr_signal_close(int read_fd, int write_fd);
+void tr_signal_raise(int write_fd);
+void tr_signal_clear(int read_fd);
+
+#endif

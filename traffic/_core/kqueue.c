@@ -1,0 +1,351 @@
+/*
+ * kqueue.c: the kernel event backend for the BSDs and macOS, kqueue(2).
+ *
+ * Some facts about kqueue this relies on:
+ *
+ * - A knote is keyed by (descriptor, filter), so a descriptor is registered
+ *   as two knotes, EVFILT_READ and EVFILT_WRITE, added once together in a
+ *   single kevent() change list.  They are reported separately, so one wait
+ *   may yield two tr_kevents with the same udata; the core ORs them.
+ * - EV_CLEAR makes a knote edge-triggered: its state is reset when it is
+ *   retrieved, so the core loops every transfer until EAGAIN and keeps a
+ *   "kernel ready" bit for transfers it could not finish.
+ * - EV_ADD evaluates the filter at once, so registering reports the
+ *   descriptor's current readiness and registering lazily misses nothing.
+ * - A change list is applied in order and stops at the first failing change
+ *   when there is no room for receipts: a registration that fails halfway
+ *   deletes whatever part of it was added.
+ * - EV_EOF on EVFILT_READ means the peer hung up while unread input may
+ *   still be queued (TR_K_HUP | TR_K_READ: the core drains until read()
+ *   returns 0); on EVFILT_WRITE it means nothing more can be written
+ *   (TR_K_WRITE | TR_K_HUP: the write reports the error).  An EV_ERROR
+ *   entry in the event list is an error on the knote itself, reported as
+ *   TR_K_ERROR | TR_K_READ | TR_K_WRITE so that both directions find it.
+ * - Closing a descriptor removes its knotes, but the core unregisters
+ *   before it closes all the same; unregistering deletes each filter and
+ *   ignores ENOENT (a knote already gone).
+ * - kevent() changes are safe while another thread waits in kevent() on
+ *   the same kqueue.
+ *
+ * The wake is an EVFILT_USER knote (ident 0, EV_CLEAR) triggered with
+ * NOTE_TRIGGER; where EVFILT_USER is missing it is a non-blocking pipe
+ * whose read end is registered for EVFILT_READ with a NULL udata and
+ * drained when it fires.  Either way a wait consumes it without reporting
+ * it.  The completion signal is a non-blocking pipe: no eventfd here.
+ */
+#if defined(__linux__)
+#define _GNU_SOURCE  /* pipe2() when built against libkqueue */
+#endif
+#include <sys/types.h>
+#include <sys/event.h>
+#include <sys/time.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define TR_KQUEUE_BATCH 256
+
+/* pipe2(2): not on macOS; override with -DTR_HAVE_PIPE2=0 or 1. */
+#if !defined(TR_HAVE_PIPE2)
+#if defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__) || \
+    defined(__DragonFly__) || defined(__linux__)
+#define TR_HAVE_PIPE2 1
+#else
+#define TR_HAVE_PIPE2 0
+#endif
+#endif
+
+/* NetBSD before 10 declares kevent.udata as intptr_t, the others as void *. */
+#define TR_UDATA(p) ((__typeof__(((struct kevent *)0)->udata))(p))
+
+struct tr_kernel {
+	int kq;
+#ifndef EVFILT_USER
+	int wake_rfd;
+	int wake_wfd;
+#endif
+	struct kevent events[TR_KQUEUE_BATCH];
+};
+
+#if !TR_HAVE_PIPE2
+/* Add O_NONBLOCK and FD_CLOEXEC to what fd has. */
+static int
+tr_fd_flags(int fd)
+{
+	int fl;
+
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	fl = fcntl(fd, F_GETFD);
+	if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0)
+		return -errno;
+	return 0;
+}
+#endif
+
+/* A non-blocking, close-on-exec pipe. */
+static int
+tr_pipe_open(int fds[2])
+{
+#if TR_HAVE_PIPE2
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+#else
+	int err;
+
+	if (pipe(fds) < 0)
+		return -errno;
+	if ((err = tr_fd_flags(fds[0])) < 0 || (err = tr_fd_flags(fds[1])) < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return err;
+	}
+	return 0;
+#endif
+}
+
+/* Read a non-blocking descriptor until it would block (or ends). */
+static void
+tr_drain(int fd)
+{
+	char buf[64];
+	ssize_t n;
+
+	for (;;) {
+		n = read(fd, buf, sizeof buf);
+		if (n > 0 || (n < 0 && errno == EINTR))
+			continue;
+		break;  /* EAGAIN: empty */
+	}
+}
+
+/* Write one byte to a non-blocking descriptor; EAGAIN: a byte is pending. */
+static int
+tr_poke(int fd)
+{
+	char one = 1;
+
+	while (write(fd, &one, 1) < 0) {
+		if (errno == EAGAIN)
+			return 0;
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+int
+tr_kernel_open(struct tr_kernel **out)
+{
+	struct tr_kernel *k = calloc(1, sizeof *k);
+	struct kevent change;
+	int err;
+
+	if (k == NULL)
+		return -ENOMEM;
+	k->kq = kqueue();
+	if (k->kq < 0) {
+		err = -errno;
+		free(k);
+		return err;
+	}
+	/* Not inherited by fork(2) anyway; this covers exec without fork. */
+	if (fcntl(k->kq, F_SETFD, FD_CLOEXEC) < 0) {
+		err = -errno;
+		goto fail;
+	}
+#ifdef EVFILT_USER
+	EV_SET(&change, 0, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, TR_UDATA(NULL));
+	if (kevent(k->kq, &change, 1, NULL, 0, NULL) < 0) {
+		err = -errno;
+		goto fail;
+	}
+#else
+	{
+		int fds[2];
+
+		if ((err = tr_pipe_open(fds)) < 0)
+			goto fail;
+		k->wake_rfd = fds[0];
+		k->wake_wfd = fds[1];
+	}
+	EV_SET(&change, k->wake_rfd, EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0,
+	    TR_UDATA(NULL));
+	if (kevent(k->kq, &change, 1, NULL, 0, NULL) < 0) {
+		err = -errno;
+		close(k->wake_rfd);
+		close(k->wake_wfd);
+		goto fail;
+	}
+#endif
+	*out = k;
+	return 0;
+
+fail:
+	close(k->kq);
+	free(k);
+	return err;
+}
+
+void
+tr_kernel_close(struct tr_kernel *k)
+{
+#ifndef EVFILT_USER
+	close(k->wake_rfd);
+	close(k->wake_wfd);
+#endif
+	close(k->kq);
+	free(k);
+}
+
+/* Delete one filter of fd; ENOENT (never added, or already gone) is fine. */
+static int
+tr_kernel_delete(struct tr_kernel *k, int fd, int filter)
+{
+	struct kevent change;
+
+	EV_SET(&change, fd, filter, EV_DELETE, 0, 0, TR_UDATA(NULL));
+	if (kevent(k->kq, &change, 1, NULL, 0, NULL) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
+}
+
+int
+tr_kernel_register(struct tr_kernel *k, int fd, void *udata)
+{
+	struct kevent changes[2];
+	int err;
+
+	EV_SET(&changes[0], fd, EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0,
+	    TR_UDATA(udata));
+	EV_SET(&changes[1], fd, EVFILT_WRITE, EV_ADD | EV_CLEAR, 0, 0,
+	    TR_UDATA(udata));
+	if (kevent(k->kq, changes, 2, NULL, 0, NULL) < 0) {
+		err = -errno;
+		/* The change list stops at the failing change: undo the rest. */
+		(void)tr_kernel_delete(k, fd, EVFILT_READ);
+		(void)tr_kernel_delete(k, fd, EVFILT_WRITE);
+		return err;
+	}
+	return 0;
+}
+
+int
+tr_kernel_unregister(struct tr_kernel *k, int fd)
+{
+	/* One change each: a change list would stop at the first ENOENT. */
+	int err = tr_kernel_delete(k, fd, EVFILT_READ);
+	int err2 = tr_kernel_delete(k, fd, EVFILT_WRITE);
+
+	return err < 0 ? err : err2;
+}
+
+int
+tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeout_ms)
+{
+	struct timespec ts, *tsp = NULL;
+	int n, i, stored = 0;
+
+	if (max <= 0)
+		return -EINVAL;  /* as epoll_wait; kevent would not wait at all */
+	if (max > TR_KQUEUE_BATCH)
+		max = TR_KQUEUE_BATCH;
+	if (timeout_ms >= 0) {
+		ts.tv_sec = timeout_ms / 1000;
+		ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+		tsp = &ts;
+	}
+	n = kevent(k->kq, NULL, 0, k->events, max, tsp);
+	if (n < 0)
+		return -errno;
+
+	for (i = 0; i < n; ++i) {
+		const struct kevent *e = &k->events[i];
+		unsigned int flags = 0;
+
+#ifdef EVFILT_USER
+		if (e->filter == EVFILT_USER)
+			continue;  /* the wake; EV_CLEAR has consumed it */
+#else
+		if (e->filter == EVFILT_READ && e->ident == (uintptr_t)k->wake_rfd) {
+			tr_drain(k->wake_rfd);  /* the wake */
+			continue;
+		}
+#endif
+		if (e->flags & EV_ERROR) {
+			flags |= TR_K_ERROR | TR_K_READ | TR_K_WRITE;
+		} else if (e->filter == EVFILT_READ) {
+			flags |= TR_K_READ;
+			if (e->flags & EV_EOF)
+				flags |= TR_K_HUP;
+		} else if (e->filter == EVFILT_WRITE) {
+			flags |= TR_K_WRITE;
+			if (e->flags & EV_EOF)
+				flags |= TR_K_HUP;
+		} else {
+			continue;  /* no other filter is registered */
+		}
+		events[stored].udata = (void *)e->udata;
+		events[stored].flags = flags;
+		++stored;
+	}
+	return stored;
+}
+
+int
+tr_kernel_wake(struct tr_kernel *k)
+{
+#ifdef EVFILT_USER
+	struct kevent change;
+
+	EV_SET(&change, 0, EVFILT_USER, 0, NOTE_TRIGGER, 0, TR_UDATA(NULL));
+	while (kevent(k->kq, &change, 1, NULL, 0, NULL) < 0) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
+#else
+	/* EAGAIN: the pipe is full, so a wake is already pending. */
+	return tr_poke(k->wake_wfd);
+#endif
+}
+
+int
+tr_signal_open(int *read_fd, int *write_fd)
+{
+	int fds[2];
+	int err;
+
+	if ((err = tr_pipe_open(fds)) < 0)
+		return err;
+	*read_fd = fds[0];
+	*write_fd = fds[1];
+	return 0;
+}
+
+void
+tr_signal_close(int read_fd, int write_fd)
+{
+	close(read_fd);
+	close(write_fd);
+}
+
+void
+tr_signal_raise(int write_fd)
+{
+	/* EAGAIN: already raised, the pipe still holds a byte. */
+	(void)tr_poke(write_fd);
+}
+
+void
+tr_signal_clear(int read_fd)
+{
+	tr_drain(read_fd);
+}

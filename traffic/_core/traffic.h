@@ -1,0 +1,109 @@
+/*
+ * traffic.h: the core's API, read by cffi's cdef and included by the C sources.
+ *
+ * Written in cdef's subset: no preprocessor lines, opaque structures, enums
+ * for constants.  Every function that can fail returns 0 (or a count) on
+ * success and a negative errno, or TR_ECLOSED, on failure; nothing here ever
+ * aborts the process on bad input.
+ *
+ * Vocabulary (see the seed): a Traffic owns a kernel queue and the transits
+ * acquired into it; a transit transfers in one direction (its polarity) over
+ * one kernel point (a descriptor); a transfer resource is the memory the
+ * transit transfers into or out of.  Exhaustion is the resource fully used;
+ * termination is the end of the transit's ability to transfer.
+ *
+ * Threads.  A Traffic is synchronous (tr_cycle_enter/take/exit, run by one
+ * calling thread at a time) or threaded (tr_traffic_start: the core's own
+ * cycle thread waits and transfers; the owner submits with tr_request and
+ * collects with tr_collect).  Every function may be called from any thread:
+ * all state is guarded by the Traffic's mutex, which no system call that can
+ * block is made under.
+ */
+
+typedef struct tr_traffic tr_traffic;
+typedef struct tr_transit tr_transit;
+
+/* The core's own error for a terminated transit or a closed Traffic. */
+enum tr_error { TR_ECLOSED = -100000 };
+
+enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2 };
+
+/* The seed's polarity: "on" is gain (input), "off" is loss (output). */
+enum tr_polarity { TR_OUTPUT = 0, TR_INPUT = 1 };
+
+enum tr_mode { TR_MODE_UNSET = 0, TR_MODE_SYNCHRONOUS = 1, TR_MODE_THREADED = 2 };
+
+/* Event bits of a transit in a synchronous cycle. */
+enum tr_event {
+	TR_EV_TRANSFER = 1,   /* part of the resource was transferred */
+	TR_EV_EXHAUST = 2,    /* the resource is fully used and released */
+	TR_EV_TERMINATE = 4,  /* no more transfers; error holds the errno, if any */
+	TR_EV_FAULT = 8       /* accept failed transiently (EMFILE...); resource released */
+};
+
+/*
+ * Outcome of a request in a threaded Traffic, as returned by tr_request and
+ * tr_withdraw and carried by completions.
+ */
+enum tr_outcome {
+	TR_PENDING = 0,     /* queued in the core; a completion will follow */
+	TR_DONE = 1,        /* transferred: input some, output all of it */
+	TR_TERMINATED = 2,  /* the transit terminated: EOF (error 0) or errno */
+	TR_FAULT = 3,       /* transient accept failure; the transit is intact */
+	TR_CLOSED = 4,      /* terminated by its owner while the request waited */
+	TR_WITHDRAWN = 5,   /* withdrawn before completion; transferred says how much */
+	TR_COMPLETING = 6   /* withdraw lost the race: the completion follows promptly */
+};
+
+/* State bits of a transit, from tr_transit_status. */
+enum tr_status {
+	TR_ST_ACQUIRED = 1,    /* in traffic */
+	TR_ST_RESOURCE = 2,    /* holds a transfer resource */
+	TR_ST_EXHAUSTED = 4,   /* its last resource was used up; none since */
+	TR_ST_TERMINATED = 8,  /* no more transfers */
+	TR_ST_REQUEST = 16     /* a threaded request is outstanding */
+};
+
+/* One transit's report: a cycle event (synchronous) or a completion (threaded). */
+typedef struct {
+	unsigned long long token;  /* the owner's token given to tr_traffic_acquire */
+	unsigned int events;       /* tr_event bits (synchronous) */
+	int outcome;               /* tr_outcome (threaded) */
+	int error;                 /* errno of a termination or fault, else 0 */
+	size_t start;              /* the transferred slice of the resource, in bytes */
+	size_t stop;
+} tr_report;
+
+/* Core objects alive (Traffics and transits), for leak checks in tests. */
+long tr_live_objects(void);
+
+/* Traffic */
+int tr_traffic_create(tr_traffic **out);
+int tr_traffic_start(tr_traffic *traffic);
+void tr_traffic_destroy(tr_traffic *traffic);
+void tr_traffic_abandon(tr_traffic *traffic);
+int tr_traffic_wake(tr_traffic *traffic);
+int tr_traffic_mode(tr_traffic *traffic);
+int tr_traffic_completion_fd(tr_traffic *traffic);
+int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long long token);
+
+/* Transits */
+int tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *sibling);
+int tr_transit_acquire(tr_transit *transit, void *resource, size_t size);
+int tr_transit_terminate(tr_transit *transit, int disregard);
+void tr_transit_release(tr_transit *transit);
+int tr_transit_fd(tr_transit *transit);
+int tr_transit_status(tr_transit *transit, int *error);
+
+/* Synchronous cycles */
+int tr_cycle_enter(tr_traffic *traffic, int timeout_ms);
+int tr_cycle_take(tr_traffic *traffic, tr_report *report);
+void tr_cycle_exit(tr_traffic *traffic);
+
+/* Threaded requests */
+int tr_request(tr_transit *transit, void *resource, size_t size, int inline_first, tr_report *report);
+int tr_withdraw(tr_transit *transit, tr_report *report);
+int tr_collect(tr_traffic *traffic, tr_report *reports, int max);
+
+/* Fault injection for tests: the next transfer on the transit fails with errno. */
+int tr_transit_inject(tr_transit *transit, int error);

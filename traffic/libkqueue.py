@@ -1,0 +1,734 @@
+"""The Traffic interface: a Traffic owns a cycle, transits transfer.
+
+The seed's model, kept:
+
+- A :class:`Transit` transfers in one direction (its :class:`Polarity`)
+  over one kernel point (a descriptor).  :class:`Octets` moves bytes,
+  :class:`Sockets` moves the descriptors of accepted connections.
+- A transit is *acquired* into a :class:`Traffic`; then a *transfer
+  resource* (a buffer; writable for input) is acquired into the transit.
+  The core transfers into or out of it whenever the kernel allows.
+- ``with traffic:`` opens a *cycle*: a window in which :meth:`Traffic.transfers`
+  yields the transits with events.  Each reports what it transferred
+  (:meth:`Transit.transfer`, a memoryview slice of its resource), whether it
+  is :attr:`~Transit.exhausted` (the resource is used up: flow control by
+  starvation) and whether it is :attr:`~Transit.terminated`.  When the cycle
+  closes, the event state is reset.  If the body raises before visiting
+  every transit, the unvisited events carry over to the next cycle:
+  Transfer-Loss is never silent.
+
+Ownership.  Creating a transit from a descriptor or a socket hands the
+descriptor to the core (sockets are ``detach()``-ed); only the core closes
+it, when the last transit on it terminates.  A resource stays referenced by
+the Traffic for as long as the core may touch it.  A transit dropped while
+in traffic is terminated, never freed under the core.
+
+Threads.  A Traffic is synchronous (its cycles run by the calling thread)
+or threaded (:meth:`Traffic.start`: the core's ``traffic-cycle`` thread
+runs the cycle, the owner submits requests and collects completions; this
+is what the trio and anyio layers use).  Mixing the two raises
+``RuntimeError``, as does running one Traffic's cycles from two threads at
+once.  :meth:`Traffic.wake` is safe from any thread.
+
+Fork.  After ``fork()`` the child cannot use the parent's Traffics: every
+operation on them raises ``RuntimeError``; the child's copies of their
+descriptors are closed without shutdown, so the parent's connections stay
+intact.  Create a new Traffic in the child.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import itertools
+import os
+import socket
+import threading
+import weakref
+from array import array
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+from ._traffic import ffi, lib
+from .errors import TransitClosedError, check
+
+__all__ = [
+    "Completion",
+    "Octets",
+    "Polarity",
+    "Sockets",
+    "Traffic",
+    "Transit",
+    "live_objects",
+]
+
+#: Reports collected per C call in a threaded Traffic; more simply take
+#: another call.
+COLLECT_BATCH = 256
+
+#: Backlog of listening sockets made by :meth:`Sockets.listen` (trio's
+#: default is also "as large as the kernel allows"; 128 is SOMAXCONN's floor).
+DEFAULT_BACKLOG = 128
+
+
+class Polarity(enum.IntEnum):
+    """The direction of a transit: the seed's "on" (gain) and "off" (loss)."""
+
+    OUTPUT = lib.TR_OUTPUT
+    INPUT = lib.TR_INPUT
+
+
+class Completion(NamedTuple):
+    """A finished request of a threaded Traffic, as :meth:`Traffic.collect` gives it.
+
+    ``outcome`` is one of the core's ``TR_*`` outcomes; ``transferred`` counts
+    bytes (for :class:`Sockets`, bytes of the ``array('i')`` resource).
+    """
+
+    token: int
+    outcome: int
+    error: int
+    transferred: int
+
+
+def live_objects() -> int:
+    """Core objects (Traffics and transits) alive in C; 0 when nothing leaked."""
+    return int(lib.tr_live_objects())
+
+
+_T = TypeVar("_T", bound="Transit")
+
+
+class Transit:
+    """An object that transfers, in one direction, over one kernel point.
+
+    Not created directly: use the constructors of :class:`Octets` and
+    :class:`Sockets`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_c",
+        "_traffic",
+        "_token",
+        "_resource",
+        "_memory",
+        "_events",
+        "_view",
+        "_release",
+    )
+
+    _type: ClassVar[int]
+    _itemsize: ClassVar[int] = 1
+
+    _c: Any
+    _traffic: Traffic | None
+    _token: int
+    _resource: object | None
+    _memory: memoryview | None
+    _events: int
+    _view: memoryview | None
+
+    def __init__(self) -> None:
+        raise TypeError(f"use the constructors of {type(self).__name__}, such as from_fd()")
+
+    @classmethod
+    def _create(cls: type[_T], fd: int, polarity: int, sibling: Transit | None = None) -> _T:
+        """Wrap ``fd``; on success the core owns it, on failure the caller still does."""
+        out = ffi.new("tr_transit **")
+        check(
+            lib.tr_transit_create(out, fd, cls._type, polarity, sibling._c if sibling else ffi.NULL),
+            f"cannot make a {cls.__name__} transit of descriptor {fd}",
+        )
+        self = object.__new__(cls)
+        self._c = out[0]
+        self._traffic = None
+        self._token = 0
+        self._resource = None
+        self._memory = None
+        self._events = 0
+        self._view = None
+        # Dropped by its owner: the core terminates it and frees it when safe.
+        self._release = weakref.finalize(self, lib.tr_transit_release, self._c)
+        return self
+
+    # Identity and state
+
+    @property
+    def polarity(self) -> Polarity:
+        """:attr:`Polarity.INPUT` for transits that receive, ``OUTPUT`` for those that send."""
+        return Polarity(self._polarity)
+
+    _polarity: int  # set by subclasses' constructors through _create
+
+    @property
+    def traffic(self) -> Traffic | None:
+        """The Traffic this transit is in, if any."""
+        return self._traffic
+
+    def fileno(self) -> int:
+        """The kernel point's descriptor, or -1 once it is closed (owned by the core)."""
+        return int(lib.tr_transit_fd(self._c))
+
+    def _status(self) -> tuple[int, int]:
+        error = ffi.new("int *")
+        status = lib.tr_transit_status(self._c, error)
+        return status, error[0]
+
+    @property
+    def terminated(self) -> bool:
+        """Whether the transit can no longer transfer."""
+        return bool(self._status()[0] & lib.TR_ST_TERMINATED)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether its last resource was used up and no new one acquired since."""
+        return bool(self._status()[0] & lib.TR_ST_EXHAUSTED)
+
+    @property
+    def error(self) -> int | None:
+        """The errno that terminated the transit (or of the last fault), else None.
+
+        ``None`` for a transit still transferring, ended by EOF, or
+        terminated by its owner.
+        """
+        return self._status()[1] or None
+
+    @property
+    def resource(self) -> object | None:
+        """The transfer resource currently acquired, if any."""
+        return self._resource
+
+    # Events of the open cycle
+
+    def transfer(self) -> memoryview | None:
+        """What moved in this cycle: a memoryview slice of the resource, or None."""
+        return self._view
+
+    @property
+    def events(self) -> int:
+        """The ``TR_EV_*`` bits of this cycle (0 outside a cycle)."""
+        return self._events
+
+    # Operations
+
+    def _buffer(self, resource: object) -> tuple[memoryview, int]:
+        """Validate a resource; return its memory view and size in bytes."""
+        try:
+            memory = memoryview(resource)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"a transfer resource must support the buffer protocol, not {type(resource).__name__}"
+            ) from None
+        if not memory.contiguous:
+            raise BufferError("a transfer resource must be contiguous")
+        if self._polarity == lib.TR_INPUT and memory.readonly:
+            raise TypeError("an input transit needs a writable buffer (bytearray, array, ...)")
+        return memory.cast("B"), memory.nbytes
+
+    def acquire(self, resource: object) -> None:
+        """Give the transit a transfer resource (synchronous Traffics).
+
+        Raises ``TypeError`` for a read-only buffer on an input transit,
+        ``BufferError`` for a busy one (a resource is held and not exhausted),
+        :class:`~traffic.errors.TransitClosedError` after termination.
+        """
+        traffic = self._in_traffic()
+        memory, size = self._buffer(resource)
+        pin = ffi.from_buffer(memory, require_writable=self._polarity == lib.TR_INPUT)
+        rc = lib.tr_transit_acquire(self._c, pin, size)
+        if rc == -errno.EBUSY:
+            raise BufferError("the transit's resource is not exhausted yet; acquire after its exhaust event")
+        if rc == -errno.EINVAL:
+            raise RuntimeError("a threaded Traffic takes requests (Traffic.request), not resources")
+        check(rc, "acquire")
+        traffic._pins[self._token] = (pin, resource)
+        self._resource = resource
+        self._memory = memory if self._itemsize == 1 else memory.cast("i")
+
+    def terminate(self) -> None:
+        """End the transit.  A socket's direction is shut down (half-close)
+        when its other transit lives on; the descriptor is closed with the
+        last transit.  A termination event follows in the next cycle.
+        Terminating twice does nothing."""
+        self._check_fork()
+        lib.tr_transit_terminate(self._c, 0)
+
+    def disregard(self) -> None:
+        """Terminate without shutdown: the connection survives in other
+        processes holding the descriptor (a forked child's copy)."""
+        self._check_fork()
+        lib.tr_transit_terminate(self._c, 1)
+
+    def _in_traffic(self) -> Traffic:
+        traffic = self._traffic
+        if traffic is None:
+            if self.terminated:
+                raise TransitClosedError()
+            raise RuntimeError("the transit is not in traffic: Traffic.acquire() it first")
+        traffic._check_usable()
+        return traffic
+
+    def _check_fork(self) -> None:
+        if self._traffic is not None:
+            self._traffic._check_fork()
+
+    def __repr__(self) -> str:
+        state = "terminated" if self.terminated else f"fd={self.fileno()}"
+        return f"<{type(self).__name__} {self.polarity.name.lower()} {state}>"
+
+
+class Octets(Transit):
+    """A transit of bytes: reads into, or writes out of, a buffer."""
+
+    __slots__ = ("_polarity",)
+    _type = lib.TR_OCTETS
+
+    @classmethod
+    def from_fd(cls, fd: int, polarity: Polarity | int) -> Octets:
+        """A transit over ``fd`` (a pipe end, a socket, a tty...).  Takes ownership."""
+        transit = cls._create(fd, int(polarity))
+        transit._polarity = int(polarity)
+        return transit
+
+    @classmethod
+    def _pair(cls, fd: int) -> tuple[Octets, Octets]:
+        receiver = cls._create(fd, lib.TR_INPUT)
+        receiver._polarity = lib.TR_INPUT
+        try:
+            sender = cls._create(fd, lib.TR_OUTPUT, receiver)
+        except BaseException:
+            receiver._release.detach()
+            lib.tr_transit_release(receiver._c)  # closes fd
+            raise
+        sender._polarity = lib.TR_OUTPUT
+        return receiver, sender
+
+    @classmethod
+    def wrap(cls, sock: socket.socket) -> tuple[Octets, Octets]:
+        """(input, output) transits over a connected socket, which is detached.
+
+        Both share one kernel point and one registration; terminating one
+        shuts down its direction only.
+        """
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"wrap() takes a socket.socket, not {type(sock).__name__}")
+        if sock.fileno() < 0:
+            raise TransitClosedError("the socket is closed")
+        pair = cls._pair(sock.fileno())
+        sock.detach()
+        return pair
+
+    @classmethod
+    def pipe(cls) -> tuple[Octets, Octets]:
+        """A new pipe: (input, output)."""
+        read_fd, write_fd = os.pipe()
+        try:
+            receiver = cls.from_fd(read_fd, Polarity.INPUT)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        try:
+            sender = cls.from_fd(write_fd, Polarity.OUTPUT)
+        except BaseException:
+            os.close(write_fd)
+            raise
+        return receiver, sender
+
+    @classmethod
+    def socketpair(
+        cls, family: int = socket.AF_UNIX
+    ) -> tuple[tuple[Octets, Octets], tuple[Octets, Octets]]:
+        """A connected pair of sockets: ((input, output), (input, output))."""
+        a, b = socket.socketpair(family)
+        try:
+            first = cls.wrap(a)
+        except BaseException:
+            a.close()
+            b.close()
+            raise
+        try:
+            second = cls.wrap(b)
+        except BaseException:
+            b.close()
+            raise
+        return first, second
+
+    @classmethod
+    def connect(cls, address: str | bytes | tuple[Any, ...]) -> tuple[Octets, Octets]:
+        """(input, output) transits connecting to a TCP ``(host, port)`` or an AF_UNIX path.
+
+        The connection is made without blocking: a refused or failed
+        connection shows as the transits' termination with its errno.
+        Name resolution (``getaddrinfo``) does block.
+        """
+        if isinstance(address, (str, bytes)):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = address
+        else:
+            host, port = address[0], address[1]
+            family, kind, proto, _, target = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(target)
+            if code not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                raise OSError(code, f"connect to {address!r}: {os.strerror(code)}")
+            return cls.wrap(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class Sockets(Transit):
+    """An input transit of accepted connections: fills an ``array('i')``
+    with the descriptors of new connections (non-blocking, close-on-exec),
+    which the receiver then owns."""
+
+    __slots__ = ()
+    _type = lib.TR_SOCKETS
+    _itemsize = 4
+    _polarity = lib.TR_INPUT
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Sockets:
+        """A transit over a listening socket's descriptor.  Takes ownership."""
+        return cls._create(fd, lib.TR_INPUT)
+
+    @classmethod
+    def wrap(cls, sock: socket.socket) -> Sockets:
+        """A transit over a listening socket, which is detached."""
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"wrap() takes a socket.socket, not {type(sock).__name__}")
+        if sock.fileno() < 0:
+            raise TransitClosedError("the socket is closed")
+        transit = cls.from_fd(sock.fileno())
+        sock.detach()
+        return transit
+
+    @classmethod
+    def listen(
+        cls, address: str | bytes | tuple[Any, ...], backlog: int = DEFAULT_BACKLOG
+    ) -> tuple[Sockets, Any]:
+        """Listen on a TCP ``(host, port)`` or an AF_UNIX path.
+
+        Returns the transit and the bound address (with the port chosen,
+        for port 0).
+        """
+        if isinstance(address, (str, bytes)):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            family = socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            sock.listen(backlog)
+            bound = sock.getsockname()
+            return cls.wrap(sock), bound
+        except BaseException:
+            sock.close()
+            raise
+
+    def _buffer(self, resource: object) -> tuple[memoryview, int]:
+        memory, size = super()._buffer(resource)
+        if not (isinstance(resource, array) and resource.typecode == "i"):
+            raise TypeError("a Sockets transit's resource is an array('i') to fill with descriptors")
+        return memory, size
+
+
+_live_traffics: weakref.WeakSet[Traffic] = weakref.WeakSet()
+
+
+class Traffic:
+    """The cycle owner: a kernel queue and the transits acquired into it.
+
+    ``timeout`` (seconds, None: wait until an event or :meth:`wake`) is
+    what ``with traffic:`` waits for events; :meth:`cycle` takes its own.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        out = ffi.new("tr_traffic **")
+        check(lib.tr_traffic_create(out), "cannot create a Traffic")
+        self._c: Any = out[0]
+        self.timeout = timeout
+        self._pid = os.getpid()
+        self._closed = False
+        self._tokens = itertools.count(1)
+        # Resources handed to the core, by transit token: (pin, resource).
+        self._pins: dict[int, tuple[Any, object]] = {}
+        self._transits: weakref.WeakValueDictionary[int, Transit] = weakref.WeakValueDictionary()
+        self._seen: list[Transit] = []
+        self._cycling: threading.Thread | None = None
+        self._report = ffi.new("tr_report *")
+        self._reports = ffi.new("tr_report[]", COLLECT_BATCH)
+        # Closes a Traffic its owner dropped, and every live one at exit
+        # (before the interpreter finalizes: the cycle thread must never
+        # touch a buffer after Python has freed it).
+        self._finalizer = weakref.finalize(self, _destroy, self._c, self._pid)
+        _live_traffics.add(self)
+
+    # State
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the core's own cycle thread runs this Traffic's cycle."""
+        return not self._closed and lib.tr_traffic_mode(self._c) == lib.TR_MODE_THREADED
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                "this Traffic belongs to the parent process: after fork(), create a new Traffic"
+            )
+
+    def _check_usable(self) -> None:
+        self._check_fork()
+        if self._closed:
+            raise TransitClosedError("the Traffic is closed")
+
+    def acquire(self, transit: Transit) -> None:
+        """Put ``transit`` in traffic.  A socket's two transits share one Traffic."""
+        self._check_usable()
+        if not isinstance(transit, Transit):
+            raise TypeError(f"acquire() takes a Transit, not {type(transit).__name__}")
+        token = next(self._tokens)
+        rc = lib.tr_traffic_acquire(self._c, transit._c, token)
+        if rc == -errno.EALREADY:
+            return
+        if rc == -errno.EBUSY:
+            raise RuntimeError("the transit is already in another Traffic")
+        if rc == -errno.EXDEV:
+            raise RuntimeError("the transit's sibling (the other direction) is in another Traffic")
+        check(rc, "acquire")
+        transit._traffic = self
+        transit._token = token
+        self._transits[token] = transit
+
+    # Synchronous cycles
+
+    def __enter__(self) -> Traffic:
+        self._enter(self.timeout)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._exit()
+
+    def cycle(self, timeout: float | None = None) -> _Cycle:
+        """``with traffic.cycle(timeout):`` is ``with traffic:`` with its own timeout."""
+        return _Cycle(self, timeout)
+
+    def _enter(self, timeout: float | None) -> None:
+        self._check_usable()
+        milliseconds = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        rc = lib.tr_cycle_enter(self._c, milliseconds)
+        try:
+            if rc == -errno.EINVAL:
+                raise RuntimeError("a threaded Traffic's cycle runs in its own thread")
+            if rc == -errno.EBUSY:
+                raise RuntimeError("a cycle of this Traffic is already open (in this or another thread)")
+            if rc != -errno.EINTR:
+                # EINTR: the wait ended for a signal; the cycle is empty
+                # and Python's signal handlers run as it returns.
+                check(rc, "cycle")
+            self._cycling = threading.current_thread()
+        except BaseException:
+            if rc >= 0:
+                lib.tr_cycle_exit(self._c)
+            raise
+
+    def _exit(self) -> None:
+        if self._cycling is None:
+            return
+        # Reset the event state of the transits visited in this cycle.
+        # Unvisited events stay in the core and open the next cycle.
+        for transit in self._seen:
+            transit._events = 0
+            transit._view = None
+            if transit._traffic is self and transit._token not in self._pins:
+                transit._resource = None
+                transit._memory = None
+        self._seen.clear()
+        self._cycling = None
+        if not self._closed:
+            lib.tr_cycle_exit(self._c)
+
+    def transfers(self) -> Iterator[Transit]:
+        """The transits with events in the open cycle, each visited once."""
+        if self._cycling is None:
+            raise RuntimeError("transfers() is for the inside of a cycle: with traffic: ...")
+        report = self._report
+        while not self._closed and lib.tr_cycle_take(self._c, report):
+            token = report.token
+            events = report.events
+            if events & (lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE):
+                self._pins.pop(token, None)
+            transit = self._transits.get(token)
+            if transit is None:
+                continue  # dropped by its owner: nobody to tell
+            transit._events = events
+            memory = transit._memory
+            if events & lib.TR_EV_TRANSFER and memory is not None:
+                size = transit._itemsize
+                transit._view = memory[report.start // size : report.stop // size]
+            else:
+                transit._view = None
+            self._seen.append(transit)
+            yield transit
+
+    def wake(self) -> None:
+        """End a wait of the current or next cycle early.  Safe from any thread."""
+        if not self._closed and self._pid == os.getpid():
+            lib.tr_traffic_wake(self._c)
+
+    # Threaded use (the trio and anyio layers)
+
+    def start(self) -> None:
+        """Run the cycle in the core's own thread, ``traffic-cycle``, from now on."""
+        self._check_usable()
+        rc = lib.tr_traffic_start(self._c)
+        if rc == -errno.EINVAL:
+            raise RuntimeError("a synchronous Traffic cannot become threaded")
+        check(rc, "start")
+
+    def completion_fileno(self) -> int:
+        """The descriptor that is readable while completions wait to be collected."""
+        self._check_usable()
+        return int(lib.tr_traffic_completion_fd(self._c))
+
+    def request(
+        self, transit: Transit, resource: object, *, inline: bool = True
+    ) -> tuple[int, int, int]:
+        """Ask the core to transfer with ``resource``; returns (outcome, error, transferred).
+
+        An input request completes when anything arrives, an output request
+        when all of it is sent.  With ``inline``, the transfer is first tried
+        in the calling thread.  ``TR_PENDING`` means a completion follows
+        (through :meth:`collect`) and the resource stays pinned until then.
+        """
+        self._check_usable()
+        memory, size = transit._buffer(resource)
+        pin = ffi.from_buffer(memory, require_writable=transit._polarity == lib.TR_INPUT)
+        report = self._report
+        outcome = lib.tr_request(transit._c, pin, size, inline, report)
+        if outcome == -errno.EBUSY:
+            raise RuntimeError("another request of this transit is outstanding")
+        if outcome == -errno.EINVAL:
+            raise RuntimeError("requests need a threaded Traffic: call start() first")
+        check(outcome, "request")
+        if outcome == lib.TR_PENDING:
+            self._pins[transit._token] = (pin, resource)
+        return outcome, report.error, report.stop
+
+    def withdraw(self, transit: Transit) -> tuple[int, int]:
+        """Withdraw the transit's request: (TR_WITHDRAWN, transferred), or
+        (TR_COMPLETING, 0) when the core is inside the system call for it or
+        already done (the completion then follows through :meth:`collect`)."""
+        report = self._report
+        outcome = check(lib.tr_withdraw(transit._c, report), "withdraw")
+        if outcome == lib.TR_WITHDRAWN:
+            self._pins.pop(transit._token, None)
+            return outcome, report.stop
+        return outcome, 0
+
+    def collect(self) -> list[Completion]:
+        """Every completion waiting, in one call per batch."""
+        if self._closed:
+            return []
+        completions = []
+        reports = self._reports
+        pins = self._pins
+        while True:
+            n = lib.tr_collect(self._c, reports, COLLECT_BATCH)
+            for i in range(n):
+                r = reports[i]
+                pins.pop(r.token, None)
+                completions.append(Completion(r.token, r.outcome, r.error, r.stop))
+            if n < COLLECT_BATCH:
+                return completions
+
+    # Lifecycle
+
+    def close(self) -> None:
+        """Stop and join the cycle thread, terminate every transit, close
+        every kernel point the Traffic owns.  Idempotent."""
+        if self._closed:
+            return
+        if self._pid != os.getpid():
+            self._abandon()
+            return
+        cycling = self._cycling
+        if cycling is not None and cycling is not threading.current_thread():
+            raise RuntimeError("close() while another thread runs a cycle: wake() it and close there")
+        self._closed = True
+        self._finalizer()
+        self._pins.clear()
+        for transit in list(self._transits.values()):
+            transit._resource = None
+            transit._memory = None
+        _live_traffics.discard(self)
+
+    def _abandon(self) -> None:
+        """In a forked child: close the child's copies, touch nothing shared."""
+        if not self._closed:
+            self._closed = True
+            self._finalizer()  # abandons: it sees the pid changed
+            self._pins.clear()
+            _live_traffics.discard(self)
+
+    def __len__(self) -> int:
+        return len(self._transits)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("threaded" if self.threaded else "synchronous")
+        return f"<Traffic {state} transits={len(self._transits)}>"
+
+
+class _Cycle:
+    """``with traffic.cycle(timeout):``; see :meth:`Traffic.cycle`."""
+
+    __slots__ = ("_timeout", "_traffic")
+
+    def __init__(self, traffic: Traffic, timeout: float | None) -> None:
+        self._traffic = traffic
+        self._timeout = timeout
+
+    def __enter__(self) -> Traffic:
+        self._traffic._enter(self._timeout)
+        return self._traffic
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._traffic._exit()
+
+
+def _after_fork_in_child() -> None:
+    for traffic in list(_live_traffics):
+        traffic._abandon()
+
+
+def _destroy(c: Any, pid: int) -> None:
+    if os.getpid() == pid:
+        lib.tr_traffic_destroy(c)
+    else:
+        lib.tr_traffic_abandon(c)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
