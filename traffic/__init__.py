@@ -8,6 +8,21 @@ program completed transfers.
 from . import project
 from .errors import TransitClosedError, TransitError
 from .libkqueue import Completion, Octets, Polarity, Sockets, Traffic, Transit, live_objects
+from .trio_integration import (
+    SocketView,
+    TrafficListener,
+    TrafficStream,
+    accept,
+    current_traffic,
+    open_tcp_listeners,
+    open_tcp_stream,
+    open_unix_listener,
+    open_unix_stream,
+    recv_into,
+    send_all,
+    serve_tcp,
+    serve_unix,
+)
 
 __version__ = project.version
 
@@ -15,10 +30,23 @@ __all__ = [
     "Completion",
     "Octets",
     "Polarity",
+    "SocketView",
     "Sockets",
     "Traffic",
+    "TrafficListener",
+    "TrafficStream",
     "Transit",
     "TransitClosedError",
     "TransitError",
+    "accept",
+    "current_traffic",
     "live_objects",
+    "open_tcp_listeners",
+    "open_tcp_stream",
+    "open_unix_listener",
+    "open_unix_stream",
+    "recv_into",
+    "send_all",
+    "serve_tcp",
+    "serve_unix",
 ]

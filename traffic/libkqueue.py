@@ -228,7 +228,11 @@ class Transit:
         return memory.cast("B"), memory.nbytes
 
     def acquire(self, resource: object) -> None:
-        """Give the transit a transfer resource (synchronous Traffics).
+        """Give the transit a transfer resource.
+
+        In a synchronous Traffic the core transfers with it from the next
+        cycle on.  In a threaded one (trio, anyio) it is the buffer that
+        requests without one use: ``await traffic.recv_into(transit)``.
 
         Raises ``TypeError`` for a read-only buffer on an input transit,
         ``BufferError`` for a busy one (a resource is held and not exhausted),
@@ -236,6 +240,9 @@ class Transit:
         """
         traffic = self._in_traffic()
         memory, size = self._buffer(resource)
+        if traffic.threaded:
+            self._resource = resource
+            return
         pin = ffi.from_buffer(memory, require_writable=self._polarity == lib.TR_INPUT)
         rc = lib.tr_transit_acquire(self._c, pin, size)
         if rc == -errno.EBUSY:

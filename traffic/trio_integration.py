@@ -1,0 +1,706 @@
+"""trio on top of traffic: completed transfers delivered to trio tasks.
+
+How a transfer reaches a task
+-----------------------------
+Each trio run has one threaded :class:`~traffic.libkqueue.Traffic` (a
+``RunVar``), started lazily, whose ``traffic-cycle`` thread waits on the
+kernel and performs the transfers.  A task that wants to transfer:
+
+1. checks for cancellation (``checkpoint_if_cancelled``);
+2. asks the core for the transfer, which first tries it *inline*, in the
+   task's own thread, without blocking.  If that finished the job, the task
+   takes a ``cancel_shielded_checkpoint`` and returns: trio's checkpoint
+   rule holds and no other thread was involved;
+3. otherwise the request stays in the core, and the task parks with
+   ``wait_task_rescheduled``.  The cycle thread performs the transfer when
+   the kernel allows and queues a completion; the first completion of a
+   batch makes the completion descriptor readable.  One system task per run
+   (the *pump*) waits on that descriptor with ``wait_readable``, collects
+   every waiting completion in one C call, and ``reschedule``\\ s the parked
+   tasks.  The cycle thread never takes the GIL and never calls into trio;
+   ``reschedule`` (not thread-safe) is only ever called by the pump.
+
+Cancellation
+------------
+A parked task's abort function withdraws its request from the core.  That
+succeeds in every state except while the cycle thread is inside the system
+call for it: then the abort answers ``Abort.FAILED`` and the completion
+arrives promptly (the core finishes a withdrawn request as soon as its
+system call returns, without waiting on the peer), carrying the data, which
+is not lost: the receive returns it and the cancellation is delivered at the
+task's next checkpoint.  A cancelled :func:`send_all` may have sent part of
+its data, as trio's own ``SocketStream.send_all``; the stream is then in an
+unknown state, and the right thing is to close it.
+
+Errors cross once: the core's :class:`~traffic.errors.TransitClosedError`
+and a transit its owner terminated become ``trio.ClosedResourceError``; a
+transit the kernel terminated with an errno becomes
+``trio.BrokenResourceError`` chained to the ``OSError``.
+
+Lifetime
+--------
+When the run ends the pump is cancelled last (system tasks outlive the main
+task), and closes the Traffic: the cycle thread is joined and every
+descriptor the run's transits own is closed.  ``trio.run`` can be called
+any number of times; each run gets its own Traffic.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _stdlib_socket
+from array import array
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import outcome
+import trio
+
+from ._traffic import ffi, lib
+from .libkqueue import Octets, Sockets, Traffic, Transit
+
+__all__ = [
+    "TrafficListener",
+    "TrafficStream",
+    "accept",
+    "current_traffic",
+    "open_tcp_listeners",
+    "open_tcp_stream",
+    "open_unix_listener",
+    "open_unix_stream",
+    "recv_into",
+    "send_all",
+    "serve_tcp",
+    "serve_unix",
+]
+
+#: Bytes a ``receive_some()`` without ``max_bytes`` asks for (trio's
+#: ``SocketStream`` uses the same, ``DEFAULT_RECEIVE_SIZE``).
+DEFAULT_RECEIVE_SIZE = 65536
+
+#: Descriptors one accept request may collect; the rest wait in the kernel.
+ACCEPT_BATCH = 64
+
+# Outcomes of the core's requests (see traffic.h).
+_PENDING = lib.TR_PENDING
+_DONE = lib.TR_DONE
+_TERMINATED = lib.TR_TERMINATED
+_FAULT = lib.TR_FAULT
+_CLOSED = lib.TR_CLOSED
+_WITHDRAWN = lib.TR_WITHDRAWN
+
+
+class _Delivery:
+    """The run's Traffic and the tasks parked on it, by transit token.
+
+    Only the pump and the tasks of this run touch it (all in trio's thread).
+    """
+
+    __slots__ = ("parked", "report", "traffic")
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+        # token -> (task, raise_cancel once its abort failed, else None)
+        self.parked: dict[int, list[Any]] = {}
+        self.report = ffi.new("tr_report *")
+
+
+_DELIVERY: trio.lowlevel.RunVar[_Delivery] = trio.lowlevel.RunVar("traffic")
+
+
+def _delivery() -> _Delivery:
+    """The run's delivery, created (and its cycle thread started) on first use."""
+    try:
+        return _DELIVERY.get()
+    except LookupError:
+        pass
+    traffic = Traffic()
+    try:
+        traffic.start()
+        delivery = _Delivery(traffic)
+        trio.lowlevel.spawn_system_task(_pump, delivery, name="traffic.pump")
+    except BaseException:
+        traffic.close()
+        raise
+    _DELIVERY.set(delivery)
+    return delivery
+
+
+def current_traffic() -> Traffic:
+    """The current trio run's Traffic (threaded), started on first use."""
+    return _delivery().traffic
+
+
+async def _pump(delivery: _Delivery) -> None:
+    """Reschedule the tasks whose transfers completed.  Never raises: a crash
+    here would kill the run; the Traffic is closed when the run ends."""
+    traffic = delivery.traffic
+    parked = delivery.parked
+    reschedule = trio.lowlevel.reschedule
+    try:
+        fd = traffic.completion_fileno()
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            for completion in traffic.collect():
+                waiter = parked.pop(completion.token, None)
+                if waiter is None:
+                    continue  # a dropped transit's last word
+                task, raise_cancel = waiter
+                if raise_cancel is not None and completion.outcome == _WITHDRAWN:
+                    # Its abort failed while the core was in the system call,
+                    # and nothing was transferred: deliver the cancellation.
+                    reschedule(task, outcome.capture(raise_cancel))
+                else:
+                    reschedule(task, outcome.Value(completion))
+    finally:
+        # Cancelled at the end of the run: no task is parked any more.
+        with trio.CancelScope(shield=True):
+            traffic.close()
+
+
+def _in_run(transit: Transit) -> _Delivery:
+    """The delivery for ``transit``, acquiring it into this run's Traffic if needed."""
+    delivery = _delivery()
+    traffic = transit.traffic
+    if traffic is None:
+        delivery.traffic.acquire(transit)
+    elif traffic is not delivery.traffic:
+        if traffic.closed:
+            raise trio.ClosedResourceError("the transit belongs to a trio run that has ended")
+        raise RuntimeError("the transit is in another Traffic than this trio run's")
+    return delivery
+
+
+async def _transfer(delivery: _Delivery, transit: Transit, pin: Any, size: int) -> tuple[int, int, int]:
+    """Perform one request: (outcome, error, transferred).  A checkpoint.
+
+    ``pin`` (a cffi buffer) must stay alive until this returns; it does,
+    since it is an argument of this frame for as long as the core may use it.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    report = delivery.report
+    code = lib.tr_request(transit._c, pin, size, 1, report)
+    if code != _PENDING:
+        if code < 0:
+            _raise_request_error(code)
+        result = (code, report.error, report.stop)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return result
+
+    token = transit._token
+    parked = delivery.parked
+    waiter = [trio.lowlevel.current_task(), None]
+    parked[token] = waiter
+
+    def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+        code = lib.tr_withdraw(transit._c, delivery.report)
+        if code == _WITHDRAWN:
+            del parked[token]
+            return trio.lowlevel.Abort.SUCCEEDED
+        # Inside the system call, or done: the completion follows promptly.
+        waiter[1] = raise_cancel
+        return trio.lowlevel.Abort.FAILED
+
+    completion = await trio.lowlevel.wait_task_rescheduled(abort)
+    return completion.outcome, completion.error, completion.transferred
+
+
+def _raise_request_error(code: int) -> NoReturn:
+    if code == lib.TR_ECLOSED:
+        raise trio.ClosedResourceError("the transit is terminated")
+    if code == -errno.EBUSY:
+        raise trio.BusyResourceError("another task is already transferring on this transit")
+    raise OSError(-code, os.strerror(-code))
+
+
+def _broken(error: int, doing: str) -> trio.BrokenResourceError:
+    exc = trio.BrokenResourceError(f"{doing}: {os.strerror(error)}")
+    exc.__cause__ = OSError(error, os.strerror(error))
+    return exc
+
+
+def _pin(data: Any, writable: bool) -> tuple[Any, int]:
+    """A cffi view of a bytes-like object, without copying it."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
+    if writable and view.readonly:
+        raise TypeError("receiving needs a writable buffer (bytearray, memoryview of one, array)")
+    if not view.contiguous:
+        raise BufferError("the buffer must be contiguous")
+    return ffi.from_buffer(view.cast("B") if view.format != "B" or view.ndim != 1 else view,
+                           require_writable=writable), view.nbytes
+
+
+# Primitive operations
+
+
+async def recv_into(transit: Octets, buffer: Any = None) -> int:
+    """Receive into ``buffer`` (or the transit's acquired resource); return the
+    number of bytes received, 0 at EOF.
+
+    A checkpoint.  Raises ``trio.ClosedResourceError`` if the transit is
+    terminated by its owner, ``trio.BrokenResourceError`` (from the
+    ``OSError``) if the kernel reported an error, ``trio.BusyResourceError``
+    if another task is receiving on it.  Cancelled, it either received
+    nothing, or returns what it received (the cancellation is then raised at
+    the next checkpoint): no data is lost.
+    """
+    if buffer is None:
+        buffer = transit.resource
+        if buffer is None:
+            raise ValueError("no buffer given and none acquired: transit.acquire(bytearray(n)) first")
+    if transit.polarity != lib.TR_INPUT:
+        raise ValueError("recv_into() needs an input transit")
+    pin, size = _pin(buffer, writable=True)
+    delivery = _in_run(transit)
+    if size == 0:
+        await trio.lowlevel.checkpoint()
+        return 0
+    code, error, count = await _transfer(delivery, transit, pin, size)
+    return _received(code, error, count, "receive")
+
+
+def _received(code: int, error: int, count: int, doing: str) -> int:
+    if code == _DONE:
+        return count
+    if code == _TERMINATED:
+        if error == 0:
+            return 0  # EOF
+        raise _broken(error, doing)
+    raise trio.ClosedResourceError("the transit was terminated while receiving")
+
+
+async def send_all(transit: Octets, data: Any) -> None:
+    """Send all of ``data`` (bytes, bytearray, memoryview: not copied).
+
+    A checkpoint.  Raises ``trio.ClosedResourceError`` if the transit is
+    terminated by its owner, ``trio.BrokenResourceError`` (from the
+    ``OSError``) if the peer is gone.  Cancelled, it may have sent part of
+    the data (as trio's ``send_all``); the stream should then be closed.
+    """
+    if transit.polarity != lib.TR_OUTPUT:
+        raise ValueError("send_all() needs an output transit")
+    pin, size = _pin(data, writable=False)
+    delivery = _in_run(transit)
+    code, error, _ = await _transfer(delivery, transit, pin, size)
+    _sent(code, error)
+
+
+def _sent(code: int, error: int) -> None:
+    if code == _DONE:
+        return
+    if code == _TERMINATED:
+        raise _broken(error or errno.EPIPE, "send")
+    raise trio.ClosedResourceError("the transit was terminated while sending")
+
+
+async def accept(transit: Sockets) -> list[int]:
+    """Accept at least one connection; return the new descriptors, which the
+    caller owns (non-blocking, close-on-exec).
+
+    A checkpoint.  Raises ``OSError`` with EMFILE, ENFILE, ENOBUFS or ENOMEM
+    when the process or system is out of resources: the listener is intact,
+    back off and call again (:func:`serve_tcp` sleeps 100 ms, as trio's).
+    ``trio.ClosedResourceError`` once the transit is terminated.
+    """
+    delivery = _in_run(transit)
+    descriptors = array("i", bytes(4 * ACCEPT_BATCH))
+    pin = ffi.from_buffer(descriptors)
+    code, error, count = await _transfer(delivery, transit, pin, len(descriptors) * 4)
+    if code == _DONE:
+        return descriptors[: count // 4].tolist()
+    if code == _FAULT:
+        raise OSError(error, f"accept: {os.strerror(error)}")
+    if code == _TERMINATED:
+        raise _broken(error or errno.EINVAL, "accept")
+    raise trio.ClosedResourceError("the listener was closed while accepting")
+
+
+# Streams and listeners
+
+
+class _Guard:
+    """One task at a time per direction, named after the action (trio's
+    ConflictDetector)."""
+
+    __slots__ = ("_busy", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._busy = False
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(self._message)
+        self._busy = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._busy = False
+
+
+class SocketView:
+    """A socket-like view of a descriptor the core owns.
+
+    It answers ``getsockname``, ``getpeername``, ``getsockopt``,
+    ``setsockopt``, ``family``, ``type``, ``proto`` and ``fileno``, never
+    closes the descriptor, and raises ``OSError(EBADF)`` once the core has
+    closed it.
+    """
+
+    __slots__ = ("_transit", "family", "proto", "type")
+
+    def __init__(self, transit: Transit, family: int, type: int, proto: int) -> None:
+        self._transit = transit
+        self.family = family
+        self.type = type
+        self.proto = proto
+
+    def fileno(self) -> int:
+        return self._transit.fileno()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        fd = self._transit.fileno()
+        if fd < 0:
+            raise OSError(errno.EBADF, "the socket is closed")
+        sock = _stdlib_socket.socket(self.family, self.type, self.proto, fileno=fd)
+        try:
+            return getattr(sock, name)(*args)
+        finally:
+            sock.detach()
+
+    def getsockname(self) -> Any:
+        return self._call("getsockname")
+
+    def getpeername(self) -> Any:
+        return self._call("getpeername")
+
+    def getsockopt(self, level: int, option: int, buflen: int | None = None) -> Any:
+        if buflen is None:
+            return self._call("getsockopt", level, option)
+        return self._call("getsockopt", level, option, buflen)
+
+    def setsockopt(self, level: int, option: int, value: Any, optlen: int | None = None) -> None:
+        if optlen is None:
+            self._call("setsockopt", level, option, value)
+        else:
+            self._call("setsockopt", level, option, value, optlen)
+
+    def __repr__(self) -> str:
+        return f"<traffic.SocketView fd={self.fileno()} family={self.family!r}>"
+
+
+def _socket_identity(fd: int) -> tuple[int, int, int]:
+    sock = _stdlib_socket.socket(fileno=fd)
+    try:
+        return sock.family, sock.type, sock.proto
+    finally:
+        sock.detach()
+
+
+def _detach(sock: Any) -> int:
+    """Take the descriptor out of a stdlib or trio socket object."""
+    if not hasattr(sock, "detach") or not hasattr(sock, "fileno"):
+        raise TypeError(f"expected a socket object, not {type(sock).__name__}")
+    if sock.fileno() < 0:
+        raise trio.ClosedResourceError("the socket is closed")
+    return int(sock.detach())
+
+
+class TrafficStream(trio.abc.HalfCloseableStream):
+    """A connected stream socket whose transfers traffic's core performs.
+
+    Mirrors ``trio.SocketStream``: construct it from a connected stream
+    socket (stdlib or trio; the descriptor is detached and owned by the
+    core), or get one from :func:`open_tcp_stream`, :func:`open_unix_stream`
+    or a :class:`TrafficListener`.  TCP streams get ``TCP_NODELAY``, as in
+    trio.  Must be created inside a trio run.
+    """
+
+    def __init__(self, socket: Any) -> None:
+        fd = _detach(socket)
+        try:
+            self._setup(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def _from_fd(cls, fd: int) -> TrafficStream:
+        self = cls.__new__(cls)
+        self._setup(fd)
+        return self
+
+    def _setup(self, fd: int) -> None:
+        family, kind, proto = _socket_identity(fd)
+        if kind != _stdlib_socket.SOCK_STREAM:
+            raise TypeError("TrafficStream needs a SOCK_STREAM socket")
+        delivery = _delivery()
+        receiver, sender = Octets._pair(fd)
+        delivery.traffic.acquire(receiver)
+        delivery.traffic.acquire(sender)
+        self._delivery = delivery
+        self._receiver = receiver
+        self._sender = sender
+        self._closed = False
+        self._send_guard = _Guard("another task is using this stream for send")
+        self._receive_guard = _Guard("another task is using this stream for receive")
+        self._buffer = bytearray(DEFAULT_RECEIVE_SIZE)
+        self._buffer_pin = ffi.from_buffer(self._buffer)
+        self.socket = SocketView(receiver, family, kind, proto)
+        if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+            try:
+                self.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, True)
+            except OSError:
+                pass  # not TCP after all (SCTP, say); trio ignores it too
+
+    def setsockopt(self, level: int, option: int, value: Any, length: int | None = None) -> None:
+        """Set an option on the underlying socket (see ``socket.setsockopt``)."""
+        self.socket.setsockopt(level, option, value, length)
+
+    def getsockopt(self, level: int, option: int, buffersize: int | None = None) -> Any:
+        """Read an option of the underlying socket (see ``socket.getsockopt``)."""
+        return self.socket.getsockopt(level, option, buffersize)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``; see :func:`traffic.send_all` for cancellation.
+
+        A checkpoint.  Raises ``trio.BusyResourceError`` if another task is
+        sending, ``trio.ClosedResourceError`` after :meth:`aclose` or
+        :meth:`send_eof`, ``trio.BrokenResourceError`` if the peer is gone.
+        """
+        with self._send_guard:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            pin, size = _pin(data, writable=False)
+            code, error, _ = await _transfer(self._delivery, self._sender, pin, size)
+            _sent(code, error)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the socket can take more data.  A checkpoint."""
+        with self._send_guard:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            fd = self._sender.fileno()
+            if fd < 0 or self._sender.terminated:
+                await trio.lowlevel.checkpoint()
+                return
+            await trio.lowlevel.wait_writable(fd)
+
+    async def send_eof(self) -> None:
+        """Shut down the sending direction; receiving goes on.  A checkpoint.
+
+        Idempotent.  Raises ``trio.ClosedResourceError`` after :meth:`aclose`.
+        """
+        with self._send_guard:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            await trio.lowlevel.checkpoint()
+            self._sender.terminate()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive at most ``max_bytes`` (default 64 KiB); ``b""`` at EOF.
+
+        A checkpoint.  Raises ``ValueError`` for ``max_bytes < 1``,
+        ``trio.BusyResourceError`` if another task is receiving,
+        ``trio.ClosedResourceError`` after :meth:`aclose`,
+        ``trio.BrokenResourceError`` if the connection broke.
+        """
+        with self._receive_guard:
+            if max_bytes is None:
+                max_bytes = DEFAULT_RECEIVE_SIZE
+            elif not isinstance(max_bytes, int):
+                raise TypeError("max_bytes must be an integer")
+            elif max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
+            pin = self._buffer_pin
+            code, error, count = await _transfer(self._delivery, self._receiver, pin, size)
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed while receiving")
+            count = _received(code, error, count, "receive")
+            return ffi.buffer(pin, count)[:]
+
+    async def aclose(self) -> None:
+        """Close the stream: operations parked on it wake with
+        ``trio.ClosedResourceError``.  Idempotent; a checkpoint, and it
+        closes even when cancelled."""
+        if not self._closed:
+            self._closed = True
+            fd = self._receiver.fileno()
+            if fd >= 0:
+                trio.lowlevel.notify_closing(fd)
+            self._receiver.terminate()
+            self._sender.terminate()
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._receiver.fileno()}"
+        return f"<traffic.TrafficStream {state}>"
+
+
+class TrafficListener(trio.abc.Listener[TrafficStream]):
+    """A listening stream socket whose accepts traffic's core performs.
+
+    Mirrors ``trio.SocketListener``: ``.socket`` is a view of the listening
+    socket (so ``trio.testing.open_stream_to_socket_listener`` works),
+    :meth:`accept` returns :class:`TrafficStream`\\ s.
+    """
+
+    def __init__(self, socket: Any) -> None:
+        fd = _detach(socket)
+        try:
+            self._setup(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _setup(self, fd: int) -> None:
+        family, kind, proto = _socket_identity(fd)
+        if kind != _stdlib_socket.SOCK_STREAM:
+            raise TypeError("TrafficListener needs a SOCK_STREAM socket")
+        delivery = _delivery()
+        transit = Sockets.from_fd(fd)
+        delivery.traffic.acquire(transit)
+        self._delivery = delivery
+        self._transit = transit
+        self._closed = False
+        self._accepted: deque[int] = deque()
+        self._guard = _Guard("another task is already accepting on this listener")
+        self._descriptors = array("i", bytes(4 * ACCEPT_BATCH))
+        self._pin = ffi.from_buffer(self._descriptors)
+        self.socket = SocketView(transit, family, kind, proto)
+
+    async def accept(self) -> TrafficStream:
+        """Accept a connection.  A checkpoint.
+
+        Raises ``OSError`` (EMFILE, ENFILE, ENOBUFS, ENOMEM) when out of
+        resources, with the listener intact (``trio.serve_listeners`` backs
+        off and retries); ``trio.ClosedResourceError`` after :meth:`aclose`;
+        ``trio.BusyResourceError`` if another task is accepting.
+        """
+        with self._guard:
+            if self._closed:
+                raise trio.ClosedResourceError("the listener is closed")
+            if not self._accepted:
+                size = len(self._descriptors) * 4
+                code, error, count = await _transfer(self._delivery, self._transit, self._pin, size)
+                if self._closed:
+                    for fd in self._descriptors[: count // 4] if code == _DONE else ():
+                        os.close(fd)
+                    raise trio.ClosedResourceError("the listener was closed while accepting")
+                if code == _FAULT:
+                    raise OSError(error, f"accept: {os.strerror(error)}")
+                if code == _TERMINATED:
+                    raise _broken(error or errno.EINVAL, "accept")
+                if code != _DONE:
+                    raise trio.ClosedResourceError("the listener was closed while accepting")
+                self._accepted.extend(self._descriptors[: count // 4])
+            else:
+                await trio.lowlevel.checkpoint()
+            fd = self._accepted.popleft()
+            try:
+                return TrafficStream._from_fd(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    async def aclose(self) -> None:
+        """Stop listening; connections accepted but not handed out are closed."""
+        if not self._closed:
+            self._closed = True
+            self._transit.terminate()
+            while self._accepted:
+                os.close(self._accepted.popleft())
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<traffic.TrafficListener {'closed' if self._closed else self.socket!r}>"
+
+
+# Openers, mirroring trio's
+
+
+async def open_tcp_stream(host: str | bytes, port: int, **kwargs: Any) -> TrafficStream:
+    """Connect to ``host``:``port`` as ``trio.open_tcp_stream`` does (happy
+    eyeballs included: trio makes the connection), then hand the socket to
+    traffic."""
+    stream = await trio.open_tcp_stream(host, port, **kwargs)
+    return TrafficStream(stream.socket)
+
+
+async def open_unix_stream(path: str | bytes | os.PathLike[str]) -> TrafficStream:
+    """Connect to the AF_UNIX stream socket at ``path``."""
+    stream = await trio.open_unix_socket(path)
+    return TrafficStream(stream.socket)
+
+
+async def open_tcp_listeners(
+    port: int, *, host: str | bytes | None = None, backlog: int | None = None
+) -> list[TrafficListener]:
+    """Listen on ``port`` as ``trio.open_tcp_listeners`` does (one listener
+    per address family of ``host``)."""
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    return [TrafficListener(listener.socket) for listener in listeners]
+
+
+async def open_unix_listener(
+    path: str | bytes | os.PathLike[str], *, backlog: int | None = None
+) -> TrafficListener:
+    """Listen on the AF_UNIX path ``path`` (which must not exist yet)."""
+    sock = _stdlib_socket.socket(_stdlib_socket.AF_UNIX, _stdlib_socket.SOCK_STREAM)
+    try:
+        sock.bind(os.fspath(path))
+        sock.listen(backlog if backlog is not None else _stdlib_socket.SOMAXCONN)
+        listener = TrafficListener(sock)
+    except BaseException:
+        sock.close()
+        raise
+    await trio.lowlevel.checkpoint()
+    return listener
+
+
+_Handler = Callable[[TrafficStream], Awaitable[object]]
+
+
+async def serve_tcp(
+    handler: _Handler,
+    port: int,
+    *,
+    host: str | bytes | None = None,
+    backlog: int | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[TrafficListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve TCP with ``handler(stream)`` per connection, as ``trio.serve_tcp``.
+
+    ``await nursery.start(traffic.serve_tcp, handler, 0)`` returns the
+    listeners.  Handlers run in ``handler_nursery`` (default: an internal
+    one); a stream is closed when its handler returns.  On EMFILE, ENFILE,
+    ENOMEM, ENOBUFS the server sleeps 100 ms and retries (trio's
+    ``serve_listeners`` does it).  Cancelling closes every connection.
+    """
+    listeners = await open_tcp_listeners(port, host=host, backlog=backlog)
+    await trio.serve_listeners(
+        handler, listeners, handler_nursery=handler_nursery, task_status=task_status
+    )
+
+
+async def serve_unix(
+    handler: _Handler,
+    path: str | bytes | os.PathLike[str],
+    *,
+    backlog: int | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[list[TrafficListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """:func:`serve_tcp` for an AF_UNIX path."""
+    listener = await open_unix_listener(path, backlog=backlog)
+    await trio.serve_listeners(
+        handler, [listener], handler_nursery=handler_nursery, task_status=task_status
+    )
