@@ -603,12 +603,21 @@ class Traffic:
 
     # Threaded use (the trio and anyio layers)
 
-    def start(self) -> None:
-        """Run the cycle in the core's own thread, ``traffic-cycle``, from now on."""
+    def start(self, policy: str = "normal") -> None:
+        """Run the cycle in the core's own thread, ``traffic-cycle``, from now on.
+
+        ``policy`` is the thread's scheduling: ``"normal"``, or ``"idle"``
+        (Linux ``SCHED_IDLE``: it runs only when its CPU has nothing else to
+        do, so it never preempts the owner's thread and edges batch up; but
+        under outside load it starves).  Starting twice does nothing.
+        """
         self._check_usable()
-        rc = lib.tr_traffic_start(self._c)
-        if rc == -errno.EINVAL:
+        policies = {"normal": lib.TR_CYCLE_NORMAL, "idle": lib.TR_CYCLE_IDLE}
+        if policy not in policies:
+            raise ValueError(f"policy must be one of {sorted(policies)}, not {policy!r}")
+        if lib.tr_traffic_mode(self._c) == lib.TR_MODE_SYNCHRONOUS:
             raise RuntimeError("a synchronous Traffic cannot become threaded")
+        rc = lib.tr_traffic_start(self._c, policies[policy])
         check(rc, "start")
 
     def completion_fileno(self) -> int:

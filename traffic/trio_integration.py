@@ -83,6 +83,10 @@ DEFAULT_RECEIVE_SIZE = 65536
 #: Descriptors one accept request may collect; the rest wait in the kernel.
 ACCEPT_BATCH = 64
 
+#: Scheduling of each run's cycle thread (see ``Traffic.start``): None
+#: takes ``$TRAFFIC_CYCLE_POLICY``, else ``"normal"``.  Set it before the run.
+CYCLE_POLICY: str | None = None
+
 # Outcomes of the core's requests (see traffic.h).
 _PENDING = lib.TR_PENDING
 _DONE = lib.TR_DONE
@@ -118,7 +122,7 @@ def _delivery() -> _Delivery:
         pass
     traffic = Traffic()
     try:
-        traffic.start()
+        traffic.start(CYCLE_POLICY or os.environ.get("TRAFFIC_CYCLE_POLICY", "normal"))
         delivery = _Delivery(traffic)
         trio.lowlevel.spawn_system_task(_pump, delivery, name="traffic.pump")
     except BaseException:

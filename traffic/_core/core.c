@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,8 +111,9 @@ struct tr_traffic {
 	int mode;
 	int signal_read, signal_write;
 	unsigned sleeping:1, wake_pending:1, signalled:1, cycling:1, stopping:1,
-	    threaded:1, failed:1;
+	    threaded:1, failed:1, batching:1, signal_due:1;
 	int fatal;                /* errno that stopped the cycle thread */
+	int policy;               /* tr_cycle_policy of the cycle thread */
 	pthread_t thread;
 	struct tr_transit *work, *work_tail;
 	struct tr_transit *reports, *reports_tail;
@@ -192,9 +194,19 @@ push_report(struct tr_traffic *tr, struct tr_transit *t)
 		tr->reports = t;
 	tr->reports_tail = t;
 	if (tr->threaded && !tr->signalled) {
-		/* One signal per batch: the collector clears it when it empties the list. */
-		tr->signalled = 1;
-		tr_signal_raise(tr->signal_write);
+		/*
+		 * One signal per batch: the collector clears it when it empties
+		 * the list.  The cycle thread raises it after its whole batch, not
+		 * at the first completion: a consumer woken mid-batch (it may
+		 * preempt the cycle thread on a shared CPU) would collect one
+		 * completion per wake.
+		 */
+		if (tr->batching) {
+			tr->signal_due = 1;
+		} else {
+			tr->signalled = 1;
+			tr_signal_raise(tr->signal_write);
+		}
 	}
 }
 
@@ -915,6 +927,17 @@ cycle_main(void *arg)
 
 #ifdef __linux__
 	pthread_setname_np(pthread_self(), "traffic-cycle");
+	if (tr->policy == TR_CYCLE_IDLE) {
+		/*
+		 * Run only when nothing else on this CPU wants to: the owner's
+		 * thread is never preempted by an edge, and edges batch up while
+		 * it works.  Under outside load an idle thread starves, which is
+		 * why this is a choice and not the default.
+		 */
+		struct sched_param none = {0};
+
+		pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+	}
 #endif
 	pthread_mutex_lock(&tr->lock);
 	while (!tr->stopping) {
@@ -931,9 +954,18 @@ cycle_main(void *arg)
 			tr->fatal = -n;
 			break;
 		}
+		tr->batching = 1;
 		if (n > 0)
 			apply_events(tr, n);
 		run_work(tr);
+		tr->batching = 0;
+		if (tr->signal_due) {
+			tr->signal_due = 0;
+			if (!tr->signalled && tr->reports != NULL) {
+				tr->signalled = 1;
+				tr_signal_raise(tr->signal_write);
+			}
+		}
 		reap(tr);
 	}
 	if (tr->fatal) {
@@ -953,7 +985,7 @@ cycle_main(void *arg)
 }
 
 int
-tr_traffic_start(tr_traffic *tr)
+tr_traffic_start(tr_traffic *tr, int policy)
 {
 	sigset_t saved;
 	int err = 0;
@@ -963,7 +995,10 @@ tr_traffic_start(tr_traffic *tr)
 		err = TR_ECLOSED;
 	else if (tr->mode == TR_MODE_SYNCHRONOUS)
 		err = -EINVAL;
+	else if (policy != TR_CYCLE_NORMAL && policy != TR_CYCLE_IDLE)
+		err = -EINVAL;
 	else if (tr->mode == TR_MODE_UNSET) {
+		tr->policy = policy;
 		/* The thread inherits the mask: blocked signals reach Python's main thread. */
 		block_signals(&saved);
 		err = -pthread_create(&tr->thread, NULL, cycle_main, tr);

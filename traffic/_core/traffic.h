@@ -31,6 +31,9 @@ enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2 };
 /* The seed's polarity: "on" is gain (input), "off" is loss (output). */
 enum tr_polarity { TR_OUTPUT = 0, TR_INPUT = 1 };
 
+/* Scheduling of a threaded Traffic's cycle thread. */
+enum tr_cycle_policy { TR_CYCLE_NORMAL = 0, TR_CYCLE_IDLE = 1 };
+
 enum tr_mode { TR_MODE_UNSET = 0, TR_MODE_SYNCHRONOUS = 1, TR_MODE_THREADED = 2 };
 
 /* Event bits of a transit in a synchronous cycle. */
@@ -79,7 +82,7 @@ long tr_live_objects(void);
 
 /* Traffic */
 int tr_traffic_create(tr_traffic **out);
-int tr_traffic_start(tr_traffic *traffic);
+int tr_traffic_start(tr_traffic *traffic, int policy);
 void tr_traffic_destroy(tr_traffic *traffic);
 void tr_traffic_abandon(tr_traffic *traffic);
 int tr_traffic_wake(tr_traffic *traffic);

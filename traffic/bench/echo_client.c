@@ -1,0 +1,155 @@
+/*
+ * echo_client.c: the one load generator every server in the benchmark faces.
+ *
+ * N connections, each in ping-pong: send a message of S bytes, wait until
+ * all S come back, record the round trip's latency, repeat.  One thread,
+ * epoll, level-triggered (simple and exact for one outstanding message per
+ * connection).  Runs for D seconds after a warm-up, then prints one line of
+ * JSON with the round trips, latency percentiles and its own CPU use, so the
+ * benchmark can tell a client-bound run.
+ *
+ * usage: echo_client HOST PORT CONNECTIONS SECONDS SIZE [WARMUP]
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUCKETS 200000  /* 1 us each: up to 200 ms */
+
+struct conn {
+	int fd;
+	size_t sent, received;
+	uint64_t started;
+};
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double
+percentile(const uint64_t *hist, uint64_t total, double p)
+{
+	uint64_t want = (uint64_t)(p * (double)total), seen = 0;
+	int i;
+
+	for (i = 0; i < BUCKETS; ++i) {
+		seen += hist[i];
+		if (seen > want)
+			return (double)i;
+	}
+	return (double)BUCKETS;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct sockaddr_in addr = {.sin_family = AF_INET};
+	struct epoll_event ev, events[1024];
+	struct rusage ru;
+	uint64_t *hist, total = 0, start, deadline, measure_from;
+	struct conn *conns;
+	char *message, *sink;
+	int n, size, i, ep, one = 1;
+	double seconds, warmup = 0.5;
+
+	if (argc < 6) {
+		fprintf(stderr, "usage: %s HOST PORT CONNECTIONS SECONDS SIZE [WARMUP]\n", argv[0]);
+		return 2;
+	}
+	inet_pton(AF_INET, argv[1], &addr.sin_addr);
+	addr.sin_port = htons((uint16_t)atoi(argv[2]));
+	n = atoi(argv[3]);
+	seconds = atof(argv[4]);
+	size = atoi(argv[5]);
+	if (argc > 6)
+		warmup = atof(argv[6]);
+
+	conns = calloc((size_t)n, sizeof *conns);
+	hist = calloc(BUCKETS, sizeof *hist);
+	message = malloc((size_t)size);
+	sink = malloc((size_t)size);
+	memset(message, 'x', (size_t)size);
+	ep = epoll_create1(0);
+
+	for (i = 0; i < n; ++i) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+		if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+			perror("connect");
+			return 1;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		conns[i].fd = fd;
+		ev.events = EPOLLIN;
+		ev.data.ptr = &conns[i];
+		epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+	}
+
+	start = now_ns();
+	measure_from = start + (uint64_t)(warmup * 1e9);
+	deadline = measure_from + (uint64_t)(seconds * 1e9);
+	for (i = 0; i < n; ++i) {
+		conns[i].started = now_ns();
+		if (send(conns[i].fd, message, (size_t)size, 0) != size) {
+			perror("send");
+			return 1;
+		}
+	}
+	for (;;) {
+		int k, got = epoll_wait(ep, events, 1024, 1000);
+		uint64_t t = now_ns();
+
+		if (t >= deadline)
+			break;
+		for (k = 0; k < got; ++k) {
+			struct conn *c = events[k].data.ptr;
+			ssize_t r = recv(c->fd, sink, (size_t)size - c->received, 0);
+
+			if (r <= 0) {
+				fprintf(stderr, "connection lost: %s\n", r == 0 ? "EOF" : strerror(errno));
+				return 1;
+			}
+			c->received += (size_t)r;
+			if (c->received < (size_t)size)
+				continue;
+			if (c->started >= measure_from) {
+				uint64_t us = (t - c->started) / 1000;
+
+				hist[us < BUCKETS ? us : BUCKETS - 1] += 1;
+				total += 1;
+			}
+			c->received = 0;
+			c->started = t;
+			if (send(c->fd, message, (size_t)size, 0) != size) {
+				perror("send");
+				return 1;
+			}
+		}
+	}
+	getrusage(RUSAGE_SELF, &ru);
+	printf("{\"round_trips\": %llu, \"seconds\": %.3f, \"p50_us\": %.0f, \"p99_us\": %.0f, "
+	    "\"client_cpu\": %.3f}\n",
+	    (unsigned long long)total, seconds, percentile(hist, total, 0.5),
+	    percentile(hist, total, 0.99),
+	    (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
+	for (i = 0; i < n; ++i)
+		close(conns[i].fd);
+	return 0;
+}
