@@ -50,6 +50,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -83,6 +84,13 @@ struct tr_point {
 	int open;           /* transits not yet terminated */
 	int busy;           /* system calls in flight on fd */
 	unsigned registered:1, closed:1, is_socket:1, dead:1;
+	/*
+	 * The kernel reported a hang-up or an error.  From then on a short
+	 * transfer no longer proves the kernel was drained: the end (EOF, the
+	 * error) is already queued behind the data and raises no further edge,
+	 * so transfers go on to the system call that reports it.
+	 */
+	unsigned hup:1;
 	struct tr_transit *io[2];   /* by polarity */
 	struct tr_point *next_dead;
 };
@@ -324,9 +332,13 @@ transit_consider_free(struct tr_transit *t)
 
 /*
  * End the transit's ability to transfer; lock held, not IN_SYSCALL.
- * The owner's terminate shuts down its own direction of a socket whose
- * other transit lives on (half-close); disregard and kernel-reported ends
- * do not.  The point closes with its last transit.
+ * The owner's terminate shuts down its own direction of a connection
+ * (half-close); disregard and kernel-reported ends do not.  The last
+ * transit shuts down too, before the close: another process (a forked
+ * child) or a dup() may hold the descriptor, and close() alone would leave
+ * the connection open for them, which is what disregard is for.  A
+ * listener is only closed: shutdown(2) would stop it listening for every
+ * holder.  The point closes with its last transit.
  */
 static void
 transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner)
@@ -341,7 +353,7 @@ transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner
 	if (by_owner)
 		t->flags |= TF_CLOSED;
 	p->open -= 1;
-	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && p->open > 0 && !p->closed)
+	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && t->type == TR_OCTETS && !p->closed)
 		shutdown(p->fd, t->polarity == TR_INPUT ? SHUT_RD : SHUT_WR);
 	point_settle(tr, p);
 }
@@ -551,8 +563,43 @@ transfer_sockets(struct tr_transit *t, int *error)
 	}
 }
 
+/* Set in the cycle thread, which blocks every signal for its whole life. */
+static __thread int signals_blocked;
+
+/*
+ * write(2) to a pipe whose reader is gone raises SIGPIPE, and pipes have
+ * no MSG_NOSIGNAL: a program that restored SIGPIPE's default disposition
+ * would die.  Block it around the write and consume the one the write
+ * raised (thread-directed, so it is ours; one pending from before can only
+ * exist if the thread had it blocked already, and then nothing is touched).
+ */
+static ssize_t
+write_nosigpipe(int fd, const void *buf, size_t size)
+{
+	static const struct timespec zero = {0, 0};
+	sigset_t pipe_set, saved;
+	ssize_t n;
+	int saved_errno;
+
+	if (signals_blocked)
+		return write(fd, buf, size);   /* stays pending, blocked, in the cycle thread */
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &saved);
+	n = write(fd, buf, size);
+	if (sigismember(&saved, SIGPIPE))
+		return n;
+	saved_errno = errno;
+	if (n < 0 && saved_errno == EPIPE)
+		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+			;
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	errno = saved_errno;
+	return n;
+}
+
 static int
-transfer_octets(struct tr_transit *t, int *error)
+transfer_octets(struct tr_transit *t, int drain, int *error)
 {
 	struct tr_point *p = t->point;
 
@@ -567,7 +614,7 @@ transfer_octets(struct tr_transit *t, int *error)
 		else if (p->is_socket)
 			n = send(p->fd, t->buf + t->pos, want, MSG_NOSIGNAL);
 		else
-			n = write(p->fd, t->buf + t->pos, want);
+			n = write_nosigpipe(p->fd, t->buf + t->pos, want);
 
 		if (n > 0) {
 			t->pos += (size_t)n;
@@ -575,8 +622,9 @@ transfer_octets(struct tr_transit *t, int *error)
 			 * A short transfer means the kernel's buffer was drained (or
 			 * filled) at that moment; anything that changes it later raises
 			 * a new edge, so the EAGAIN call would only cost a system call.
+			 * Not after a hang-up (drain): the end raises no new edge.
 			 */
-			if ((size_t)n < want)
+			if ((size_t)n < want && !drain)
 				return TX_AGAIN;
 			continue;
 		}
@@ -594,7 +642,7 @@ transfer_octets(struct tr_transit *t, int *error)
 }
 
 static int
-transfer(struct tr_transit *t, int *error)
+transfer(struct tr_transit *t, int drain, int *error)
 {
 	if (t->inject != 0) {
 		*error = t->inject;
@@ -603,7 +651,7 @@ transfer(struct tr_transit *t, int *error)
 	}
 	if (t->type == TR_SOCKETS)
 		return transfer_sockets(t, error);
-	return transfer_octets(t, error);
+	return transfer_octets(t, drain, error);
 }
 
 /* Settling: lock held. */
@@ -707,12 +755,13 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 	while (wants_transfer(t) && (t->flags & TF_READY)) {
 		unsigned long edges = t->edges;
 		size_t before = t->pos;
+		int drain = p->hup;   /* read under the lock: the transfer runs without it */
 		int error = 0, rc;
 
 		t->flags |= TF_IN_SYSCALL;
 		p->busy += 1;
 		pthread_mutex_unlock(&tr->lock);
-		rc = transfer(t, &error);
+		rc = transfer(t, drain, &error);
 		pthread_mutex_lock(&tr->lock);
 		t->flags &= ~TF_IN_SYSCALL;
 		p->busy -= 1;
@@ -794,6 +843,8 @@ apply_events(struct tr_traffic *tr, int n)
 
 		if (p->closed)
 			continue;
+		if (f & (TR_K_HUP | TR_K_ERROR))
+			p->hup = 1;
 		in = p->io[TR_INPUT];
 		out = p->io[TR_OUTPUT];
 		if (in != NULL && (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))) {
@@ -927,6 +978,7 @@ cycle_main(void *arg)
 
 #ifdef __linux__
 	pthread_setname_np(pthread_self(), "traffic-cycle");
+	signals_blocked = 1;   /* tr_traffic_start created it with every signal blocked */
 	if (tr->policy == TR_CYCLE_IDLE) {
 		/*
 		 * Run only when nothing else on this CPU wants to: the owner's

@@ -1,0 +1,173 @@
+"""Shared fixtures for the core's tests: leak checks and real peers.
+
+Every test runs under ``_no_leaks`` (autouse): after the test and a garbage
+collection, the process holds exactly the descriptors it held before, the
+core's live object count is back at its baseline, and no ``traffic-cycle``
+thread is left (C threads do not show in ``threading.enumerate()``: their
+names are read from ``/proc/self/task/*/comm``).
+
+Timing never decides a test: helpers wait on real conditions with generous
+bounded loops and fail only when the condition never holds.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import traffic
+from traffic import Traffic
+
+
+def open_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the listdir's own descriptor, closed already
+        fds.add(fd)
+    return fds
+
+
+def fd_targets(fds: set[int]) -> dict[int, str]:
+    out = {}
+    for fd in fds:
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            out[fd] = "?"
+    return out
+
+
+def cycle_threads() -> list[str]:
+    """Task ids of threads named traffic-cycle in this process."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if f.read().strip() == "traffic-cycle":
+                    found.append(task)
+        except OSError:
+            continue  # the thread ended while we looked
+    return found
+
+
+def settle(condition: Callable[[], bool], attempts: int = 200) -> bool:
+    """Collect garbage until ``condition`` holds, at most ``attempts`` times.
+
+    Threads the core joins are gone once close() returns; the retries only
+    cover Python's own finalizers (weakref callbacks run at collection).
+    """
+    for _ in range(attempts):
+        gc.collect()
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    gc.collect()
+    fds = open_fds()
+    baseline = traffic.live_objects()
+    yield
+    settle(lambda: open_fds() == fds and traffic.live_objects() == baseline)
+    extra = open_fds() - fds
+    missing = fds - open_fds()
+    assert not extra, f"descriptors leaked: {fd_targets(extra)}"
+    assert not missing, f"descriptors closed that the test did not own: {sorted(missing)}"
+    assert traffic.live_objects() == baseline, (
+        f"core objects alive: {traffic.live_objects()} (baseline {baseline})"
+    )
+    assert not cycle_threads(), "a traffic-cycle thread outlived its Traffic"
+
+
+@pytest.fixture
+def tr() -> Iterator[Traffic]:
+    """A Traffic closed after the test (the leak check then sees everything released)."""
+    t = Traffic()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def run_until(
+    traffic_: Traffic,
+    condition: Callable[[], bool],
+    on_transit: Callable[[traffic.Transit], None] | None = None,
+    cycles: int = 300,
+    timeout: float = 0.1,
+) -> None:
+    """Run cycles (``timeout`` each) until ``condition()`` holds; fail after ``cycles``."""
+    for _ in range(cycles):
+        if condition():
+            return
+        with traffic_.cycle(timeout):
+            for transit in traffic_.transfers():
+                if on_transit is not None:
+                    on_transit(transit)
+    assert condition(), "condition not reached within the cycle bound"
+
+
+def wait_readable(fd: int, timeout: float = 30.0) -> bool:
+    r, _, _ = select.select([fd], [], [], timeout)
+    return bool(r)
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 30.0) -> bytes:
+    sock.settimeout(timeout)
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_all(sock: socket.socket, timeout: float = 30.0) -> bytes:
+    """Everything until EOF."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class Collector:
+    """Collects what an input transit delivers, re-acquiring as it exhausts."""
+
+    def __init__(self, transit: traffic.Octets, size: int = 65536) -> None:
+        self.transit = transit
+        self.size = size
+        self.data = bytearray()
+        self.terminated = False
+        self.error: int | None = None
+        self.transfers = 0
+        transit.acquire(bytearray(size))
+
+    def __call__(self, transit: traffic.Transit) -> None:
+        if transit is not self.transit:
+            return
+        view = transit.transfer()
+        if view is not None:
+            self.data += view
+            self.transfers += 1
+        if transit.terminated:
+            self.terminated = True
+            self.error = transit.error
+        elif transit.exhausted:
+            transit.acquire(bytearray(self.size))
