@@ -255,9 +255,10 @@ class Transit:
         self._memory = memory if self._itemsize == 1 else memory.cast("i")
 
     def terminate(self) -> None:
-        """End the transit.  A socket's direction is shut down (half-close)
-        when its other transit lives on; the descriptor is closed with the
-        last transit.  A termination event follows in the next cycle.
+        """End the transit.  A connection's direction is shut down
+        (half-close; also for the last transit, so that copies of the
+        descriptor elsewhere see the end too); the descriptor is closed with
+        the last transit.  A termination event follows in the next cycle.
         Terminating twice does nothing."""
         self._check_fork()
         lib.tr_transit_terminate(self._c, 0)
@@ -636,6 +637,7 @@ class Traffic:
         (through :meth:`collect`) and the resource stays pinned until then.
         """
         self._check_usable()
+        self._check_mine(transit)
         memory, size = transit._buffer(resource)
         pin = ffi.from_buffer(memory, require_writable=transit._polarity == lib.TR_INPUT)
         report = self._report
@@ -649,10 +651,24 @@ class Traffic:
             self._pins[transit._token] = (pin, resource)
         return outcome, report.error, report.stop
 
+    def _check_mine(self, transit: Transit) -> None:
+        """Refuse a transit of another Traffic (or of none).
+
+        The core would serve it, but the resource would be pinned here under
+        a token of the other Traffic: a collision with one of ours would
+        unpin a buffer the core still writes into.
+        """
+        if transit._traffic is not self:
+            if transit._traffic is None and transit.terminated:
+                raise TransitClosedError()
+            raise RuntimeError("the transit is not in this Traffic: Traffic.acquire() it first")
+
     def withdraw(self, transit: Transit) -> tuple[int, int]:
         """Withdraw the transit's request: (TR_WITHDRAWN, transferred), or
         (TR_COMPLETING, 0) when the core is inside the system call for it or
         already done (the completion then follows through :meth:`collect`)."""
+        self._check_fork()
+        self._check_mine(transit)
         report = self._report
         outcome = check(lib.tr_withdraw(transit._c, report), "withdraw")
         if outcome == lib.TR_WITHDRAWN:

@@ -1,0 +1,499 @@
+"""The threaded request API: start(), request(), withdraw(), collect().
+
+The core's ``traffic-cycle`` thread waits and transfers; the test thread
+submits requests and waits for completions on ``completion_fileno()`` with
+select(), as the trio layer does with ``wait_readable``.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import hashlib
+import os
+import select
+import socket
+import threading
+from collections.abc import Callable
+from array import array
+
+import pytest
+from conftest import cycle_threads, recv_exactly
+from test_core_sync import unread
+
+import traffic
+from traffic import Completion, Octets, Sockets, Traffic, TransitClosedError
+from traffic._traffic import lib
+
+PENDING, DONE, TERMINATED, FAULT, CLOSED, WITHDRAWN, COMPLETING = (
+    lib.TR_PENDING,
+    lib.TR_DONE,
+    lib.TR_TERMINATED,
+    lib.TR_FAULT,
+    lib.TR_CLOSED,
+    lib.TR_WITHDRAWN,
+    lib.TR_COMPLETING,
+)
+
+
+@pytest.fixture
+def ttr() -> Traffic:
+    t = Traffic()
+    t.start()
+    try:
+        yield t  # type: ignore[misc]
+    finally:
+        t.close()
+
+
+def completions(
+    tr: Traffic, until: Callable[[list[Completion]], bool], rounds: int = 300
+) -> list[Completion]:
+    """Wait on the completion descriptor and collect until ``until(collected)``."""
+    got: list[Completion] = []
+    fd = tr.completion_fileno()
+    for _ in range(rounds):
+        if until(got):
+            return got
+        select.select([fd], [], [], 0.1)
+        got += tr.collect()
+    assert until(got), f"completions never satisfied the condition: {got}"
+    return got
+
+
+def one(tr: Traffic, transit: traffic.Transit) -> Completion:
+    token = transit._token
+    got = completions(tr, lambda c: any(x.token == token for x in c))
+    mine = [c for c in got if c.token == token]
+    assert len(mine) == 1, got
+    return mine[0]
+
+
+def pair(tr: Traffic) -> tuple[Octets, Octets, socket.socket]:
+    ours, peer = socket.socketpair()
+    inp, out = Octets.wrap(ours)
+    tr.acquire(inp)
+    tr.acquire(out)
+    return inp, out, peer
+
+
+def test_start_runs_a_named_thread_and_close_joins_it() -> None:
+    before = len(cycle_threads())
+    tr = Traffic()
+    try:
+        tr.start()
+        tr.start()  # twice does nothing
+        assert tr.threaded
+        # The thread names itself once running.
+        for _ in range(3000):
+            if len(cycle_threads()) == before + 1:
+                break
+            threading.Event().wait(0.01)
+        assert len(cycle_threads()) == before + 1
+    finally:
+        tr.close()
+    assert len(cycle_threads()) == before
+    assert not tr.threaded
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_input_request_when_data_is_ready(ttr: Traffic, inline: bool) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        peer.sendall(b"ready before the request")
+        buf = bytearray(100)
+        outcome, error, count = ttr.request(inp, buf, inline=inline)
+        if inline:
+            assert (outcome, error, count) == (DONE, 0, 24)
+        else:
+            assert outcome == PENDING
+            c = one(ttr, inp)
+            assert (c.outcome, c.error, c.transferred) == (DONE, 0, 24)
+        assert bytes(buf[:24]) == b"ready before the request"
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_input_request_completes_when_data_arrives(ttr: Traffic, inline: bool) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        buf = bytearray(100)
+        outcome, _, _ = ttr.request(inp, buf, inline=inline)
+        assert outcome == PENDING
+        assert ttr.collect() == []
+        with pytest.raises(RuntimeError):
+            ttr.request(inp, bytearray(1))  # one request at a time
+        peer.sendall(b"late data")
+        c = one(ttr, inp)
+        assert (c.outcome, c.error, c.transferred) == (DONE, 0, 9)
+        assert bytes(buf[:9]) == b"late data"
+        # The completion descriptor is clear again once everything is collected.
+        assert select.select([ttr.completion_fileno()], [], [], 0)[0] == []
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_output_request_larger_than_the_socket_buffer(ttr: Traffic, inline: bool) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        data = os.urandom(4 << 20)
+        outcome, _, count = ttr.request(out, data, inline=inline)
+        assert outcome == PENDING
+        if inline:
+            assert 0 < count < len(data)  # a partly done send reports its count
+        received = recv_exactly(peer, len(data))
+        c = one(ttr, out)
+        assert (c.outcome, c.error, c.transferred) == (DONE, 0, len(data))
+        assert received == data
+
+
+def test_small_output_request_inline_is_done_at_once(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        assert ttr.request(out, b"hello") == (DONE, 0, 5)
+        assert recv_exactly(peer, 5) == b"hello"
+
+
+def test_withdraw_partial_send_reports_count(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        data = os.urandom(8 << 20)
+        outcome, _, _ = ttr.request(out, data, inline=False)
+        assert outcome == PENDING
+        # The peer does not read: the send stalls with part of it in the kernel.
+        for _ in range(3000):
+            if unread(peer.fileno()) > 0:
+                break
+            threading.Event().wait(0.01)
+        assert unread(peer.fileno()) > 0
+        for _ in range(300):
+            outcome, count = ttr.withdraw(out)
+            if outcome == WITHDRAWN:
+                break
+            assert outcome == COMPLETING  # inside the system call right now
+            c = one(ttr, out)
+            assert c.outcome == WITHDRAWN
+            count = c.transferred
+            break
+        assert 0 < count < len(data)
+        # The peer sees exactly the prefix that went out, and nothing more.
+        peer.setblocking(False)
+        got = bytearray()
+        while True:
+            try:
+                chunk = peer.recv(1 << 20)
+            except BlockingIOError:
+                break
+            got += chunk
+        assert bytes(got) == data[:count]
+        assert ttr.collect() == []
+        # The transit is intact: a new request goes out.
+        peer.setblocking(True)
+        assert ttr.request(out, b"after")[0] in (DONE, PENDING)
+        assert recv_exactly(peer, 5) == b"after"
+
+
+def test_withdraw_without_request_is_enoent(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        with pytest.raises(OSError) as info:
+            ttr.withdraw(inp)
+        assert info.value.errno == errno.ENOENT
+
+
+def test_withdraw_pending_input(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        buf = bytearray(10)
+        assert ttr.request(inp, buf)[0] == PENDING
+        assert ttr.withdraw(inp) == (WITHDRAWN, 0)
+        peer.sendall(b"unclaimed")
+        # Nothing was transferred for the withdrawn request; the data waits.
+        # (PENDING if the cycle thread has not yet seen the edge: the inline
+        # try is skipped while the kernel is not known to be ready.)
+        outcome, error, count = ttr.request(inp, buf)
+        if outcome == PENDING:
+            c = one(ttr, inp)
+            outcome, error, count = c.outcome, c.error, c.transferred
+        assert (outcome, error, count) == (DONE, 0, 9)
+        assert bytes(buf[:9]) == b"unclaimed"
+
+
+def test_withdraw_after_completion_is_completing(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        buf = bytearray(10)
+        assert ttr.request(inp, buf, inline=False)[0] == PENDING
+        peer.sendall(b"done")
+        assert select.select([ttr.completion_fileno()], [], [], 30)[0]
+        # Completed, not yet collected: withdraw lost the race.
+        assert ttr.withdraw(inp) == (COMPLETING, 0)
+        c = one(ttr, inp)
+        assert (c.outcome, c.transferred) == (DONE, 4)
+        assert bytes(buf[:4]) == b"done"
+
+
+def test_terminate_while_pending_completes_closed(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        assert ttr.request(inp, bytearray(10))[0] == PENDING
+        inp.terminate()
+        c = one(ttr, inp)
+        assert c.outcome == CLOSED
+        with pytest.raises(TransitClosedError):
+            ttr.request(inp, bytearray(10))
+
+
+def test_eof_terminates_request(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    peer.sendall(b"bye")
+    peer.close()
+    buf = bytearray(10)
+    outcome, error, count = ttr.request(inp, buf)
+    assert (outcome, count) == (DONE, 3)
+    # The end is reported to the next request, with no errno (as its
+    # completion if the cycle thread has not yet seen the hang-up).
+    outcome, error, count = ttr.request(inp, buf)
+    if outcome == PENDING:
+        c = one(ttr, inp)
+        outcome, error, count = c.outcome, c.error, c.transferred
+    assert (outcome, error, count) == (TERMINATED, 0, 0)
+    assert ttr.request(inp, buf) == (TERMINATED, 0, 0)
+    assert inp.terminated and inp.error is None
+
+
+def test_eof_while_pending(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    assert ttr.request(inp, bytearray(10))[0] == PENDING
+    peer.shutdown(socket.SHUT_WR)
+    c = one(ttr, inp)
+    assert (c.outcome, c.error, c.transferred) == (TERMINATED, 0, 0)
+    # Our output still works (half-close).
+    assert ttr.request(out, b"ok")[0] == DONE
+    assert recv_exactly(peer, 2) == b"ok"
+    peer.close()
+
+
+@pytest.mark.parametrize("code", [errno.ECONNRESET, errno.EIO])
+def test_injected_fault_terminates_pending_request(ttr: Traffic, code: int) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        assert ttr.request(inp, bytearray(10))[0] == PENDING
+        assert lib.tr_transit_inject(inp._c, code) == 0
+        c = one(ttr, inp)
+        assert (c.outcome, c.error, c.transferred) == (TERMINATED, code, 0)
+        assert inp.terminated and inp.error == code
+        assert ttr.request(inp, bytearray(10)) == (TERMINATED, code, 0)
+
+
+def test_injected_fault_on_output(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        assert ttr.request(out, os.urandom(8 << 20), inline=False)[0] == PENDING
+        assert lib.tr_transit_inject(out._c, errno.EPIPE) == 0
+        # The first send may already be stalled in the kernel: the next edge
+        # (the peer reading) runs the transfer that meets the injected errno.
+        fd = ttr.completion_fileno()
+        got: list[Completion] = []
+        peer.setblocking(False)
+        for _ in range(600):
+            if select.select([fd], [], [], 0.05)[0]:
+                got += ttr.collect()
+                if got:
+                    break
+            try:
+                peer.recv(1 << 16)
+            except BlockingIOError:
+                pass
+        assert [(c.outcome, c.error) for c in got] == [(TERMINATED, errno.EPIPE)]
+        assert out.terminated and not inp.terminated
+
+
+def test_injected_emfile_on_sockets_is_a_fault(ttr: Traffic) -> None:
+    listener, bound = Sockets.listen(("127.0.0.1", 0))
+    ttr.acquire(listener)
+    slots = array("i", [-1]) * 4
+    assert ttr.request(listener, slots)[0] == PENDING
+    assert lib.tr_transit_inject(listener._c, errno.EMFILE) == 0
+    c = one(ttr, listener)
+    assert (c.outcome, c.error, c.transferred) == (FAULT, errno.EMFILE, 0)
+    assert not listener.terminated
+    # The listener is intact: the next request accepts.
+    with socket.create_connection(bound) as client:
+        outcome, _, count = ttr.request(listener, slots)
+        if outcome == PENDING:
+            c = one(ttr, listener)
+            outcome, count = c.outcome, c.transferred
+        assert (outcome, count) == (DONE, 4)
+        fd = slots[0]
+        assert fd >= 0
+        os.close(fd)
+
+
+def test_accept_requests(ttr: Traffic) -> None:
+    listener, bound = Sockets.listen(("127.0.0.1", 0))
+    ttr.acquire(listener)
+    slots = array("i", [-1]) * 8
+    assert ttr.request(listener, slots, inline=False)[0] == PENDING
+    clients = [socket.create_connection(bound) for _ in range(3)]
+    fds: list[int] = []
+    try:
+        c = one(ttr, listener)
+        assert c.outcome == DONE and c.transferred % 4 == 0 and c.transferred > 0
+        fds += slots[: c.transferred // 4].tolist()
+        while len(fds) < 3:
+            outcome, _, count = ttr.request(listener, slots)
+            if outcome == PENDING:
+                c = one(ttr, listener)
+                outcome, count = c.outcome, c.transferred
+            assert outcome == DONE
+            fds += slots[: count // 4].tolist()
+        assert len(set(fds)) == 3
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for client in clients:
+            client.close()
+
+
+def test_ten_mib_through_a_socketpair(ttr: Traffic) -> None:
+    (ain, aout), (bin_, bout) = Octets.socketpair()
+    for t in (ain, aout, bin_, bout):
+        ttr.acquire(t)
+    data = os.urandom(10 << 20)
+    received = bytearray()
+    buf = bytearray(65536)
+    sent_done = False
+
+    outcome, _, _ = ttr.request(aout, data, inline=False)
+    assert outcome == PENDING
+    fd = ttr.completion_fileno()
+    reading = False
+    for _ in range(100000):
+        if not reading:
+            outcome, error, count = ttr.request(bin_, buf)
+            if outcome == DONE:
+                received += buf[:count]
+            else:
+                assert outcome == PENDING
+                reading = True
+        if sent_done and len(received) == len(data):
+            break
+        if reading:
+            select.select([fd], [], [], 0.1)
+        for c in ttr.collect():
+            if c.token == aout._token:
+                assert (c.outcome, c.transferred) == (DONE, len(data))
+                sent_done = True
+            else:
+                assert c.outcome == DONE, c
+                received += buf[: c.transferred]
+                reading = False
+    assert sent_done
+    assert len(received) == len(data)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+def test_zero_length_request_is_done_at_once(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        assert ttr.request(inp, bytearray(0)) == (DONE, 0, 0)
+        assert ttr.request(out, b"") == (DONE, 0, 0)
+        assert not inp.terminated
+
+
+def test_close_with_pending_requests() -> None:
+    tr = Traffic()
+    tr.start()
+    inp, out, peer = pair(tr)
+    with peer:
+        assert tr.request(inp, bytearray(10))[0] == PENDING
+        assert tr.request(out, os.urandom(8 << 20))[0] == PENDING
+        tr.close()
+        assert not cycle_threads()
+        assert inp.terminated and out.terminated
+        assert inp.fileno() == -1
+        peer.settimeout(30)
+        while peer.recv(1 << 20):
+            pass  # EOF comes: the descriptor was closed
+
+
+def test_dropped_transit_with_pending_request(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        buf = bytearray(10)
+        assert ttr.request(inp, buf)[0] == PENDING
+        token = inp._token
+        del inp
+        gc.collect()
+        # Its completion still arrives, so the resource is unpinned.
+        got = completions(ttr, lambda c: any(x.token == token for x in c))
+        assert [c.outcome for c in got if c.token == token] == [CLOSED]
+        assert token not in ttr._pins
+
+
+def test_requests_from_another_thread_while_cycle_runs(ttr: Traffic) -> None:
+    """Many small exchanges: completions and inline transfers interleave."""
+    (ain, aout), (bin_, bout) = Octets.socketpair()
+    for t in (ain, aout, bin_, bout):
+        ttr.acquire(t)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(200):
+                assert ttr.request(aout, b"%05d" % i, inline=False)[0] == PENDING
+                c = one(ttr, aout)
+                assert c.outcome == DONE
+        except BaseException as e:
+            errors.append(e)
+
+    # One thread owns collect(): the reader waits on raw readiness instead.
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and not errors, errors
+    received = bytearray()
+    buf = bytearray(4096)
+    while len(received) < 1000:
+        outcome, _, count = ttr.request(bin_, buf)
+        if outcome == PENDING:
+            count = one(ttr, bin_).transferred
+        received += buf[:count]
+    assert bytes(received) == b"".join(b"%05d" % i for i in range(200))
+
+
+def test_request_on_synchronous_traffic_raises(tr: Traffic) -> None:
+    inp, out, peer = pair(tr)
+    with peer:
+        with tr.cycle(0):
+            pass
+        with pytest.raises(RuntimeError):
+            tr.request(inp, bytearray(1))
+
+
+def test_acquire_on_threaded_traffic_only_records_a_default(ttr: Traffic) -> None:
+    """In a threaded Traffic, acquire() names the buffer requests use; the core gets nothing."""
+    inp, out, peer = pair(ttr)
+    with peer:
+        buf = bytearray(4)
+        inp.acquire(buf)
+        assert inp.resource is buf
+        assert not inp._status()[0] & lib.TR_ST_RESOURCE
+        peer.sendall(b"data")
+        assert ttr.collect() == []
+
+
+def test_request_for_a_transit_of_another_traffic_raises(ttr: Traffic) -> None:
+    other = Traffic()
+    other.start()
+    try:
+        inp, out, peer = pair(other)
+        with peer:
+            with pytest.raises(RuntimeError):
+                ttr.request(inp, bytearray(10))
+            with pytest.raises(RuntimeError):
+                ttr.withdraw(inp)
+            r, w = Octets.pipe()
+            with pytest.raises(RuntimeError):
+                ttr.request(r, bytearray(10))  # in no Traffic at all
+    finally:
+        other.close()
