@@ -1,15 +1,40 @@
-"""Echo servers, one per implementation, each written the way a competent
-user of that library writes one.  Run as ``python -m traffic.bench.servers
-NAME``: prints the port on its first line, serves until killed."""
+"""Servers, one per implementation, each written the way a competent user of
+that library writes one.
+
+Run as ``python -m traffic.bench.servers NAME [--accept]``: prints the port
+on its first line, then serves on 127.0.0.1 until killed.  By default it is
+an echo server (the echo and idle workloads); with ``--accept`` every
+connection is closed as soon as it is accepted (the accept workload).
+
+``traffic-trio`` reads ``$TRAFFIC_CYCLE_POLICY`` ("normal" or "idle") as the
+trio layer does; the driver's ``traffic-trio-idle`` row is this server with
+the variable set to "idle".
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
+from typing import Any, cast
+
+HOST = "127.0.0.1"
+
+#: Bytes one receive asks for: trio's DEFAULT_RECEIVE_SIZE, anyio's default.
+RECEIVE_SIZE = 65536
 
 
-def traffic_trio() -> None:
+def _announce(port: int) -> None:
+    print(port, flush=True)
+
+
+# --- trio -------------------------------------------------------------------
+
+
+def traffic_trio(accept_only: bool) -> None:
     import trio
 
     import traffic
@@ -18,55 +43,173 @@ def traffic_trio() -> None:
         while data := await stream.receive_some():
             await stream.send_all(data)
 
+    async def close(stream: traffic.TrafficStream) -> None:
+        await stream.aclose()
+
     async def main() -> None:
+        handler = close if accept_only else echo
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(traffic.serve_tcp, echo, 0, host="127.0.0.1"))
+            listeners = await nursery.start(partial(traffic.serve_tcp, handler, 0, host=HOST))
             _announce(listeners[0].socket.getsockname()[1])
 
     trio.run(main)
 
 
-def trio_native() -> None:
+def trio_native(accept_only: bool) -> None:
     import trio
 
     async def echo(stream: trio.SocketStream) -> None:
         while data := await stream.receive_some():
             await stream.send_all(data)
 
+    async def close(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+
     async def main() -> None:
+        handler = close if accept_only else echo
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=HOST))
             _announce(listeners[0].socket.getsockname()[1])
 
     trio.run(main)
 
 
-def asyncio_streams() -> None:
+# --- asyncio and uvloop -----------------------------------------------------
+
+
+async def _asyncio_streams_main(accept_only: bool) -> None:
     import asyncio
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
+        try:
+            while data := await reader.read(RECEIVE_SIZE):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(close if accept_only else echo, HOST, 0)
+    _announce(server.sockets[0].getsockname()[1])
+    await server.serve_forever()
+
+
+def asyncio_streams(accept_only: bool) -> None:
+    import asyncio
+
+    asyncio.run(_asyncio_streams_main(accept_only))
+
+
+def uvloop_streams(accept_only: bool) -> None:
+    import uvloop
+
+    uvloop.run(_asyncio_streams_main(accept_only))
+
+
+def uvloop_protocol(accept_only: bool) -> None:
+    import asyncio
+
+    import uvloop
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's: no subclass
+            if accept_only:
+                transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
 
     async def main() -> None:
-        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, HOST, 0)
         _announce(server.sockets[0].getsockname()[1])
         await server.serve_forever()
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
-def _announce(port: int) -> None:
-    print(port, flush=True)
+# --- anyio --------------------------------------------------------------------
 
 
-SERVERS: dict[str, Callable[[], None]] = {
+async def _anyio_main(create_tcp_listener: Callable[..., Any], accept_only: bool) -> None:
+    from anyio.abc import SocketAttribute, SocketStream
+
+    async def echo(client: SocketStream) -> None:
+        async with client:
+            async for chunk in client:
+                await client.send(chunk)
+
+    async def close(client: SocketStream) -> None:
+        await client.aclose()
+
+    listener = await create_tcp_listener(local_host=HOST, local_port=0)
+    _announce(listener.extra(SocketAttribute.local_port))
+    await listener.serve(close if accept_only else echo)
+
+
+def _anyio_run(backend: str, accept_only: bool) -> None:
+    import anyio
+
+    anyio.run(_anyio_main, anyio.create_tcp_listener, accept_only, backend=backend)
+
+
+def _traffic_anyio_run(backend: str, accept_only: bool) -> None:
+    import anyio
+
+    from traffic import anyio_backend  # type: ignore[attr-defined,unused-ignore]
+
+    anyio.run(_anyio_main, anyio_backend.create_tcp_listener, accept_only, backend=backend)
+
+
+def available(name: str) -> str | None:
+    """None if server ``name`` can run here, else why not ("not installed")."""
+    needs = {
+        "uvloop": "uvloop",
+        "uvloop-protocol": "uvloop",
+        "traffic-anyio-trio": "traffic.anyio_backend",
+        "traffic-anyio-asyncio": "traffic.anyio_backend",
+    }.get(name)
+    if needs is None:
+        return None
+    try:
+        found = importlib.util.find_spec(needs) is not None
+    except ImportError:
+        found = False
+    return None if found else "not installed"
+
+
+#: Server name -> function(accept_only).  ``traffic-trio-idle`` is the
+#: driver's name for ``traffic-trio`` under TRAFFIC_CYCLE_POLICY=idle.
+SERVERS: dict[str, Callable[[bool], None]] = {
     "traffic-trio": traffic_trio,
     "trio": trio_native,
     "asyncio": asyncio_streams,
+    "uvloop": uvloop_streams,
+    "uvloop-protocol": uvloop_protocol,
+    "anyio-trio": partial(_anyio_run, "trio"),
+    "anyio-asyncio": partial(_anyio_run, "asyncio"),
+    "traffic-anyio-trio": partial(_traffic_anyio_run, "trio"),
+    "traffic-anyio-asyncio": partial(_traffic_anyio_run, "asyncio"),
 }
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m traffic.bench.servers")
+    parser.add_argument("name", choices=sorted(SERVERS))
+    parser.add_argument("--accept", action="store_true", help="close each connection at once")
+    parser.add_argument("--cycle-policy", choices=["normal", "idle"], help="traffic's cycle thread")
+    args = parser.parse_args(argv)
+    if args.cycle_policy:
+        os.environ["TRAFFIC_CYCLE_POLICY"] = args.cycle_policy
+    try:
+        SERVERS[args.name](args.accept)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
 if __name__ == "__main__":
-    SERVERS[sys.argv[1]]()
+    main()

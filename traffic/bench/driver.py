@@ -1,0 +1,295 @@
+"""``python -m traffic.bench``: traffic side by side with the I/O a trio or
+anyio user already has (issue 6).
+
+Method: every implementation faces the same C load generator in a separate
+process; within each repeat every implementation runs once per case,
+interleaved (the order rotates from one repeat to the next), so the drift of
+a shared machine hits them alike; ratios to trio are taken within a repeat
+and their median reported, beside the median and min-max of each metric.
+Work per server CPU-second (all threads) stands beside raw rates, and a row
+whose client used more than 0.8 of a core is marked client-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import build, report, servers, stream, workloads
+from .report import BASELINE, Case
+
+WORKLOADS = ("echo", "accept", "stream", "idle")
+
+#: Default echo connection counts (issue 6) and the --quick ones.
+ECHO_CONNECTIONS = (1, 100, 1000)
+QUICK_ECHO_CONNECTIONS = (1, 100)
+
+#: Idle connections held in --quick (10,000 otherwise: issue 6).
+QUICK_IDLE_CONNECTIONS = 2000
+
+#: Rows in table order.  traffic-trio-idle is traffic-trio with its cycle
+#: thread at SCHED_IDLE ($TRAFFIC_CYCLE_POLICY=idle).
+ALL_SERVERS = (
+    "traffic-trio",
+    "traffic-trio-idle",
+    "trio",
+    "traffic-anyio-trio",
+    "anyio-trio",
+    "traffic-anyio-asyncio",
+    "anyio-asyncio",
+    "asyncio",
+    "uvloop",
+    "uvloop-protocol",
+)
+
+#: Rows left out (with a note) rather than shown as missing when their
+#: module is absent: traffic's own layers that may not exist yet.
+OPTIONAL_SERVERS = ("traffic-anyio-trio", "traffic-anyio-asyncio")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m traffic.bench",
+        description="Benchmark traffic against trio, anyio, asyncio and uvloop (issue 6).",
+    )
+    parser.add_argument(
+        "--only",
+        type=_names(WORKLOADS),
+        help=f"workloads to run, comma-separated (default all: {','.join(WORKLOADS)})",
+    )
+    parser.add_argument(
+        "--servers",
+        type=_names(ALL_SERVERS),
+        help="implementations, comma-separated (trio is always added: it is the baseline); "
+        f"default all of: {','.join(ALL_SERVERS)}",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=["cross", "none", "same"],
+        default="cross",
+        help="cross: server on CPU 0, client on CPU 1 (default); same: both on CPU 0; "
+        "none: unpinned.  The one-process stream runs on CPU 0 unless none.",
+    )
+    parser.add_argument("--seconds", type=float, help="measured seconds per run (default 2)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5)")
+    parser.add_argument("--repeat", type=int, help="repeats (default 3)")
+    parser.add_argument(
+        "--connections",
+        type=_counts,
+        help="echo connection counts, comma-separated (default 1,100,1000)",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        help=f"connections held in the idle workload (default {workloads.IDLE_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="about a minute: 1 repeat, short runs, echo N=1,100, 2000 idle connections",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    parser.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="bar chart of the ratios (matplotlib)"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    if args.seconds is None:
+        args.seconds = 0.5 if quick else 2.0
+    if args.warmup is None:
+        args.warmup = 0.2 if quick else 0.5
+    if args.repeat is None:
+        args.repeat = 1 if quick else 3
+    if args.connections is None:
+        args.connections = QUICK_ECHO_CONNECTIONS if quick else ECHO_CONNECTIONS
+    if args.idle_connections is None:
+        args.idle_connections = QUICK_IDLE_CONNECTIONS if quick else workloads.IDLE_CONNECTIONS
+    if args.repeat < 1 or args.seconds <= 0:
+        parser.error("--repeat must be >= 1 and --seconds > 0")
+    return args
+
+
+def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown: {', '.join(unknown)} (choose from {', '.join(allowed)})"
+            )
+        return names
+
+    return parse
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected integers, e.g. 1,100") from None
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError("connection counts must be >= 1")
+    return counts
+
+
+def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[str], list[str]]:
+    """The cases, the servers to run, and those shown as not installed."""
+    chosen = args.servers or list(ALL_SERVERS)
+    if BASELINE not in chosen:
+        chosen.append(BASELINE)
+    names = [name for name in ALL_SERVERS if name in chosen]
+    runnable, missing = [], []
+    for name in names:
+        why = servers.available(workloads.base_name(name))
+        if why is None:
+            runnable.append(name)
+        elif name in OPTIONAL_SERVERS:
+            notes.append(f"{name} skipped: traffic.anyio_backend is not importable")
+        else:
+            missing.append(name)
+
+    only = args.only or list(WORKLOADS)
+    cases = []
+    for workload in WORKLOADS:
+        if workload not in only:
+            continue
+        if workload == "echo":
+            for n in args.connections:
+                cases.append(Case("echo", n, f"echo N={n}", f"{workloads.ECHO_SIZE}-byte"))
+        elif workload == "accept":
+            cases.append(Case("accept", None, "accept", "accept and close"))
+        elif workload == "stream":
+            if args.pin == "none":
+                cases.append(Case("stream", "unpinned", "stream", "AF_UNIX, one process"))
+            else:
+                cases.append(Case("stream", "pinned", "stream", "AF_UNIX, one process, one CPU"))
+                if not args.quick:
+                    cases.append(
+                        Case("stream", "unpinned", "stream unpinned", "AF_UNIX, one process")
+                    )
+        elif workload == "idle":
+            n = args.idle_connections
+            case = Case("idle", n, f"idle {n:,} conns", "RSS growth per connection")
+            needed = n + workloads.IDLE_WARM + 256
+            if not workloads.file_limit_possible(needed):
+                notes.append(f"idle skipped: cannot raise RLIMIT_NOFILE to {needed}")
+                continue
+            cases.append(case)
+    return cases, runnable, missing
+
+
+def run_one(
+    case: Case,
+    server: str,
+    args: argparse.Namespace,
+    placement: workloads.Placement,
+    binaries: dict[str, Path],
+) -> workloads.Measured:
+    if case.workload == "echo":
+        return workloads.echo(server, case.param, args.seconds, args.warmup, placement, binaries)
+    if case.workload == "accept":
+        return workloads.accept(server, args.seconds, args.warmup, placement, binaries)
+    if case.workload == "stream":
+        cpus = placement.server if case.param == "pinned" else None
+        return workloads.stream(server, args.seconds, cpus)
+    return workloads.idle(server, case.param, placement, binaries)
+
+
+def supported(case: Case, server: str) -> bool:
+    if case.workload == "stream":
+        return workloads.base_name(server) in stream.STREAMS
+    return True
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in ("traffic", "trio", "anyio", "uvloop"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    notes: list[str] = []
+    try:
+        placement = workloads.Placement.make(args.pin)
+        binaries = build.build_all()
+    except (build.BuildError, workloads.WorkloadError) as error:
+        print(f"traffic.bench: {error}", file=sys.stderr)
+        return 2
+    cases, runnable, missing = plan(args, notes)
+    for case in cases:
+        for server in [*runnable, *missing]:
+            row = case.row(server)
+            if server in missing:
+                row.status = "not installed"
+            elif not supported(case, server):
+                row.status = "n/a"
+
+    steps = [
+        (repeat, case, server)
+        for repeat in range(args.repeat)
+        for case in cases
+        for server in _rotate(runnable, repeat)
+        if case.rows[server].status == "ok"
+    ]
+    progress = report.Progress(len(steps))
+    for repeat, case, server in steps:
+        progress.step(f"{case.label} | {server} | repeat {repeat + 1}/{args.repeat}")
+        row = case.rows[server]
+        try:
+            measured = run_one(case, server, args, placement, binaries)
+        except workloads.WorkloadError as error:
+            row.runs.append(None)
+            row.client_bound.append(False)
+            row.errors.append(str(error))
+        else:
+            row.runs.append(measured.metrics)
+            row.client_bound.append(measured.client_bound)
+        progress.advance()
+    progress.close()
+
+    meta: dict[str, Any] = {
+        "pin": args.pin,
+        "repeat": args.repeat,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "quick": args.quick,
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "placement": {
+            "server": sorted(placement.server) if placement.server else None,
+            "client": sorted(placement.client) if placement.client else None,
+        },
+        "cycle_policy": os.environ.get("TRAFFIC_CYCLE_POLICY", "normal"),
+        "client_bound_threshold": workloads.CLIENT_BOUND,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "notes": notes,
+    }
+    print(report.render(cases, meta))
+    if args.json:
+        report.write_json(args.json, cases, meta)
+        print(f"\nJSON written to {args.json}")
+    if args.plot:
+        why = report.plot(args.plot, cases, meta)
+        print(f"\nplot: {why}" if why else f"\nplot written to {args.plot}")
+    return 0
+
+
+def _rotate(names: list[str], by: int) -> list[str]:
+    if not names:
+        return names
+    by %= len(names)
+    return names[by:] + names[:by]

@@ -1,0 +1,350 @@
+"""Results: their summary (median, min-max, ratios to trio taken within each
+repeat), the tables printed at the end, the JSON file, the plot, and the
+progress bar shown while the benchmark runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+#: The baseline every ratio is taken against.
+BASELINE = "trio"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    header: str
+    decimals: int
+    higher_is_better: bool = True
+    ratio: bool = False  # shown with a "x trio" column
+
+
+#: The metrics each workload reports, in table order.
+METRICS: dict[str, tuple[Metric, ...]] = {
+    "echo": (
+        Metric("rate", "round trips/s", 0, ratio=True),
+        Metric("p50_us", "p50 us", 0, higher_is_better=False, ratio=True),
+        Metric("p99_us", "p99 us", 0, higher_is_better=False),
+        Metric("per_cpu", "per server CPU-s", 0, ratio=True),
+        Metric("server_cores", "server cores", 2),
+        Metric("client_cores", "client cores", 2),
+    ),
+    "accept": (
+        Metric("rate", "connections/s", 0, ratio=True),
+        Metric("per_cpu", "per server CPU-s", 0, ratio=True),
+        Metric("server_cores", "server cores", 2),
+        Metric("client_cores", "client cores", 2),
+    ),
+    "stream": (
+        Metric("gbps", "GB/s", 2, ratio=True),
+        Metric("per_cpu", "GB per CPU-s", 2, ratio=True),
+        Metric("cores", "cores", 2),
+    ),
+    "idle": (
+        Metric("kib_per_conn", "KiB per idle conn", 2, higher_is_better=False, ratio=True),
+        Metric("rss_mib", "server RSS MiB", 1, higher_is_better=False),
+    ),
+}
+
+
+def headline(workload: str, param: Any) -> str:
+    """The metric that issue 6's targets judge a case by."""
+    if workload == "echo":
+        return "p50_us" if param == 1 else "per_cpu"
+    return {"accept": "per_cpu", "stream": "gbps", "idle": "kib_per_conn"}[workload]
+
+
+@dataclass
+class Row:
+    """One implementation in one case: its runs (None where a run failed)."""
+
+    server: str
+    status: str = "ok"  # or "not installed", "n/a", "skipped"
+    runs: list[dict[str, float] | None] = field(default_factory=list)
+    client_bound: list[bool] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Case:
+    workload: str
+    param: Any
+    label: str
+    note: str = ""
+    rows: dict[str, Row] = field(default_factory=dict)
+
+    def row(self, server: str) -> Row:
+        return self.rows.setdefault(server, Row(server))
+
+
+def summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ratios(case: Case, server: str, key: str) -> list[float]:
+    """value / trio's value, for each repeat where both ran."""
+    base = case.rows.get(BASELINE)
+    row = case.rows.get(server)
+    if base is None or row is None:
+        return []
+    found = []
+    for mine, theirs in zip(row.runs, base.runs):
+        if mine is None or theirs is None:
+            continue
+        if key in mine and theirs.get(key):
+            found.append(mine[key] / theirs[key])
+    return found
+
+
+def median_ratio(case: Case, server: str, key: str) -> float | None:
+    found = ratios(case, server, key)
+    return statistics.median(found) if found else None
+
+
+def _values(row: Row, key: str) -> list[float]:
+    return [run[key] for run in row.runs if run is not None and key in run]
+
+
+# --- text -------------------------------------------------------------------------
+
+
+def _number(value: float, decimals: int) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:,.{decimals}f}"
+
+
+def _cell(values: list[float], decimals: int) -> str:
+    if not values:
+        return "-"
+    middle = _number(statistics.median(values), decimals)
+    if len(values) == 1:
+        return middle
+    return f"{middle} [{_number(min(values), decimals)}-{_number(max(values), decimals)}]"
+
+
+def _note(row: Row) -> str:
+    if row.status != "ok":
+        return row.status
+    notes = []
+    bound = sum(row.client_bound)
+    if bound:
+        notes.append(f"client-bound {bound}/{len(row.client_bound)}")
+    failed = sum(run is None for run in row.runs)
+    if failed:
+        notes.append(f"failed {failed}/{len(row.runs)}: {row.errors[-1][:120]}")
+    return "; ".join(notes)
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        out.append("| " + " | ".join(cells).rstrip() + " |")
+    return "\n".join(out)
+
+
+def case_table(case: Case) -> str:
+    metrics = METRICS[case.workload]
+    header = ["server"]
+    for metric in metrics:
+        header.append(metric.header)
+        if metric.ratio:
+            header.append("x trio")
+    header.append("note")
+    lines = []
+    for server, row in case.rows.items():
+        line = [server]
+        for metric in metrics:
+            line.append(_cell(_values(row, metric.key), metric.decimals))
+            if metric.ratio:
+                found = median_ratio(case, server, metric.key)
+                line.append("-" if found is None else f"{found:.2f}")
+        line.append(_note(row))
+        lines.append(line)
+    return _table(header, lines)
+
+
+def summary_table(cases: list[Case]) -> str:
+    """Servers by cases: the headline metric's median ratio to trio."""
+    servers: list[str] = []
+    for case in cases:
+        servers.extend(s for s in case.rows if s not in servers)
+    header = ["server"]
+    for case in cases:
+        key = headline(case.workload, case.param)
+        better = "lower" if key in ("p50_us", "kib_per_conn") else "higher"
+        header.append(f"{case.label}: {_short(key)} ({better} better)")
+    lines = []
+    for server in servers:
+        line = [server]
+        for case in cases:
+            found = median_ratio(case, server, headline(case.workload, case.param))
+            line.append("-" if found is None else f"{found:.2f}")
+        lines.append(line)
+    return _table(header, lines)
+
+
+def _short(key: str) -> str:
+    return {
+        "p50_us": "p50",
+        "per_cpu": "per CPU-s",
+        "gbps": "GB/s",
+        "kib_per_conn": "KiB/conn",
+    }.get(key, key)
+
+
+def render(cases: list[Case], meta: dict[str, Any]) -> str:
+    parts = [
+        f"traffic benchmark: pin={meta['pin']}, {meta['repeat']} repeat(s), "
+        f"{meta['seconds']} s per measurement; cells are median [min-max]; "
+        f"'x trio' is the median of ratios to trio taken within each repeat.",
+    ]
+    parts.extend(f"note: {note}" for note in meta.get("notes", []))
+    for case in cases:
+        title = f"\n## {case.label}"
+        if case.note:
+            title += f"  ({case.note})"
+        parts.append(title)
+        parts.append(case_table(case) if case.rows else "(nothing ran)")
+    parts.append("\n## Summary: headline metric, ratio to trio (median of per-repeat ratios)")
+    parts.append(summary_table(cases))
+    return "\n".join(parts)
+
+
+# --- JSON ---------------------------------------------------------------------------
+
+
+def to_json(cases: list[Case], meta: dict[str, Any]) -> dict[str, Any]:
+    out_cases = []
+    for case in cases:
+        rows = {}
+        for server, row in case.rows.items():
+            keys = [m.key for m in METRICS[case.workload]]
+            rows[server] = {
+                "status": row.status,
+                "runs": row.runs,
+                "client_bound": row.client_bound,
+                "errors": row.errors,
+                "summary": {k: summary(_values(row, k)) for k in keys},
+                "ratio_to_trio": {k: median_ratio(case, server, k) for k in keys},
+                "ratios_to_trio_per_repeat": {k: ratios(case, server, k) for k in keys},
+            }
+        out_cases.append(
+            {
+                "workload": case.workload,
+                "param": case.param,
+                "label": case.label,
+                "note": case.note,
+                "headline": headline(case.workload, case.param),
+                "results": rows,
+            }
+        )
+    return {"meta": meta, "cases": out_cases}
+
+
+def write_json(path: Path, cases: list[Case], meta: dict[str, Any]) -> None:
+    path.write_text(json.dumps(to_json(cases, meta), indent=2) + "\n")
+
+
+# --- plot ---------------------------------------------------------------------------
+
+
+def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
+    """Bar chart of the headline ratios to trio; None, or why it was skipped."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'traffic[bench]'): no plot"
+    servers: list[str] = []
+    for case in cases:
+        servers.extend(s for s in case.rows if s not in servers and s != BASELINE)
+    if not servers or not cases:
+        return "nothing to plot"
+    width = 0.8 / len(servers)
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(cases) + 2), 5))
+    for i, server in enumerate(servers):
+        heights = []
+        for case in cases:
+            found = median_ratio(case, server, headline(case.workload, case.param))
+            key = headline(case.workload, case.param)
+            # Lower-is-better metrics are inverted so taller is always better.
+            if found and key in ("p50_us", "kib_per_conn"):
+                found = 1.0 / found
+            heights.append(found or 0.0)
+        axes.bar([c + (i - (len(servers) - 1) / 2) * width for c in range(len(cases))],
+                 heights, width, label=server)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(cases)))
+    axes.set_xticklabels(
+        [f"{c.label}\n{_short(headline(c.workload, c.param))}" for c in cases], fontsize=8
+    )
+    axes.set_ylabel("x trio (taller is better; latency and KiB inverted)")
+    axes.set_title(f"traffic benchmark, ratio to trio (pin={meta['pin']}, {meta['repeat']} rep.)")
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return None
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr (one line per step when not a tty)."""
+
+    WIDTH = 28
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.stream = stream
+        self.started = time.monotonic()
+        self.tty = stream.isatty()
+        self.last = 0
+
+    def step(self, label: str) -> None:
+        """Announce the step about to run."""
+        elapsed = time.monotonic() - self.started
+        eta = ""
+        if self.done:
+            left = elapsed / self.done * (self.total - self.done)
+            eta = f" ETA {int(left) // 60}:{int(left) % 60:02d}"
+        filled = self.WIDTH * self.done // self.total
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        text = f"[{bar}] {self.done + 1}/{self.total}{eta} {label}"
+        if self.tty:
+            pad = max(self.last - len(text), 0)
+            self.stream.write("\r" + text + " " * pad)
+            self.last = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def advance(self) -> None:
+        self.done += 1
+
+    def close(self) -> None:
+        elapsed = time.monotonic() - self.started
+        text = f"done: {self.done} runs in {int(elapsed) // 60}:{int(elapsed) % 60:02d}"
+        if self.tty:
+            self.stream.write("\r" + text + " " * max(self.last - len(text), 0) + "\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
