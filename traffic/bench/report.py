@@ -142,7 +142,7 @@ def _note(row: Row) -> str:
         notes.append(f"client-bound {bound}/{len(row.client_bound)}")
     failed = sum(run is None for run in row.runs)
     if failed:
-        notes.append(f"failed {failed}/{len(row.runs)}: {row.errors[-1][:120]}")
+        notes.append(f"failed {failed}/{len(row.runs)} (errors below)")
     return "; ".join(notes)
 
 
@@ -219,6 +219,8 @@ def render(cases: list[Case], meta: dict[str, Any]) -> str:
             title += f"  ({case.note})"
         parts.append(title)
         parts.append(case_table(case) if case.rows else "(nothing ran)")
+        for server, row in case.rows.items():
+            parts.extend(f"error: {server}: {error}" for error in dict.fromkeys(row.errors))
     parts.append("\n## Summary: headline metric, ratio to trio (median of per-repeat ratios)")
     parts.append(summary_table(cases))
     return "\n".join(parts)

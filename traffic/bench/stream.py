@@ -246,7 +246,10 @@ def _traffic_anyio_run(backend: str, seconds: float) -> Window:
 
     from traffic import anyio_backend  # type: ignore[attr-defined,unused-ignore]
 
-    wrap = anyio_backend.UNIXSocketStream.from_socket
+    # Its public name is still settling (issue 4): take whichever exists.
+    names = ("TrafficUNIXSocketStream", "UNIXSocketStream")
+    kind = next(getattr(anyio_backend, n) for n in names if hasattr(anyio_backend, n))
+    wrap = kind.from_socket
     result: Window = anyio.run(_anyio_pair, wrap, seconds, backend=backend)
     return result
 
