@@ -98,7 +98,7 @@ def ratios(case: Case, server: str, key: str) -> list[float]:
     if base is None or row is None:
         return []
     found = []
-    for mine, theirs in zip(row.runs, base.runs):
+    for mine, theirs in zip(row.runs, base.runs, strict=False):
         if mine is None or theirs is None:
             continue
         if key in mine and theirs.get(key):
@@ -148,10 +148,13 @@ def _note(row: Row) -> str:
 
 def _table(header: list[str], lines: list[list[str]]) -> str:
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in lines:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
         out.append("| " + " | ".join(cells).rstrip() + " |")
     return "\n".join(out)
 
@@ -289,8 +292,12 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
             if found and key in ("p50_us", "kib_per_conn"):
                 found = 1.0 / found
             heights.append(found or 0.0)
-        axes.bar([c + (i - (len(servers) - 1) / 2) * width for c in range(len(cases))],
-                 heights, width, label=server)
+        axes.bar(
+            [c + (i - (len(servers) - 1) / 2) * width for c in range(len(cases))],
+            heights,
+            width,
+            label=server,
+        )
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(cases)))
     axes.set_xticklabels(

@@ -369,9 +369,7 @@ def stream(name: str, seconds: float, cpus: set[int] | None) -> Measured:
     )
 
 
-def idle(
-    name: str, connections: int, placement: Placement, binaries: dict[str, Path]
-) -> Measured:
+def idle(name: str, connections: int, placement: Placement, binaries: dict[str, Path]) -> Measured:
     """Server RSS growth per idle connection, in KiB."""
     files = connections + IDLE_WARM + 256
     with running_server(name, placement, files=files) as server:

@@ -1,0 +1,64 @@
+"""Smoke test of ``python -m traffic.bench``: its smallest configuration runs
+end to end and writes JSON of the expected shape.  A benchmark is not a test
+(issue 6): nothing here judges a number beyond "something was transferred".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from traffic.bench import build
+
+pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C compiler (gcc)")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smallest_run_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    pin = "cross" if len(os.sched_getaffinity(0)) >= 2 else "same"
+    env = dict(os.environ, TRAFFIC_BENCH_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "traffic.bench",
+            "--only", "echo",
+            "--servers", "trio,traffic-trio",
+            "--connections", "1",
+            "--seconds", "0.5",
+            "--warmup", "0.1",
+            "--repeat", "1",
+            "--pin", pin,
+            "--json", str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "echo N=1" in done.stdout
+
+    results = json.loads(out.read_text())
+    assert results["meta"]["repeat"] == 1
+    assert results["meta"]["pin"] == pin
+    [case] = results["cases"]
+    assert (case["workload"], case["param"]) == ("echo", 1)
+    assert set(case["results"]) == {"trio", "traffic-trio"}
+    for server, row in case["results"].items():
+        assert row["status"] == "ok", (server, row)
+        assert row["errors"] == [], (server, row["errors"])
+        [run] = row["runs"]
+        assert run["rate"] > 0
+        assert run["per_cpu"] > 0
+        assert run["p50_us"] >= 0
+        assert row["summary"]["rate"]["median"] == run["rate"]
+        assert isinstance(row["client_bound"][0], bool)
+    assert case["results"]["trio"]["ratio_to_trio"]["rate"] == 1.0
+    assert case["results"]["traffic-trio"]["ratio_to_trio"]["rate"] > 0
