@@ -34,9 +34,11 @@ QUICK_ECHO_CONNECTIONS = (1, 100)
 #: Idle connections held in --quick (10,000 otherwise: issue 6).
 QUICK_IDLE_CONNECTIONS = 2000
 
-#: Rows in table order.  traffic-trio-idle is traffic-trio with its cycle
-#: thread at SCHED_IDLE ($TRAFFIC_CYCLE_POLICY=idle).
+#: Rows in table order.  c-epoll is the C reference server (epoll_server.c);
+#: traffic-trio-idle is traffic-trio with its cycle thread at SCHED_IDLE
+#: ($TRAFFIC_CYCLE_POLICY=idle).
 ALL_SERVERS = (
+    workloads.C_SERVER,
     "traffic-trio",
     "traffic-trio-idle",
     "trio",

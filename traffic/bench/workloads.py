@@ -43,6 +43,9 @@ IDLE_WARM = 100
 #: A client that uses more than this fraction of a core is the bottleneck.
 CLIENT_BOUND = 0.8
 
+#: The reference row: a C server (epoll_server.c) rather than servers.py.
+C_SERVER = "c-epoll"
+
 #: The name of the traffic-trio row whose cycle thread runs at SCHED_IDLE.
 IDLE_POLICY_SUFFIX = "-idle"
 
@@ -157,10 +160,17 @@ class Server:
 
 @contextmanager
 def running_server(
-    name: str, placement: Placement, accept_only: bool = False, files: int = 0
+    name: str,
+    placement: Placement,
+    binaries: dict[str, Path],
+    accept_only: bool = False,
+    files: int = 0,
 ) -> Iterator[Server]:
     """Start server ``name``, wait for its port, and stop it afterwards."""
-    args = [sys.executable, "-m", "traffic.bench.servers", base_name(name)]
+    if name == C_SERVER:
+        args = [str(binaries["epoll_server"])]
+    else:
+        args = [sys.executable, "-m", "traffic.bench.servers", base_name(name)]
     if accept_only:
         args.append("--accept")
     stderr = _tempfile()
@@ -282,7 +292,7 @@ def echo(
     binaries: dict[str, Path],
 ) -> Measured:
     files = connections + 256
-    with running_server(name, placement, files=files) as server:
+    with running_server(name, placement, binaries, files=files) as server:
         client = _client(
             binaries["echo_client"],
             ["127.0.0.1", server.port, connections, seconds, ECHO_SIZE, warmup],
@@ -314,7 +324,7 @@ def accept(
     placement: Placement,
     binaries: dict[str, Path],
 ) -> Measured:
-    with running_server(name, placement, accept_only=True, files=4096) as server:
+    with running_server(name, placement, binaries, accept_only=True, files=4096) as server:
         client = _client(
             binaries["accept_client"],
             ["127.0.0.1", server.port, ACCEPT_IN_FLIGHT, seconds, warmup],
@@ -372,7 +382,7 @@ def stream(name: str, seconds: float, cpus: set[int] | None) -> Measured:
 def idle(name: str, connections: int, placement: Placement, binaries: dict[str, Path]) -> Measured:
     """Server RSS growth per idle connection, in KiB."""
     files = connections + IDLE_WARM + 256
-    with running_server(name, placement, files=files) as server:
+    with running_server(name, placement, binaries, files=files) as server:
         client = _client(
             binaries["idle_client"],
             ["127.0.0.1", server.port, connections, IDLE_WARM],
