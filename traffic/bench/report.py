@@ -298,6 +298,7 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
             width,
             label=server,
         )
+    axes.set_yscale("log")  # the C reference is 10x to 100x off in places
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(cases)))
     axes.set_xticklabels(

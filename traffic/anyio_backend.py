@@ -1,0 +1,1179 @@
+"""anyio streams whose transfers traffic's core performs, on trio and on asyncio.
+
+The swap
+--------
+anyio takes no third-party backends, so traffic ships its own
+implementations of anyio's socket classes and the functions that make them,
+with anyio's signatures and semantics::
+
+    from traffic.anyio_backend import connect_tcp   # was: from anyio import connect_tcp
+
+    async with await connect_tcp("example.com", 80) as stream:
+        await stream.send(b"...")
+        reply = await stream.receive()
+
+:func:`connect_tcp`, :func:`create_tcp_listener`, :func:`connect_unix` and
+:func:`create_unix_listener` return :class:`TrafficSocketStream`,
+:class:`TrafficUNIXSocketStream`, :class:`TrafficSocketListener` and
+:class:`TrafficUNIXSocketListener`: subclasses of ``anyio.abc.SocketStream``,
+``UNIXSocketStream`` and ``SocketListener`` (TCP listeners come in anyio's
+own ``MultiListener``, TLS in anyio's own ``TLSStream``, exactly as anyio
+does it).  Everything else (task groups, ``Listener.serve``, ``TLSStream``,
+``BufferedByteReceiveStream``, cancel scopes) is anyio's own and works on
+them unchanged.
+
+Which event loop
+----------------
+The backend is chosen when a stream is made, with
+``sniffio.current_async_library()``; a stream stays with that run.
+
+- **trio**: the trio layer's per-run Traffic and its parking are reused
+  (:mod:`traffic.trio_integration`): one pump task per run reschedules the
+  tasks whose transfers completed, a withdrawn request that lost the race
+  against the system call still delivers its data, and the run's end
+  closes the Traffic.  A stream made with this module and a
+  ``TrafficStream`` of the same run share one cycle thread.
+- **asyncio**: one threaded Traffic per event loop (kept in a
+  ``WeakKeyDictionary`` keyed by the loop).  Its completion descriptor is
+  registered once with ``loop.add_reader``; the reader callback collects
+  every waiting completion in one C call and resolves the futures of the
+  tasks waiting on them.  No ``call_soon_threadsafe`` per completion: the
+  cycle thread never takes the GIL to wake the loop, it writes the
+  completion descriptor, once per batch.
+
+Closing the asyncio Traffic with its loop.  asyncio has no loop-close hook,
+so two mechanisms cover the ways loops end:
+
+1. A *keeper* task, made with the Traffic, awaits a future that is never
+   resolved.  ``asyncio.run``, ``asyncio.Runner``, ``anyio.run`` and anyio's
+   pytest plugin all cancel every remaining task before they close the
+   loop; the keeper's ``finally`` then removes the reader, wakes any task
+   still waiting (with ``ClosedResourceError``), and closes the Traffic:
+   the cycle thread is joined and every descriptor it owns is closed
+   before ``loop.close()`` runs.
+2. A ``weakref.finalize`` on the loop closes the Traffic when a loop managed
+   by hand (``run_until_complete`` then ``close`` without cancelling tasks)
+   is garbage collected; ``libkqueue``'s exit hook closes it at the latest
+   when the interpreter exits.  Such programs can also call
+   :func:`close_traffic` themselves before closing their loop.
+
+Cancellation loses nothing
+--------------------------
+A transfer is first tried inline, in the event loop's thread (non-blocking).
+Only if the kernel has nothing (or no room) does the request stay in the
+core, and the task waits.
+
+On asyncio a cancelled wait withdraws the request.  If the withdrawal wins
+(every state but "the cycle thread is inside the system call"), nothing was
+transferred (a send reports how much went out, as anyio's own cancelled
+send may have sent part of its data) and the ``CancelledError`` propagates.
+If the transfer already happened, or is happening, the buffer stays pinned
+until the core reports the final state, the bytes received are kept in the
+stream (the next :meth:`~TrafficSocketStream.receive` returns them first;
+the connections a listener accepted are kept for its next
+:meth:`~TrafficSocketListener.accept`) and the ``CancelledError`` still
+propagates at once.  The same holds when the cancellation hits the
+checkpoint after an inline transfer.
+
+On trio the trio layer's rule holds: a receive whose transfer already
+happened returns its data, and the cancellation is delivered at the task's
+next checkpoint.  On both backends no received byte is dropped.
+
+Errors cross once
+-----------------
+The core's :class:`~traffic.errors.TransitClosedError`, a transit terminated
+by its owner (``aclose()``, ``send_eof()``) and the trio layer's
+``trio.ClosedResourceError`` become ``anyio.ClosedResourceError``; a
+transit the kernel terminated with an errno (``ECONNRESET``, ``EPIPE``...)
+becomes ``anyio.BrokenResourceError`` chained to the ``OSError``; EOF
+becomes ``anyio.EndOfStream``; a second task using one direction gets
+``anyio.BusyResourceError`` from an ``anyio.ResourceGuard``.
+
+Sockets and ownership
+---------------------
+The core owns every descriptor it transfers on.  ``SocketAttribute.raw_socket``
+is therefore a :class:`RawSocketView`, not a ``socket.socket``: it answers
+what anyio's tests and users ask of the raw socket (``getsockname``,
+``getpeername``, ``getsockopt``, ``setsockopt``, ``family``, ``type``,
+``proto``, ``fileno``, ``gettimeout``, ``getblocking``), never closes the
+descriptor, and raises ``OSError(EBADF)`` once the core has closed it (a
+recycled descriptor number is never touched).  Every other
+``SocketAttribute`` anyio's own streams answer (``family``,
+``local_address``, ``remote_address``, and ``local_port``/``remote_port``
+for IP sockets) is answered the same way, by anyio's own code.
+
+Not yet: descriptor passing.  :meth:`TrafficUNIXSocketStream.send_fds` and
+:meth:`~TrafficUNIXSocketStream.receive_fds` validate their arguments as
+anyio does and then raise ``NotImplementedError``: the core has no
+``Descriptors`` transit yet.  ``SOCK_SEQPACKET`` UNIX sockets are refused
+for the same kind of reason (the core's byte transits would merge records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import ssl
+import stat
+import sys
+import weakref
+from array import array
+from collections import deque
+from collections.abc import Callable, Collection
+from io import IOBase
+from ipaddress import IPv6Address, ip_address
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import sniffio
+import trio
+from anyio.streams.stapled import MultiListener
+from anyio.streams.tls import TLSStream
+
+from ._traffic import ffi, lib
+from .libkqueue import Completion, Octets, Sockets, Traffic, Transit
+from .trio_integration import SocketView, _delivery, _transfer
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
+
+if TYPE_CHECKING:
+    from anyio.abc import IPAddressType, IPSockAddrType
+
+__all__ = [
+    "RawSocketView",
+    "TrafficSocketListener",
+    "TrafficSocketStream",
+    "TrafficUNIXSocketListener",
+    "TrafficUNIXSocketStream",
+    "close_traffic",
+    "connect_tcp",
+    "connect_unix",
+    "create_tcp_listener",
+    "create_unix_listener",
+    "current_traffic",
+]
+
+#: What ``receive()`` asks for by default; also the size of each stream's
+#: receive buffer (anyio's default ``max_bytes``).
+DEFAULT_RECEIVE_SIZE = 65536
+
+#: Descriptors one accept request may collect; the rest wait in the kernel.
+ACCEPT_BATCH = 64
+
+#: Scheduling of each asyncio loop's cycle thread (see ``Traffic.start``):
+#: None takes ``$TRAFFIC_CYCLE_POLICY``, else ``"normal"``.  On trio the
+#: trio layer's ``CYCLE_POLICY`` applies.
+CYCLE_POLICY: str | None = None
+
+IPPROTO_IPV6 = getattr(socket, "IPPROTO_IPV6", 41)
+
+_PENDING = lib.TR_PENDING
+_DONE = lib.TR_DONE
+_TERMINATED = lib.TR_TERMINATED
+_FAULT = lib.TR_FAULT
+_CLOSED = lib.TR_CLOSED
+_WITHDRAWN = lib.TR_WITHDRAWN
+
+# A completion the owner never sees: called with it, now or when it arrives.
+_Orphan = Callable[[Completion], None]
+
+
+class _Parking(Protocol):
+    """How a task waits for its transfer on one backend."""
+
+    traffic: Traffic
+
+    async def transfer(
+        self, transit: Transit, pin: Any, size: int, orphan: _Orphan
+    ) -> tuple[int, int, int]: ...
+
+    def wake(self, transit: Transit) -> None: ...
+
+
+# trio: the trio layer's parking
+
+
+class _TrioParking:
+    """The trio run's delivery (:func:`traffic.trio_integration._delivery`)."""
+
+    __slots__ = ("delivery", "traffic")
+
+    def __init__(self) -> None:
+        self.delivery = _delivery()
+        self.traffic = self.delivery.traffic
+
+    async def transfer(
+        self, transit: Transit, pin: Any, size: int, orphan: _Orphan
+    ) -> tuple[int, int, int]:
+        # The trio layer never orphans a completion: an abort that lost the
+        # race waits for the completion and returns it (trio's rule).
+        try:
+            return await _transfer(self.delivery, transit, pin, size)
+        except trio.ClosedResourceError:
+            raise anyio.ClosedResourceError from None
+        except trio.BusyResourceError:
+            raise anyio.BusyResourceError("transferring on") from None
+
+    def wake(self, transit: Transit) -> None:
+        """Nothing to do: a task parked on a transit its owner terminated is
+        rescheduled with the core's "closed" completion, also when a
+        cancellation arrives first (the abort fails, the completion wins)."""
+
+
+# asyncio: one Traffic per loop, its completion descriptor read by the loop
+
+
+class _AsyncioParking:
+    """A loop's Traffic, the futures waiting on it, and its keeper task."""
+
+    __slots__ = (
+        "__weakref__",
+        "closed",
+        "fd",
+        "keeper",
+        "late",
+        "loop",
+        "parked",
+        "report",
+        "traffic",
+        "unclaimed",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        traffic = Traffic()
+        try:
+            traffic.start(CYCLE_POLICY or os.environ.get("TRAFFIC_CYCLE_POLICY", "normal"))
+            self.fd = traffic.completion_fileno()
+            loop.add_reader(self.fd, self._collect)
+        except BaseException:
+            traffic.close()
+            raise
+        self.traffic = traffic
+        self.loop = loop
+        self.closed = False
+        self.report = ffi.new("tr_report *")
+        # token -> (future, pin): the pin keeps the resource alive as long
+        # as the core may touch it.
+        # A None future: the waiter was woken already (wake()), the
+        # completion only unpins.
+        self.parked: dict[int, tuple[asyncio.Future[Completion] | None, Any]] = {}
+        # token -> completion collected after its waiter was cancelled.
+        self.unclaimed: dict[int, Completion] = {}
+        # token -> future of a withdrawn request whose completion follows.
+        self.late: dict[int, asyncio.Future[Completion]] = {}
+        self.keeper = loop.create_task(self._keep(), name="traffic.anyio_backend keeper")
+
+    @classmethod
+    def current(cls) -> _AsyncioParking:
+        loop = asyncio.get_running_loop()
+        parking = _LOOPS.get(loop)
+        if parking is None or parking.closed:
+            parking = cls(loop)
+            _LOOPS[loop] = parking
+            # A loop closed by hand without cancelling its tasks: close the
+            # Traffic when the loop goes (the keeper's pending-task warning
+            # aside, nothing leaks).
+            weakref.finalize(loop, parking.traffic.close)
+        return parking
+
+    async def _keep(self) -> None:
+        """Wait for the loop's shutdown (which cancels every task), then close."""
+        try:
+            await self.loop.create_future()
+        finally:
+            self.close()
+
+    def _collect(self) -> None:
+        """The loop's reader callback: every completion waiting, in one C call."""
+        parked = self.parked
+        for completion in self.traffic.collect():
+            entry = parked.pop(completion.token, None)
+            if entry is None:
+                continue  # a dropped transit's last word
+            future = entry[0]
+            if future is None:
+                continue
+            if future.done():
+                # Its task was cancelled before this arrived: its cancel
+                # handler claims it (and keeps the data).
+                self.unclaimed[completion.token] = completion
+            else:
+                future.set_result(completion)
+
+    def close(self) -> None:
+        """Stop reading, wake every waiter with a closed outcome, close the Traffic."""
+        if self.closed:
+            return
+        self.closed = True
+        if _LOOPS.get(self.loop) is self:
+            del _LOOPS[self.loop]
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        parked, self.parked = self.parked, {}
+        for token, (future, _pin) in parked.items():
+            if future is not None and not future.done() and not self.loop.is_closed():
+                future.set_result(Completion(token, _CLOSED, 0, 0))
+        self.traffic.close()
+        if not self.keeper.done():
+            self.keeper.cancel()
+
+    def wake(self, transit: Transit) -> None:
+        """Wake the task waiting on ``transit`` (just terminated by its owner)
+        with a closed outcome now, without waiting for the core's report;
+        the resource stays pinned until that report arrives."""
+        token = transit._token
+        entry = self.parked.get(token)
+        if entry is None:
+            return
+        future, pin = entry
+        if future is not None:
+            self.parked[token] = (None, pin)
+            if not future.done():
+                future.set_result(Completion(token, _CLOSED, 0, 0))
+
+    async def transfer(
+        self, transit: Transit, pin: Any, size: int, orphan: _Orphan
+    ) -> tuple[int, int, int]:
+        """One request: (outcome, error, transferred).  A checkpoint.
+
+        ``orphan`` receives the completion of a request whose transfer
+        happened although the task was cancelled (now, or when it arrives).
+        """
+        token = transit._token
+        late = self.late.get(token)
+        if late is not None:
+            # A cancelled request's completion is still on its way (promptly:
+            # the core is in or just out of the system call).  Waiting with
+            # asyncio.wait leaves that future alone if this task is cancelled.
+            await asyncio.wait((late,))
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self.closed:
+            raise anyio.ClosedResourceError("the event loop's Traffic is closed")
+        report = self.report
+        code = lib.tr_request(transit._c, pin, size, 1, report)
+        if code != _PENDING:
+            if code < 0:
+                _raise_request_error(code)
+            result = (code, report.error, report.stop)
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                orphan(Completion(token, code, report.error, report.stop))
+                raise
+            return result
+
+        future: asyncio.Future[Completion] = self.loop.create_future()
+        self.parked[token] = (future, pin)
+        try:
+            completion = await future
+        except asyncio.CancelledError:
+            self._cancelled(transit, future, pin, orphan)
+            raise
+        return completion.outcome, completion.error, completion.transferred
+
+    def _cancelled(
+        self, transit: Transit, future: asyncio.Future[Completion], pin: Any, orphan: _Orphan
+    ) -> None:
+        token = transit._token
+        if future.done() and not future.cancelled():
+            orphan(future.result())  # completed before the cancellation reached the task
+            return
+        completion = self.unclaimed.pop(token, None)
+        if completion is not None:
+            orphan(completion)  # collected after the cancellation
+            return
+        code = lib.tr_withdraw(transit._c, self.report)
+        if code != lib.TR_COMPLETING:
+            # Withdrawn (nothing more will happen), or the Traffic is gone.
+            self.parked.pop(token, None)
+            return
+        # Inside the system call, or done and not yet collected: keep the
+        # resource pinned and hand the completion to ``orphan`` on arrival.
+        late: asyncio.Future[Completion] = self.loop.create_future()
+        self.parked[token] = (late, pin)
+        self.late[token] = late
+
+        def arrived(done: asyncio.Future[Completion]) -> None:
+            if self.late.get(token) is done:
+                del self.late[token]
+            orphan(done.result())
+
+        late.add_done_callback(arrived)
+
+
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncioParking] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _parking() -> _Parking:
+    """The parking of the running backend, created on first use."""
+    name = sniffio.current_async_library()
+    if name == "trio":
+        return _TrioParking()
+    if name == "asyncio":
+        return _AsyncioParking.current()
+    raise RuntimeError(f"traffic's anyio streams run on asyncio or trio, not {name}")
+
+
+def current_traffic() -> Traffic:
+    """The running event loop's (asyncio) or trio run's Traffic, started on first use."""
+    return _parking().traffic
+
+
+def close_traffic(loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Close ``loop``'s Traffic now (default: the running loop): its streams
+    and listeners become closed, the cycle thread is joined.
+
+    Only needed for loops closed by hand without cancelling their tasks
+    first; ``asyncio.run`` and ``anyio.run`` close it themselves.  Nothing
+    happens on a loop without a Traffic.
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    parking = _LOOPS.get(loop)
+    if parking is not None:
+        parking.close()
+
+
+# Errors
+
+
+def _raise_request_error(code: int) -> NoReturn:
+    if code == lib.TR_ECLOSED:
+        raise anyio.ClosedResourceError
+    if code == -errno.EBUSY:
+        raise anyio.BusyResourceError("transferring on")
+    raise OSError(-code, os.strerror(-code))
+
+
+def _broken(error: int) -> NoReturn:
+    raise anyio.BrokenResourceError from OSError(error, os.strerror(error))
+
+
+def _pin(data: Any) -> tuple[Any, int]:
+    """A cffi view of a bytes-like object, without copying it.
+
+    Straight from the object, with no ``memoryview`` in between: a
+    memoryview exporting to a cffi buffer, both caught in a reference cycle
+    (a cancelled coroutine's frame and its traceback), crashes CPython's
+    garbage collector when it clears the memoryview first.
+    """
+    if isinstance(data, str):
+        raise TypeError("expected a bytes-like object, not str")
+    try:
+        pin = ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
+    return pin, len(pin)
+
+
+# Sockets
+
+
+class RawSocketView(SocketView):
+    """``SocketAttribute.raw_socket`` of traffic's streams and listeners.
+
+    A view of a descriptor the core owns: it never closes it, and raises
+    ``OSError(EBADF)`` once the core has.  Beside the trio layer's
+    ``SocketView`` methods it answers ``gettimeout()`` (``0.0``: the
+    socket is non-blocking, as anyio's are) and ``getblocking()``.
+    """
+
+    __slots__ = ()
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def getblocking(self) -> bool:
+        return False
+
+
+def _identity(fd: int) -> tuple[socket.AddressFamily, socket.SocketKind, int]:
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.family, sock.type, sock.proto
+    finally:
+        sock.detach()
+
+
+def _take(sock_or_fd: socket.socket | int) -> int:
+    """The descriptor of a socket object (detached) or an integer."""
+    if isinstance(sock_or_fd, int):
+        return sock_or_fd
+    if isinstance(sock_or_fd, socket.socket):
+        if sock_or_fd.fileno() < 0:
+            raise anyio.ClosedResourceError
+        return sock_or_fd.detach()
+    raise TypeError(f"expected an int or socket, got {type(sock_or_fd).__qualname__} instead")
+
+
+class TrafficSocketStream(anyio.abc.SocketStream):
+    """A connected stream socket whose transfers traffic's core performs.
+
+    Made by :func:`connect_tcp`, a listener's ``accept()`` or
+    :meth:`from_socket`.  Semantics are anyio's ``SocketStream``'s; see the
+    module's text for cancellation and ``raw_socket``.
+    """
+
+    _parking: _Parking
+    _receiver: Octets
+    _sender: Octets
+
+    def __init__(self, fd: int) -> None:
+        """Take ownership of the connected stream socket ``fd`` (also on failure)."""
+        try:
+            family, kind, proto = _identity(fd)
+            if kind != socket.SOCK_STREAM:
+                raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {kind.name}")
+            parking = _parking()
+        except BaseException:
+            os.close(fd)
+            raise
+        receiver, sender = Octets._pair(fd)  # owns fd, also if it fails
+        parking.traffic.acquire(receiver)
+        parking.traffic.acquire(sender)
+        self._parking = parking
+        self._receiver = receiver
+        self._sender = sender
+        self._view = RawSocketView(receiver, family, kind, proto)
+        self._closed = False
+        self._receive_guard = anyio.ResourceGuard("reading from")
+        self._send_guard = anyio.ResourceGuard("writing to")
+        self._buffer = bytearray(DEFAULT_RECEIVE_SIZE)
+        self._buffer_pin = ffi.from_buffer(self._buffer)
+        # Bytes whose receive was cancelled after they arrived.
+        self._pending = bytearray()
+        if family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):  # not TCP after all
+                self._view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficSocketStream:
+        """Wrap a connected stream socket (or its descriptor), taking ownership.
+
+        Raises ``ValueError`` for a socket that is not a connected
+        ``SOCK_STREAM`` socket (the socket is then left with the caller).
+        """
+        _check_socket(sock_or_fd, connected=True)
+        await anyio.lowlevel.checkpoint()
+        return cls(_take(sock_or_fd))
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._view  # type: ignore[return-value]  # a view; see RawSocketView
+
+    def _stash(self, completion: Completion) -> None:
+        """Keep the bytes of a receive that was cancelled after it happened."""
+        if completion.outcome == _DONE and not self._closed:
+            self._pending += self._buffer[: completion.transferred]
+
+    async def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> bytes:
+        """Receive at most ``max_bytes`` bytes (at least one).
+
+        Raises ``ValueError`` for ``max_bytes < 1``, ``anyio.EndOfStream``
+        once the peer has sent EOF, ``anyio.ClosedResourceError`` after
+        :meth:`aclose` (also when it closes the stream during the receive),
+        ``anyio.BrokenResourceError`` (from the ``OSError``) if the
+        connection broke, ``anyio.BusyResourceError`` if another task is
+        receiving.  Cancelled after the bytes arrived, it keeps them for the
+        next receive.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be a positive integer")
+        with self._receive_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            pending = self._pending
+            if pending:
+                await anyio.lowlevel.checkpoint()
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                chunk = bytes(pending[:max_bytes])
+                del pending[:max_bytes]
+                return chunk
+            code, error, count = await self._parking.transfer(
+                self._receiver, self._buffer_pin, min(max_bytes, DEFAULT_RECEIVE_SIZE), self._stash
+            )
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if code == _DONE:
+                return bytes(self._buffer[:count])
+            if code == _TERMINATED:
+                if error:
+                    _broken(error)
+                raise anyio.EndOfStream
+            raise anyio.ClosedResourceError
+
+    async def send(self, item: bytes) -> None:
+        """Send all of ``item`` (any bytes-like object; not copied).
+
+        Raises ``anyio.ClosedResourceError`` after :meth:`aclose` or
+        :meth:`send_eof`, ``anyio.BrokenResourceError`` (from the
+        ``OSError``) if the peer is gone, ``anyio.BusyResourceError`` if
+        another task is sending, ``TypeError`` for an object that is not
+        bytes-like.  Cancelled, it may have sent part of ``item`` (as
+        anyio's own streams may); the stream should then be closed.
+        """
+        with self._send_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            pin, size = _pin(item)
+            code, error, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
+            if code == _DONE:
+                return
+            if self._closed or code != _TERMINATED:
+                raise anyio.ClosedResourceError
+            _broken(error or errno.EPIPE)
+
+    async def send_eof(self) -> None:
+        """Shut down the sending direction (half-close); receiving goes on.
+
+        Idempotent.  Raises ``anyio.ClosedResourceError`` after :meth:`aclose`.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._sender.terminate()
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the stream; operations waiting on it raise
+        ``anyio.ClosedResourceError``.  Idempotent; closes even when cancelled."""
+        if not self._closed:
+            self._closed = True
+            self._pending.clear()
+            self._receiver.terminate()
+            self._sender.terminate()
+            self._parking.wake(self._receiver)
+            self._parking.wake(self._sender)
+        await anyio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._receiver.fileno()}"
+        return f"<traffic.anyio_backend.{type(self).__name__} {state}>"
+
+
+def _ignore(completion: Completion) -> None:
+    """A cancelled send's completion: what went out is out."""
+
+
+class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
+    """:class:`TrafficSocketStream` over an ``AF_UNIX`` socket.
+
+    :meth:`send_fds` and :meth:`receive_fds` are not available yet (the
+    core has no descriptor transit): they check their arguments as anyio
+    does, then raise ``NotImplementedError``.
+    """
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUNIXSocketStream:
+        """Wrap a connected ``AF_UNIX`` stream socket (or its descriptor), taking ownership."""
+        _check_socket(sock_or_fd, connected=True, family=socket.AF_UNIX)
+        await anyio.lowlevel.checkpoint()
+        return cls(_take(sock_or_fd))
+
+    async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
+        """Not yet: raises ``NotImplementedError`` (``ValueError`` for an empty
+        message or no descriptors, as anyio)."""
+        if not message:
+            raise ValueError("message must not be empty")
+        if not fds:
+            raise ValueError("fds must not be empty")
+        raise NotImplementedError(
+            "traffic's core does not pass descriptors yet; use anyio.connect_unix for send_fds"
+        )
+
+    async def receive_fds(self, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
+        """Not yet: raises ``NotImplementedError`` (``ValueError`` for bad
+        arguments, as anyio)."""
+        if not isinstance(msglen, int) or msglen < 0:
+            raise ValueError("msglen must be a non-negative integer")
+        if not isinstance(maxfds, int) or maxfds < 1:
+            raise ValueError("maxfds must be a positive integer")
+        raise NotImplementedError(
+            "traffic's core does not pass descriptors yet; use anyio.connect_unix for receive_fds"
+        )
+
+
+class TrafficSocketListener(anyio.abc.SocketListener):
+    """A listening stream socket whose accepts traffic's core performs.
+
+    ``accept()`` returns :class:`TrafficSocketStream`\\ s (``TCP_NODELAY``
+    set, as anyio does); ``serve()`` is anyio's own.
+    """
+
+    _stream_class: type[TrafficSocketStream] = TrafficSocketStream
+
+    def __init__(self, fd: int) -> None:
+        """Take ownership of the listening socket ``fd`` (also on failure)."""
+        try:
+            family, kind, proto = _identity(fd)
+            if kind != socket.SOCK_STREAM:
+                raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {kind.name}")
+            parking = _parking()
+            transit = Sockets.from_fd(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        parking.traffic.acquire(transit)
+        self._parking = parking
+        self._transit = transit
+        self._view = RawSocketView(transit, family, kind, proto)
+        self._closed = False
+        self._accept_guard = anyio.ResourceGuard("accepting connections from")
+        self._accepted: deque[int] = deque()
+        self._descriptors = array("i", bytes(4 * ACCEPT_BATCH))
+        self._pin = ffi.from_buffer(self._descriptors)
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficSocketListener:
+        """Wrap a bound, listening stream socket (or its descriptor), taking ownership."""
+        _check_socket(sock_or_fd, bound=True)
+        await anyio.lowlevel.checkpoint()
+        fd = _take(sock_or_fd)
+        if _identity_family(fd) == socket.AF_UNIX:
+            return TrafficUNIXSocketListener(fd)
+        return cls(fd)
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._view  # type: ignore[return-value]  # a view; see RawSocketView
+
+    def _stash(self, completion: Completion) -> None:
+        """Keep the connections of an accept that was cancelled after it happened."""
+        if completion.outcome == _DONE:
+            accepted = self._descriptors[: completion.transferred // 4]
+            if self._closed:
+                for fd in accepted:
+                    os.close(fd)
+            else:
+                self._accepted.extend(accepted)
+
+    async def accept(self) -> TrafficSocketStream:
+        """Accept a connection.
+
+        Raises ``anyio.ClosedResourceError`` after :meth:`aclose` (also
+        when it closes the listener during the accept),
+        ``anyio.BusyResourceError`` if another task is accepting, ``OSError``
+        (EMFILE, ENFILE, ENOBUFS, ENOMEM) when the process or system is out
+        of resources (the listener stays intact: back off and retry),
+        ``anyio.BrokenResourceError`` (from the ``OSError``) if the kernel
+        ended the listening socket.
+        """
+        with self._accept_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._accepted:
+                await anyio.lowlevel.checkpoint()
+                if self._closed:
+                    raise anyio.ClosedResourceError
+            else:
+                size = len(self._descriptors) * 4
+                code, error, count = await self._parking.transfer(
+                    self._transit, self._pin, size, self._stash
+                )
+                if code == _DONE:
+                    self._stash(Completion(0, code, error, count))
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if code == _FAULT:
+                    raise OSError(error, f"accept: {os.strerror(error)}")
+                if code == _TERMINATED:
+                    _broken(error or errno.EINVAL)
+                if code != _DONE:
+                    raise anyio.ClosedResourceError
+            fd = self._accepted.popleft()
+        return self._stream_class(fd)
+
+    async def aclose(self) -> None:
+        """Stop listening; connections accepted but not handed out are closed.
+        Idempotent; closes even when cancelled."""
+        if not self._closed:
+            self._closed = True
+            self._transit.terminate()
+            self._parking.wake(self._transit)
+            while self._accepted:
+                os.close(self._accepted.popleft())
+        await anyio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._transit.fileno()}"
+        return f"<traffic.anyio_backend.{type(self).__name__} {state}>"
+
+
+class TrafficUNIXSocketListener(TrafficSocketListener):
+    """:class:`TrafficSocketListener` over an ``AF_UNIX`` socket; accepts
+    :class:`TrafficUNIXSocketStream`\\ s."""
+
+    _stream_class = TrafficUNIXSocketStream
+
+
+def _identity_family(fd: int) -> socket.AddressFamily:
+    return _identity(fd)[0]
+
+
+def _check_socket(
+    sock_or_fd: socket.socket | int,
+    *,
+    connected: bool = False,
+    bound: bool = False,
+    family: socket.AddressFamily = socket.AF_UNSPEC,
+) -> None:
+    """anyio's checks of ``from_socket`` arguments: ``ValueError`` if they fail."""
+    if isinstance(sock_or_fd, int):
+        try:
+            sock = socket.socket(fileno=sock_or_fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSOCK:
+                raise ValueError("the file descriptor does not refer to a socket") from exc
+            raise
+    elif isinstance(sock_or_fd, socket.socket):
+        sock = sock_or_fd
+    else:
+        raise TypeError(
+            f"expected an int or socket, got {type(sock_or_fd).__qualname__} instead"
+        )
+    try:
+        if connected:
+            try:
+                sock.getpeername()
+            except OSError as exc:
+                raise ValueError("the socket must be connected") from exc
+        if bound:
+            try:
+                name = sock.getsockname()
+                bound_to = name[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else name
+            except OSError:
+                bound_to = None
+            if not bound_to:
+                raise ValueError("the socket must be bound to a local address")
+        if family != socket.AF_UNSPEC and sock.family != family:
+            raise ValueError(
+                f"address family mismatch: expected {family.name}, got {sock.family.name}"
+            )
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {sock.type.name}")
+    finally:
+        if isinstance(sock_or_fd, int):
+            sock.detach()
+    sock.setblocking(False)
+
+
+# Connecting
+
+
+async def _connect(
+    family: int, address: Any, local_address: Any = None
+) -> socket.socket:
+    """A connected non-blocking socket; the caller owns it."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if local_address:
+            sock.bind(local_address)
+        while True:
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                # TCP: in progress; AF_UNIX: the listener's backlog is full.
+                await anyio.wait_writable(sock)
+                if family == socket.AF_UNIX:
+                    continue
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    raise OSError(
+                        error, f"Connect call failed {address!r}: {os.strerror(error)}"
+                    ) from None
+            break
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect_stream(
+    family: int, address: Any, local_address: Any = None
+) -> TrafficSocketStream:
+    sock = await _connect(family, address, local_address)
+    fd = sock.detach()
+    if family == socket.AF_UNIX:
+        return TrafficUNIXSocketStream(fd)
+    return TrafficSocketStream(fd)
+
+
+async def connect_tcp(
+    remote_host: IPAddressType,
+    remote_port: int,
+    *,
+    local_host: IPAddressType | None = None,
+    local_port: int | None = None,
+    tls: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    tls_standard_compatible: bool = True,
+    tls_hostname: str | None = None,
+    happy_eyeballs_delay: float = 0.25,
+) -> anyio.abc.SocketStream | TLSStream:
+    """Connect to a host using TCP: ``anyio.connect_tcp``, with traffic's stream.
+
+    Happy eyeballs as anyio's (RFC 6555, stateless: an IPv6 address first
+    if there is one, the next attempt started after
+    ``happy_eyeballs_delay`` seconds).  With ``tls``, ``ssl_context`` or
+    ``tls_hostname``, the stream is wrapped in anyio's ``TLSStream`` after
+    the handshake, as anyio does.
+
+    Raises ``OSError("All connection attempts failed")`` chained to the
+    attempts' error(s) (an ``ExceptionGroup`` for several), the
+    resolver's ``socket.gaierror``, ``ssl.SSLError`` if the handshake
+    fails.
+    """
+    connected: TrafficSocketStream | None = None
+    oserrors: list[OSError] = []
+
+    async def try_connect(family: int, host: str, event: anyio.Event) -> None:
+        nonlocal connected
+        try:
+            stream = await _connect_stream(family, (host, remote_port), local_address)
+        except OSError as exc:
+            oserrors.append(exc)
+            return
+        else:
+            if connected is None:
+                connected = stream
+                tg.cancel_scope.cancel()
+            else:
+                await stream.aclose()
+        finally:
+            event.set()
+
+    local_address: IPSockAddrType | None = None
+    family: int = socket.AF_UNSPEC
+    if local_host:
+        gai_res = await anyio.getaddrinfo(str(local_host), local_port)
+        family, *_, local_address = gai_res[0]
+
+    target_host = str(remote_host)
+    try:
+        addr_obj = ip_address(remote_host)
+    except ValueError:
+        addr_obj = None
+
+    target_addrs: list[tuple[int, str]]
+    if addr_obj is not None:
+        if isinstance(addr_obj, IPv6Address):
+            target_addrs = [(socket.AF_INET6, addr_obj.compressed)]
+        else:
+            target_addrs = [(socket.AF_INET, addr_obj.compressed)]
+    else:
+        gai_res = await anyio.getaddrinfo(
+            target_host, remote_port, family=family, type=socket.SOCK_STREAM
+        )
+        # The first address an IPv6 one (if any), the second an IPv4 one.
+        v6_found = v4_found = False
+        target_addrs = []
+        for af, *_, sa in gai_res:
+            if af == socket.AF_INET6 and not v6_found:
+                v6_found = True
+                target_addrs.insert(0, (af, sa[0]))
+            elif af == socket.AF_INET and not v4_found and v6_found:
+                v4_found = True
+                target_addrs.insert(1, (af, sa[0]))
+            else:
+                target_addrs.append((af, sa[0]))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for target_family, addr in target_addrs:
+                event = anyio.Event()
+                tg.start_soon(try_connect, target_family, addr, event)
+                with anyio.move_on_after(happy_eyeballs_delay):
+                    await event.wait()
+
+        if connected is None:
+            cause = (
+                oserrors[0]
+                if len(oserrors) == 1
+                else ExceptionGroup("multiple connection attempts failed", oserrors)
+            )
+            raise OSError("All connection attempts failed") from cause
+    except BaseException:
+        if connected is not None:
+            await anyio.aclose_forcefully(connected)
+        raise
+    finally:
+        oserrors.clear()
+
+    if tls or tls_hostname or ssl_context:
+        try:
+            return await TLSStream.wrap(
+                connected,
+                server_side=False,
+                hostname=tls_hostname or str(remote_host),
+                ssl_context=ssl_context,
+                standard_compatible=tls_standard_compatible,
+            )
+        except BaseException:
+            await anyio.aclose_forcefully(connected)
+            raise
+
+    return connected
+
+
+async def connect_unix(
+    path: str | bytes | os.PathLike[Any],
+    kind: Literal[socket.SocketKind.SOCK_STREAM] = socket.SOCK_STREAM,
+) -> TrafficUNIXSocketStream:
+    """Connect to the UNIX stream socket at ``path``: ``anyio.connect_unix``.
+
+    Raises ``OSError`` (``FileNotFoundError``, ``ConnectionRefusedError``...)
+    if the connection fails, ``NotImplementedError`` for ``SOCK_SEQPACKET``.
+    """
+    if kind != socket.SOCK_STREAM:
+        raise NotImplementedError("traffic's streams are SOCK_STREAM only")
+    await anyio.lowlevel.checkpoint()
+    stream = await _connect_stream(socket.AF_UNIX, os.fspath(path))
+    assert isinstance(stream, TrafficUNIXSocketStream)
+    return stream
+
+
+# Listening
+
+
+async def create_tcp_listener(
+    *,
+    local_host: IPAddressType | None = None,
+    local_port: int = 0,
+    family: Literal[
+        socket.AddressFamily.AF_UNSPEC,
+        socket.AddressFamily.AF_INET,
+        socket.AddressFamily.AF_INET6,
+    ] = socket.AddressFamily.AF_UNSPEC,
+    backlog: int = 65536,
+    reuse_port: bool = False,
+) -> MultiListener[anyio.abc.SocketStream]:
+    """Create TCP listeners: ``anyio.create_tcp_listener``, with traffic's listeners.
+
+    Without ``local_host``, one dual-stack IPv6 socket where the system has
+    them, else one listener per address family; with port 0 all listeners
+    share the port chosen.  Returns anyio's ``MultiListener``.
+
+    Raises ``OSError`` if creating or binding a socket fails.
+    """
+    backlog = min(backlog, 65536)
+    host = str(local_host) if local_host is not None else None
+
+    def setup_raw_socket(
+        fam: socket.AddressFamily, bind_addr: tuple[Any, ...], *, v6only: bool = True
+    ) -> socket.socket:
+        sock = socket.socket(fam)
+        try:
+            sock.setblocking(False)
+            if fam == socket.AF_INET6:
+                sock.setsockopt(IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if fam == socket.AF_INET6 and "%" in bind_addr[0]:
+                addr, scope_id = bind_addr[0].split("%", 1)
+                bind_addr = (addr, bind_addr[1], 0, int(scope_id))
+            sock.bind(bind_addr)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def listener(sock: socket.socket) -> TrafficSocketListener:
+        return TrafficSocketListener(sock.detach())
+
+    gai_res = await anyio.getaddrinfo(
+        host, local_port, family=family, type=0, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+    )
+    sockaddrs = sorted({res for res in gai_res if res[1] == socket.SOCK_STREAM})
+
+    if (
+        host is None
+        and family == socket.AF_UNSPEC
+        and socket.has_dualstack_ipv6()
+        and any(fam == socket.AF_INET6 for fam, *_ in gai_res)
+    ):
+        sock = setup_raw_socket(socket.AF_INET6, ("::", local_port), v6only=False)
+        return MultiListener([listener(sock)])
+
+    errors: list[OSError] = []
+    try:
+        for _ in range(10):  # enough to absorb ephemeral port collisions
+            listeners: list[anyio.abc.SocketListener] = []
+            bound_port = local_port
+            try:
+                for fam, *_, sockaddr in sockaddrs:
+                    sockaddr = (sockaddr[0], bound_port, *sockaddr[2:])
+                    sock = setup_raw_socket(fam, sockaddr)
+                    if local_port == 0 and len(gai_res) > 1:
+                        bound_port = sock.getsockname()[1]
+                    listeners.append(listener(sock))
+            except BaseException as exc:
+                for made in listeners:
+                    await made.aclose()
+                if (
+                    isinstance(exc, OSError)
+                    and exc.errno == errno.EADDRINUSE
+                    and local_port == 0
+                    and bound_port
+                ):
+                    errors.append(exc)
+                    sockaddrs.append(sockaddrs.pop(0))
+                    continue
+                raise
+            return MultiListener(listeners)
+
+        raise OSError(
+            f"Could not create {len(sockaddrs)} listeners with a consistent port"
+        ) from ExceptionGroup("Several bind attempts failed", errors)
+    finally:
+        del errors
+
+
+async def create_unix_listener(
+    path: str | bytes | os.PathLike[Any],
+    *,
+    mode: int | None = None,
+    backlog: int = 65536,
+    kind: Literal[socket.SocketKind.SOCK_STREAM] = socket.SOCK_STREAM,
+) -> TrafficUNIXSocketListener:
+    """Listen on the UNIX socket ``path``: ``anyio.create_unix_listener``.
+
+    A socket already at ``path`` is removed first (as anyio does); ``mode``
+    sets its permissions.  Raises ``OSError`` if binding fails,
+    ``NotImplementedError`` for ``SOCK_SEQPACKET``.
+    """
+    if kind != socket.SOCK_STREAM:
+        raise NotImplementedError("traffic's streams are SOCK_STREAM only")
+    backlog = min(backlog, 65536)
+    path_str = os.fsdecode(path)
+    if not path_str.startswith("\0"):
+        try:
+            if stat.S_ISSOCK(os.stat(path_str).st_mode):
+                os.unlink(path_str)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+                raise
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await anyio.to_thread.run_sync(sock.bind, path_str, abandon_on_cancel=True)
+        if mode is not None:
+            await anyio.to_thread.run_sync(os.chmod, path_str, mode, abandon_on_cancel=True)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return TrafficUNIXSocketListener(sock.detach())
+
