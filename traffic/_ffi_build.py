@@ -15,9 +15,8 @@ Why it looks like this:
   macOS). Both implement the narrow interface in ``internal.h``.
 - Paths are resolved against this file's directory, then made relative to
   the current directory when they lie under it: setuptools runs this script
-  from the project root (``setup.py``'s ``cffi_modules``) and wants relative
-  source paths there; run as ``python traffic/_ffi_build.py`` it builds the
-  module in place under the current directory.
+  from the project root (``setup.py``'s ``cffi_modules``) and refuses
+  absolute source paths there.
 
 Environment (read at build time, for CI):
 
@@ -27,17 +26,20 @@ Environment (read at build time, for CI):
 ``TRAFFIC_LDFLAGS``
     Extra linker flags, e.g. ``-fsanitize=address,undefined``.
 
-Run directly (``python traffic/_ffi_build.py``) it compiles the module in
-place, into ``./traffic/``, for a sanitizer or debugging build.
+Run directly (``python traffic/_ffi_build.py``, from any directory) it
+compiles the module in place, into ``traffic/`` beside this script, for a
+sanitizer or debugging build.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 
 import cffi
 
@@ -113,18 +115,48 @@ for _source in (API_HEADER, *SOURCES):
     if not os.path.exists(_source):
         raise RuntimeError(f"traffic: C source {_source} is missing")
 
-ffibuilder = cffi.FFI()
-ffibuilder.cdef(_read(API_HEADER))
-ffibuilder.set_source(
-    MODULE,
-    '#include "traffic.h"',
-    sources=[_relative(source) for source in SOURCES],
-    include_dirs=[_relative(CORE)],
-    depends=[_relative(os.path.join(CORE, name)) for name in ("traffic.h", "internal.h")],
-    extra_compile_args=CFLAGS + _env_flags("TRAFFIC_CFLAGS"),
-    extra_link_args=LDFLAGS + _env_flags("TRAFFIC_LDFLAGS"),
-)
+
+def _make_ffibuilder(place: Callable[[str], str]) -> cffi.FFI:
+    """An FFI for the core, with every path passed through ``place``."""
+    builder = cffi.FFI()
+    builder.cdef(_read(API_HEADER))
+    builder.set_source(
+        MODULE,
+        '#include "traffic.h"',
+        sources=[place(source) for source in SOURCES],
+        include_dirs=[place(CORE)],
+        depends=[place(os.path.join(CORE, name)) for name in ("traffic.h", "internal.h")],
+        extra_compile_args=CFLAGS + _env_flags("TRAFFIC_CFLAGS"),
+        extra_link_args=LDFLAGS + _env_flags("TRAFFIC_LDFLAGS"),
+    )
+    return builder
+
+
+# What setup.py's cffi_modules builds (setuptools runs this from the project root).
+ffibuilder = _make_ffibuilder(_relative)
+
+
+def build_in_place() -> str:
+    """Compile the module into ``traffic/`` beside this file; return its path.
+
+    For sanitizer and debugging builds (``python traffic/_ffi_build.py``).
+    cffi compiles from its own work directory, ``build/ffi-inplace`` in the
+    project root, so that setuptools finds no ``pyproject.toml`` there to
+    validate (an old setuptools in the running environment cannot read this
+    project's); hence absolute paths. Other in-place builds of the module
+    are removed so that this one is what ``import traffic._traffic`` loads.
+    """
+    builder = _make_ffibuilder(os.path.abspath)
+    workdir = os.path.join(os.path.dirname(HERE), "build", "ffi-inplace")
+    os.makedirs(workdir, exist_ok=True)
+    built = builder.compile(tmpdir=workdir, verbose=True)
+    target = os.path.join(HERE, os.path.basename(built))
+    for name in os.listdir(HERE):
+        if name.startswith("_traffic.") and name.endswith((".so", ".pyd")):
+            os.remove(os.path.join(HERE, name))
+    shutil.copyfile(built, target)
+    return target
 
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    print(f"built {build_in_place()}")

@@ -12,6 +12,5 @@ version: Final[str] = "0.1.0"
 release_date: Final[str] = "2026-11-25"  # ISO 8601
 
 abstract: Final[str] = (
-    "Event driven I/O where the light is always green: "
-    "a C core that performs the transfers."
+    "Event driven I/O where the light is always green: a C core that performs the transfers."
 )
