@@ -60,7 +60,7 @@ def cycle_threads() -> list[str]:
     return found
 
 
-def settle(condition: Callable[[], bool], attempts: int = 200) -> bool:
+def settle(condition: Callable[[], bool], attempts: int = 50) -> bool:
     """Collect garbage until ``condition`` holds, at most ``attempts`` times.
 
     Threads the core joins are gone once close() returns; the retries only

@@ -937,10 +937,12 @@ tr_traffic_acquire(tr_traffic *tr, tr_transit *t, unsigned long long token)
 	pthread_mutex_lock(&tr->lock);
 	if (tr->stopping)
 		err = TR_ECLOSED;
-	else if (t->traffic != NULL)
-		err = t->traffic == tr ? -EALREADY : -EBUSY;
+	else if (t->traffic == tr)
+		err = -EALREADY;
 	else if (t->flags & TF_TERMINATED)
-		err = TR_ECLOSED;
+		err = TR_ECLOSED;   /* before "in another Traffic": the end is what matters */
+	else if (t->traffic != NULL)
+		err = -EBUSY;
 	else {
 		struct tr_transit *sibling = t->point->io[!t->polarity];
 
