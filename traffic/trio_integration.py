@@ -159,9 +159,11 @@ async def _pump(delivery: _Delivery) -> None:
                 else:
                     reschedule(task, outcome.Value(completion))
     finally:
-        # Cancelled at the end of the run: no task is parked any more.
-        with trio.CancelScope(shield=True):
-            traffic.close()
+        # Cancelled at the end of the run: no task is parked any more.  No
+        # trio call here: a run abandoned mid-way (an internal error, a
+        # guest run dropped) closes this coroutine outside trio, and the
+        # Traffic must still be closed then (close() does not block on trio).
+        traffic.close()
 
 
 def _in_run(transit: Transit) -> _Delivery:
@@ -180,8 +182,14 @@ def _in_run(transit: Transit) -> _Delivery:
 async def _transfer(delivery: _Delivery, transit: Transit, pin: Any, size: int) -> tuple[int, int, int]:
     """Perform one request: (outcome, error, transferred).  A checkpoint.
 
-    ``pin`` (a cffi buffer) must stay alive until this returns; it does,
-    since it is an argument of this frame for as long as the core may use it.
+    ``pin`` (a cffi buffer) is the memory the core transfers with.  While the
+    request is pending it is also held by the Traffic (``_pins``, by token),
+    not only by this frame: a frame can die before the core is done with the
+    memory (a run abandoned by an internal error closes its coroutines, and
+    whatever they alone referenced is freed at once, while the cycle thread
+    may be inside ``read()`` into it).  The Traffic drops the pin when it
+    collects the completion, when the request is withdrawn, or after its
+    cycle thread is joined at close.
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     report = delivery.report
@@ -194,6 +202,8 @@ async def _transfer(delivery: _Delivery, transit: Transit, pin: Any, size: int) 
         return result
 
     token = transit._token
+    pins = delivery.traffic._pins
+    pins[token] = (pin, None)
     parked = delivery.parked
     waiter = [trio.lowlevel.current_task(), None]
     parked[token] = waiter
@@ -202,6 +212,7 @@ async def _transfer(delivery: _Delivery, transit: Transit, pin: Any, size: int) 
         code = lib.tr_withdraw(transit._c, delivery.report)
         if code == _WITHDRAWN:
             del parked[token]
+            pins.pop(token, None)  # the core let go of the memory
             return trio.lowlevel.Abort.SUCCEEDED
         # Inside the system call, or done: the completion follows promptly.
         waiter[1] = raise_cancel

@@ -1,0 +1,166 @@
+"""Shared helpers of the trio tests (``test_trio_*.py``); it holds no tests.
+
+Named with the suite's prefix so the trio tests stay one group of files.
+Descriptor, live-object and cycle-thread leaks are checked for every test by
+``tests/conftest.py``'s autouse ``_no_leaks``; nothing here repeats it.
+
+Real peers only, and no timing decides a test: where the core works in its
+own thread (descriptors it closes, data it sends), helpers wait on the real
+condition with a bounded loop and fail only when it never holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+from collections.abc import Callable
+
+import trio
+import trio.testing
+
+import traffic
+from traffic import TrafficStream
+
+#: Socket buffer sizes for clogged streams: small, so clogging is quick and
+#: draining is too (the kernel doubles these and keeps a floor).
+CLOG_BUFFER = 4096
+
+
+def open_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the listdir's own descriptor, closed already
+        fds.add(fd)
+    return fds
+
+
+def cycle_threads() -> list[str]:
+    """Task ids of this process's threads named ``traffic-cycle``."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if f.read().strip() == "traffic-cycle":
+                    found.append(task)
+        except OSError:
+            continue  # the thread ended while we looked
+    return found
+
+
+async def wait_for(condition: Callable[[], bool], attempts: int = 1000) -> bool:
+    """Poll ``condition`` between short sleeps, at most ``attempts`` times.
+
+    For state the cycle thread changes (it closes descriptors on request):
+    trio cannot be told when, so poll; the bound (about 10 s) only turns a
+    hang into a failure.
+    """
+    for _ in range(attempts):
+        if condition():
+            return True
+        await trio.sleep(0.01)
+    return condition()
+
+
+async def tcp_pair() -> tuple[TrafficStream, TrafficStream]:
+    """(client, server) TrafficStreams over TCP on 127.0.0.1.
+
+    The listener is traffic's; the client connects with trio's
+    ``open_stream_to_socket_listener`` (which needs the listener's
+    ``.socket``), then is handed to traffic.
+    """
+    listeners = await traffic.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        client = await trio.testing.open_stream_to_socket_listener(listeners[0])
+        client_stream = TrafficStream(client.socket)
+        try:
+            server = await listeners[0].accept()
+        except BaseException:
+            await client_stream.aclose()
+            raise
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+    return client_stream, server
+
+
+async def unix_pair() -> tuple[TrafficStream, TrafficStream]:
+    a, b = socket.socketpair()
+    try:
+        first = TrafficStream(a)
+    except BaseException:
+        a.close()
+        b.close()
+        raise
+    try:
+        second = TrafficStream(b)
+    except BaseException:
+        b.close()
+        await first.aclose()
+        raise
+    await trio.lowlevel.checkpoint()
+    return first, second
+
+
+def clog(sender: TrafficStream, receiver: TrafficStream) -> int:
+    """Fill the kernel buffers from ``sender`` to ``receiver``; return the bytes written.
+
+    Writes straight to the (non-blocking) descriptor until the kernel says
+    EAGAIN: no request is in the core meanwhile, so nothing races with it.
+    """
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLOG_BUFFER)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLOG_BUFFER)
+    fd = sender.socket.fileno()
+    chunk = b"c" * 65536
+    written = 0
+    while True:
+        try:
+            written += os.write(fd, chunk)
+        except BlockingIOError:
+            return written
+
+
+async def clogged_tcp_pair() -> tuple[TrafficStream, TrafficStream]:
+    """A TCP pair clogged both ways (trio's checker flips the pair too)."""
+    s, r = await tcp_pair()
+    clog(s, r)
+    clog(r, s)
+    return s, r
+
+
+async def clogged_unix_pair() -> tuple[TrafficStream, TrafficStream]:
+    """An AF_UNIX pair clogged both ways."""
+    s, r = await unix_pair()
+    clog(s, r)
+    clog(r, s)
+    return s, r
+
+
+def pseudorandom(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def digest(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        chunk = await stream.receive_some(size - len(out))
+        if not chunk:
+            raise AssertionError(f"EOF after {len(out)} of {size} bytes")
+        out += chunk
+    return bytes(out)
+
+
+async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
+    out = bytearray()
+    while chunk := await stream.receive_some():
+        out += chunk
+    return bytes(out)
