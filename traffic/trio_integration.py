@@ -59,6 +59,7 @@ import outcome
 import trio
 
 from ._traffic import ffi, lib
+from .errors import TransitClosedError
 from .libkqueue import Octets, Sockets, Traffic, Transit
 
 __all__ = [
@@ -167,11 +168,20 @@ async def _pump(delivery: _Delivery) -> None:
 
 
 def _in_run(transit: Transit) -> _Delivery:
-    """The delivery for ``transit``, acquiring it into this run's Traffic if needed."""
+    """The delivery for ``transit``, acquiring it into this run's Traffic if needed.
+
+    Raises ``trio.ClosedResourceError`` for a terminated transit or one of
+    an ended run, ``RuntimeError`` for one in another Traffic.
+    """
     delivery = _delivery()
     traffic = transit.traffic
     if traffic is None:
-        delivery.traffic.acquire(transit)
+        try:
+            delivery.traffic.acquire(transit)
+        except TransitClosedError:
+            # Terminated before it ever was in traffic: closed, like any
+            # terminated transit (the core's error crosses once, here).
+            raise trio.ClosedResourceError("the transit is terminated") from None
     elif traffic is not delivery.traffic:
         if traffic.closed:
             raise trio.ClosedResourceError("the transit belongs to a trio run that has ended")
