@@ -51,11 +51,13 @@ so two mechanisms cover the ways loops end:
    still waiting (with ``ClosedResourceError``), and closes the Traffic:
    the cycle thread is joined and every descriptor it owns is closed
    before ``loop.close()`` runs.
-2. A ``weakref.finalize`` on the loop closes the Traffic when a loop managed
-   by hand (``run_until_complete`` then ``close`` without cancelling tasks)
-   is garbage collected; ``libkqueue``'s exit hook closes it at the latest
-   when the interpreter exits.  Such programs can also call
-   :func:`close_traffic` themselves before closing their loop.
+2. A loop managed by hand (``run_until_complete`` then ``close``, no task
+   cancelled): closing the loop drops its selector, the only strong path
+   to the loop's Traffic (the registry of loops holds weak references), so
+   the Traffic's own finalizer closes it at the next garbage collection;
+   ``libkqueue``'s exit hook closes it at the latest when the interpreter
+   exits.  Such programs can call :func:`close_traffic` before
+   ``loop.close()`` to have it closed at once.
 
 Cancellation loses nothing
 --------------------------
@@ -188,10 +190,14 @@ class _Parking(Protocol):
     """How a task waits for its transfer on one backend."""
 
     traffic: Traffic
+    #: token -> future of a cancelled request whose completion is on its way.
+    late: dict[int, asyncio.Future[Completion]]
 
     async def transfer(
         self, transit: Transit, pin: Any, size: int, orphan: _Orphan
     ) -> tuple[int, int, int]: ...
+
+    async def settle(self, transit: Transit) -> None: ...
 
     def wake(self, transit: Transit) -> None: ...
 
@@ -202,11 +208,15 @@ class _Parking(Protocol):
 class _TrioParking:
     """The trio run's delivery (:func:`traffic.trio_integration._delivery`)."""
 
-    __slots__ = ("delivery", "traffic")
+    __slots__ = ("delivery", "late", "traffic")
 
     def __init__(self) -> None:
         self.delivery = _delivery()
         self.traffic = self.delivery.traffic
+        self.late: dict[int, asyncio.Future[Completion]] = {}  # always empty
+
+    async def settle(self, transit: Transit) -> None:
+        """Nothing is ever late on trio."""
 
     async def transfer(
         self, transit: Transit, pin: Any, size: int, orphan: _Orphan
@@ -267,19 +277,28 @@ class _AsyncioParking:
         self.unclaimed: dict[int, Completion] = {}
         # token -> future of a withdrawn request whose completion follows.
         self.late: dict[int, asyncio.Future[Completion]] = {}
+        # Held here, and so by the loop's selector (through the reader
+        # callback) while the loop lives: asyncio keeps only weak references
+        # to tasks.
         self.keeper = loop.create_task(self._keep(), name="traffic.anyio_backend keeper")
+        # A loop closed by hand with the keeper still pending: when the
+        # keeper is collected with the rest, that is expected, not an error
+        # to log (asyncio.gather sets the same flag on its children).
+        with contextlib.suppress(AttributeError):
+            self.keeper._log_destroy_pending = False  # type: ignore[attr-defined]
 
     @classmethod
     def current(cls) -> _AsyncioParking:
         loop = asyncio.get_running_loop()
-        parking = _LOOPS.get(loop)
+        ref = _LOOPS.get(loop)
+        parking = ref() if ref is not None else None
         if parking is None or parking.closed:
             parking = cls(loop)
-            _LOOPS[loop] = parking
-            # A loop closed by hand without cancelling its tasks: close the
-            # Traffic when the loop goes (the keeper's pending-task warning
-            # aside, nothing leaks).
-            weakref.finalize(loop, parking.traffic.close)
+            # A weak reference: the dictionary must not keep the loop (its
+            # key) alive through the parking.  When a loop closed by hand
+            # loses its selector, the parking becomes garbage, and the
+            # Traffic's own finalizer closes it.
+            _LOOPS[loop] = weakref.ref(parking)
         return parking
 
     async def _keep(self) -> None:
@@ -311,7 +330,8 @@ class _AsyncioParking:
         if self.closed:
             return
         self.closed = True
-        if _LOOPS.get(self.loop) is self:
+        ref = _LOOPS.get(self.loop)
+        if ref is not None and ref() is self:
             del _LOOPS[self.loop]
         if not self.loop.is_closed():
             self.loop.remove_reader(self.fd)
@@ -320,7 +340,11 @@ class _AsyncioParking:
             if future is not None and not future.done() and not self.loop.is_closed():
                 future.set_result(Completion(token, _CLOSED, 0, 0))
         self.traffic.close()
-        if not self.keeper.done():
+        if (
+            not self.keeper.done()
+            and not self.loop.is_closed()
+            and asyncio.current_task(self.loop) is not self.keeper
+        ):
             self.keeper.cancel()
 
     def wake(self, transit: Transit) -> None:
@@ -346,12 +370,8 @@ class _AsyncioParking:
         happened although the task was cancelled (now, or when it arrives).
         """
         token = transit._token
-        late = self.late.get(token)
-        if late is not None:
-            # A cancelled request's completion is still on its way (promptly:
-            # the core is in or just out of the system call).  Waiting with
-            # asyncio.wait leaves that future alone if this task is cancelled.
-            await asyncio.wait((late,))
+        if token in self.late:
+            await self.settle(transit)
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
@@ -376,6 +396,15 @@ class _AsyncioParking:
             self._cancelled(transit, future, pin, orphan)
             raise
         return completion.outcome, completion.error, completion.transferred
+
+    async def settle(self, transit: Transit) -> None:
+        """Wait until the completion of ``transit``'s cancelled request has
+        arrived (promptly: the core is in or just out of the system call)
+        and been handed to its orphan handler.  Waiting with asyncio.wait
+        leaves that future alone if this task is cancelled meanwhile."""
+        late = self.late.get(transit._token)
+        if late is not None:
+            await asyncio.wait((late,))
 
     def _cancelled(
         self, transit: Transit, future: asyncio.Future[Completion], pin: Any, orphan: _Orphan
@@ -407,9 +436,9 @@ class _AsyncioParking:
         late.add_done_callback(arrived)
 
 
-_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncioParking] = (
-    weakref.WeakKeyDictionary()
-)
+_LOOPS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, weakref.ReferenceType[_AsyncioParking]
+] = weakref.WeakKeyDictionary()
 
 
 def _parking() -> _Parking:
@@ -437,7 +466,8 @@ def close_traffic(loop: asyncio.AbstractEventLoop | None = None) -> None:
     """
     if loop is None:
         loop = asyncio.get_running_loop()
-    parking = _LOOPS.get(loop)
+    ref = _LOOPS.get(loop)
+    parking = ref() if ref is not None else None
     if parking is not None:
         parking.close()
 
@@ -590,6 +620,12 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         with self._receive_guard:
             if self._closed:
                 raise anyio.ClosedResourceError
+            if self._parking.late:
+                # A cancelled receive's bytes may still be on their way: they
+                # come before anything received after them.
+                await self._parking.settle(self._receiver)
+                if self._closed:
+                    raise anyio.ClosedResourceError
             pending = self._pending
             if pending:
                 await anyio.lowlevel.checkpoint()
