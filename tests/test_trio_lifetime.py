@@ -1,0 +1,211 @@
+"""A trio run's Traffic: started on first use, gone when the run ends; Ctrl-C.
+
+These tests call ``trio.run`` themselves (no ``@pytest.mark.trio``), so they
+can look at the process between runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import trio
+import trio.testing
+from test_trio_support import (
+    cycle_threads,
+    open_fds,
+    receive_exactly,
+    tcp_pair,
+    unix_pair,
+    wait_for,
+)
+
+import traffic
+
+#: Where the traffic under test was imported from, for subprocesses.
+IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
+
+
+async def use_traffic(leave_open: bool) -> None:
+    """Some of everything: streams, a listener, primitives, a cancelled park."""
+    a, b = await tcp_pair()
+    c, d = await unix_pair()
+    await a.send_all(b"tcp")
+    assert await receive_exactly(b, 3) == b"tcp"
+    await c.send_all(b"unix")
+    assert await receive_exactly(d, 4) == b"unix"
+    (in1, out1), (in2, out2) = traffic.Octets.socketpair()
+    await traffic.send_all(out1, b"raw")
+    assert await traffic.recv_into(in2, bytearray(3)) >= 1
+    listener, _ = traffic.Sockets.listen(("127.0.0.1", 0))
+    with trio.move_on_after(0.001):
+        await traffic.accept(listener)  # parks, then is withdrawn
+    # The thread names itself as it starts: wait for it rather than race it.
+    assert await wait_for(lambda: len(cycle_threads()) == 1)
+    if not leave_open:
+        for stream in (a, b, c, d):
+            await stream.aclose()
+        for transit in (in1, out1, in2, out2, listener):
+            transit.terminate()
+
+
+def test_run_leaves_nothing_behind() -> None:
+    """After trio.run: no cycle thread, the descriptors the run's transits
+    owned are closed (also those its code left open), no core object alive."""
+    gc.collect()
+    fds = open_fds()
+    objects = traffic.live_objects()
+    assert not cycle_threads()
+    trio.run(use_traffic, True)
+    # Closed synchronously when the run ends: no waiting needed.
+    assert not cycle_threads()
+    assert open_fds() == fds
+    gc.collect()
+    assert traffic.live_objects() == objects
+
+
+def test_five_runs_in_a_row() -> None:
+    gc.collect()
+    fds = open_fds()
+    objects = traffic.live_objects()
+    traffics = []
+
+    async def main(i: int) -> None:
+        traffics.append(traffic.current_traffic())
+        await use_traffic(leave_open=bool(i % 2))
+
+    for i in range(5):
+        trio.run(main, i)
+        assert not cycle_threads(), f"run {i}"
+        assert open_fds() == fds, f"run {i}"
+        gc.collect()
+        assert traffic.live_objects() == objects, f"run {i}"
+    # Each run had a Traffic of its own, closed at its end.
+    assert len(set(map(id, traffics))) == 5
+    assert all(t.closed for t in traffics)
+    del traffics
+    gc.collect()
+    assert traffic.live_objects() == objects
+
+
+def test_traffic_is_per_run_and_lazy() -> None:
+    async def main() -> traffic.Traffic:
+        assert not cycle_threads()  # nothing started before first use
+        first = traffic.current_traffic()
+        assert traffic.current_traffic() is first
+        assert first.threaded
+        assert await wait_for(lambda: len(cycle_threads()) == 1)
+        return first
+
+    one = trio.run(main)
+    two = trio.run(main)
+    assert one is not two
+    assert one.closed and two.closed
+
+
+CTRL_C_SCRIPT = """
+import socket, sys
+from functools import partial
+import trio, trio.testing
+import traffic
+
+async def hold(stream):
+    await stream.receive_some()
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(traffic.serve_tcp, hold, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        clients = [await traffic.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        pairs = [socket.socketpair() for _ in range(3)]
+        streams = [traffic.TrafficStream(a) for a, b in pairs]
+        for stream in [*clients, *streams]:
+            nursery.start_soon(stream.receive_some)
+        (rx, tx), _ = traffic.Octets.socketpair()
+        nursery.start_soon(traffic.recv_into, rx, bytearray(8))
+        await trio.testing.wait_all_tasks_blocked()
+        print("ready", flush=True)
+
+trio.run(main)
+"""
+
+
+def test_ctrl_c_with_parked_tasks() -> None:
+    env = {**os.environ, "PYTHONPATH": IMPORT_ROOT}
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CTRL_C_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.strip() == "ready", (line, child.stderr.read() if child.stderr else "")
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=30)
+        except BaseException:
+            child.kill()
+            child.communicate()
+            raise
+    assert "KeyboardInterrupt" in err, err
+    assert "Traceback" in err
+    assert "Fatal Python error" not in err and "Segmentation" not in err, err
+
+
+def test_atexit_closes_a_live_traffic() -> None:
+    """A Traffic its owner never closed is closed before the interpreter
+    finalizes: the process exits cleanly with the cycle thread running."""
+    script = textwrap.dedent(
+        """
+        import socket, traffic
+        t = traffic.Traffic()
+        t.start()
+        (rx, tx), _ = traffic.Octets.socketpair()
+        t.acquire(rx)
+        buffer = bytearray(64)
+        assert t.request(rx, buffer)[0] == 0  # pending when the process exits
+        print("started", flush=True)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": IMPORT_ROOT}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "started"
+
+
+def test_socket_views_survive_runs() -> None:
+    """A stream's .socket view does not own the descriptor: once the run's
+    Traffic closed it, the view answers EBADF instead of touching a reused
+    descriptor number."""
+    kept = []
+
+    async def main() -> None:
+        a, b = await unix_pair()
+        kept.append(a)
+        await b.aclose()
+
+    trio.run(main)
+    view = kept[0].socket
+    assert view.fileno() == -1
+    try:
+        view.getsockname()
+    except OSError as exc:
+        assert exc.errno == errno.EBADF
+    else:
+        raise AssertionError("a closed view answered")
+    # A new socket may take the old number: the view still refuses.
+    fresh = socket.socket()
+    try:
+        assert view.fileno() == -1
+    finally:
+        fresh.close()
