@@ -89,7 +89,7 @@ def test_five_runs_in_a_row() -> None:
     # Each run had a Traffic of its own, closed at its end.
     assert len(set(map(id, traffics))) == 5
     assert all(t.closed for t in traffics)
-    del traffics
+    traffics.clear()
     gc.collect()
     assert traffic.live_objects() == objects
 
@@ -150,7 +150,7 @@ def test_ctrl_c_with_parked_tasks() -> None:
             line = child.stdout.readline()
             assert line.strip() == "ready", (line, child.stderr.read() if child.stderr else "")
             child.send_signal(signal.SIGINT)
-            out, err = child.communicate(timeout=30)
+            _out, err = child.communicate(timeout=30)
         except BaseException:
             child.kill()
             child.communicate()

@@ -35,7 +35,7 @@ async def recv_exactly(transit: Octets, size: int) -> bytes:
 
 @pytest.mark.trio
 async def test_recv_into_given_buffer() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, out2) = Octets.socketpair()
     await traffic.send_all(out2, b"hello")
     buffer = bytearray(16)
     n = await traffic.recv_into(in1, buffer)
@@ -47,7 +47,7 @@ async def test_recv_into_given_buffer() -> None:
 
 @pytest.mark.trio
 async def test_recv_into_acquired_resource() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, out2) = Octets.socketpair()
     # The first primitive puts the transit in the run's Traffic; from then
     # on it can hold a resource, which `recv_into(transit)` fills.
     await traffic.send_all(out2, b"ab")
@@ -80,14 +80,14 @@ async def test_acquire_before_first_use() -> None:
 
 @pytest.mark.trio
 async def test_recv_into_without_buffer() -> None:
-    (in1, out1), _ = Octets.socketpair()
+    (in1, _out1), _ = Octets.socketpair()
     with pytest.raises(ValueError, match="acquire"):
         await traffic.recv_into(in1)
 
 
 @pytest.mark.trio
 async def test_recv_into_read_only_buffer() -> None:
-    (in1, out1), _ = Octets.socketpair()
+    (in1, _out1), _ = Octets.socketpair()
     with pytest.raises(TypeError):
         await traffic.recv_into(in1, b"read-only")
     with pytest.raises(TypeError):
@@ -107,7 +107,7 @@ async def test_wrong_polarity() -> None:
 
 @pytest.mark.trio
 async def test_recv_into_non_byte_buffers() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, out2) = Octets.socketpair()
     ints = array("i", [0, 0])
     payload = array("i", [7, -8]).tobytes()
     await traffic.send_all(out2, payload)
@@ -120,7 +120,7 @@ async def test_recv_into_non_byte_buffers() -> None:
 
 @pytest.mark.trio
 async def test_recv_into_empty_buffer() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, _out2) = Octets.socketpair()
     with trio.testing.assert_checkpoints():
         assert await traffic.recv_into(in1, bytearray(0)) == 0
 
@@ -128,7 +128,7 @@ async def test_recv_into_empty_buffer() -> None:
 @pytest.mark.trio
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 async def test_send_all_kinds(kind: type) -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (_in1, out1), (in2, _out2) = Octets.socketpair()
     data = pseudorandom(100_000, seed=21)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(traffic.send_all, out1, kind(data))
@@ -137,7 +137,7 @@ async def test_send_all_kinds(kind: type) -> None:
 
 @pytest.mark.trio
 async def test_send_all_16mib_memoryview() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (_in1, out1), (in2, _out2) = Octets.socketpair()
     data = bytearray(pseudorandom(16 << 20, seed=22))
     received: list[bytes] = []
 
@@ -152,7 +152,7 @@ async def test_send_all_16mib_memoryview() -> None:
 
 @pytest.mark.trio
 async def test_send_all_empty() -> None:
-    (in1, out1), _ = Octets.socketpair()
+    (_in1, out1), _ = Octets.socketpair()
     with trio.testing.assert_checkpoints():
         await traffic.send_all(out1, b"")
 
@@ -172,7 +172,7 @@ async def test_recv_into_eof() -> None:
 
 @pytest.mark.trio
 async def test_terminated_transits_are_closed() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, out1), (_in2, _out2) = Octets.socketpair()
     in1.terminate()
     with pytest.raises(trio.ClosedResourceError):
         await traffic.recv_into(in1, bytearray(4))
@@ -185,7 +185,7 @@ async def test_terminated_transits_are_closed() -> None:
 async def test_terminated_after_eof_is_closed() -> None:
     """The owner's terminate() after EOF: the transit is closed, as after
     any other terminate()."""
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, out2) = Octets.socketpair()
     out2.terminate()
     assert await traffic.recv_into(in1, bytearray(4)) == 0
     in1.terminate()
@@ -201,7 +201,7 @@ async def test_terminated_after_eof_is_closed() -> None:
 
 @pytest.mark.trio
 async def test_send_all_broken() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (_in1, out1), (in2, out2) = Octets.socketpair()
     in2.terminate()
     out2.terminate()  # the peer's socket is closed
     with pytest.raises(trio.BrokenResourceError) as caught:
@@ -236,7 +236,7 @@ async def test_recv_into_reset() -> None:
 
 @pytest.mark.trio
 async def test_two_receivers_busy() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, out2) = Octets.socketpair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(traffic.recv_into, in1, bytearray(4))
         await trio.testing.wait_all_tasks_blocked()
@@ -250,7 +250,7 @@ async def test_two_receivers_busy() -> None:
 
 @pytest.mark.trio
 async def test_cancelled_recv_into_withdraws() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, _out1), (_in2, out2) = Octets.socketpair()
     buffer = bytearray(4)
     with trio.CancelScope() as scope:
 
@@ -398,7 +398,7 @@ async def test_primitive_checkpoints() -> None:
 
 @pytest.mark.trio
 async def test_pending_cancel_is_honoured_before_transferring() -> None:
-    (in1, out1), (in2, out2) = Octets.socketpair()
+    (in1, out1), (_in2, out2) = Octets.socketpair()
     await traffic.send_all(out2, b"keep")
     buffer = bytearray(4)
     with trio.CancelScope() as scope:
@@ -437,7 +437,7 @@ def test_transit_of_an_ended_run() -> None:
 async def test_transit_of_another_traffic() -> None:
     other = traffic.Traffic()
     try:
-        (in1, out1), (in2, out2) = Octets.socketpair()
+        (in1, _out1), (_in2, _out2) = Octets.socketpair()
         other.acquire(in1)
         with pytest.raises(RuntimeError, match="another Traffic"):
             await traffic.recv_into(in1, bytearray(1))

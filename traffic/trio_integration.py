@@ -47,6 +47,7 @@ any number of times; each run gets its own Traffic.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket as _stdlib_socket
@@ -189,7 +190,9 @@ def _in_run(transit: Transit) -> _Delivery:
     return delivery
 
 
-async def _transfer(delivery: _Delivery, transit: Transit, pin: Any, size: int) -> tuple[int, int, int]:
+async def _transfer(
+    delivery: _Delivery, transit: Transit, pin: Any, size: int
+) -> tuple[int, int, int]:
     """Perform one request: (outcome, error, transferred).  A checkpoint.
 
     ``pin`` (a cffi buffer) is the memory the core transfers with.  While the
@@ -256,8 +259,9 @@ def _pin(data: Any, writable: bool) -> tuple[Any, int]:
         raise TypeError("receiving needs a writable buffer (bytearray, memoryview of one, array)")
     if not view.contiguous:
         raise BufferError("the buffer must be contiguous")
-    return ffi.from_buffer(view.cast("B") if view.format != "B" or view.ndim != 1 else view,
-                           require_writable=writable), view.nbytes
+    return ffi.from_buffer(
+        view.cast("B") if view.format != "B" or view.ndim != 1 else view, require_writable=writable
+    ), view.nbytes
 
 
 # Primitive operations
@@ -277,7 +281,9 @@ async def recv_into(transit: Octets, buffer: Any = None) -> int:
     if buffer is None:
         buffer = transit.resource
         if buffer is None:
-            raise ValueError("no buffer given and none acquired: transit.acquire(bytearray(n)) first")
+            raise ValueError(
+                "no buffer given and none acquired: transit.acquire(bytearray(n)) first"
+            )
     if transit.polarity != lib.TR_INPUT:
         raise ValueError("recv_into() needs an input transit")
     pin, size = _pin(buffer, writable=True)
@@ -477,10 +483,9 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         self._buffer_pin = ffi.from_buffer(self._buffer)
         self.socket = SocketView(receiver, family, kind, proto)
         if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            try:
+            # Not TCP after all (SCTP, say): trio ignores the failure too.
+            with contextlib.suppress(OSError):
                 self.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, True)
-            except OSError:
-                pass  # not TCP after all (SCTP, say); trio ignores it too
 
     def setsockopt(self, level: int, option: int, value: Any, length: int | None = None) -> None:
         """Set an option on the underlying socket (see ``socket.setsockopt``)."""
@@ -549,7 +554,8 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
             count = _received(code, error, count, "receive")
-            return ffi.buffer(pin, count)[:]
+            data: bytes = ffi.buffer(pin, count)[:]
+            return data
 
     async def aclose(self) -> None:
         """Close the stream: operations parked on it wake with
