@@ -67,6 +67,10 @@ __all__ = [
 #: another call.
 COLLECT_BATCH = 256
 
+#: Timeouts from this many seconds on wait without limit (the kernel takes
+#: an int of milliseconds: 2**31 ms is almost 25 days).
+MAX_TIMEOUT = 2**31 // 1000
+
 #: Backlog of listening sockets made by :meth:`Sockets.listen` (trio's
 #: default is also "as large as the kernel allows"; 128 is SOMAXCONN's floor).
 DEFAULT_BACKLOG = 128
@@ -84,12 +88,25 @@ class Completion(NamedTuple):
 
     ``outcome`` is one of the core's ``TR_*`` outcomes; ``transferred`` counts
     bytes (for :class:`Sockets`, bytes of the ``array('i')`` resource).
+    ``data`` holds what a :meth:`Traffic.receive` request received, else None.
     """
 
     token: int
     outcome: int
     error: int
     transferred: int
+    data: bytes | None = None
+
+
+def _take_data(report: Any) -> bytes | None:
+    """Copy a core-allocated resource out of a report and free it."""
+    pointer = report.data
+    if pointer == ffi.NULL:
+        return None
+    try:
+        return ffi.buffer(pointer, report.stop)[:]
+    finally:
+        lib.tr_free(pointer)
 
 
 def live_objects() -> int:
@@ -307,8 +324,9 @@ class Octets(Transit):
         try:
             sender = cls._create(fd, lib.TR_OUTPUT, receiver)
         except BaseException:
+            # The caller still owns fd: free the receiver without closing it.
             receiver._release.detach()
-            lib.tr_transit_release(receiver._c)  # closes fd
+            lib.tr_transit_forget(receiver._c)
             raise
         sender._polarity = lib.TR_OUTPUT
         return receiver, sender
@@ -473,6 +491,8 @@ class Traffic:
         self._transits: weakref.WeakValueDictionary[int, Transit] = weakref.WeakValueDictionary()
         self._seen: list[Transit] = []
         self._cycling: threading.Thread | None = None
+        # Orders wake() (any thread) against close() destroying the C side.
+        self._lifecycle = threading.Lock()
         self._report = ffi.new("tr_report *")
         self._reports = ffi.new("tr_report[]", COLLECT_BATCH)
         # Closes a Traffic its owner dropped, and every live one at exit
@@ -541,7 +561,10 @@ class Traffic:
 
     def _enter(self, timeout: float | None) -> None:
         self._check_usable()
-        milliseconds = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        if timeout is None or timeout >= MAX_TIMEOUT:
+            milliseconds = -1
+        else:
+            milliseconds = max(0, int(timeout * 1000 + 0.999))
         rc = lib.tr_cycle_enter(self._c, milliseconds)
         try:
             if rc == -errno.EINVAL:
@@ -599,8 +622,9 @@ class Traffic:
 
     def wake(self) -> None:
         """End a wait of the current or next cycle early.  Safe from any thread."""
-        if not self._closed and self._pid == os.getpid():
-            lib.tr_traffic_wake(self._c)
+        with self._lifecycle:
+            if not self._closed and self._pid == os.getpid():
+                lib.tr_traffic_wake(self._c)
 
     # Threaded use (the trio and anyio layers)
 
@@ -663,6 +687,31 @@ class Traffic:
                 raise TransitClosedError()
             raise RuntimeError("the transit is not in this Traffic: Traffic.acquire() it first")
 
+    def receive(
+        self, transit: Transit, size: int, *, inline: bool = True
+    ) -> tuple[int, int, bytes | None]:
+        """Ask the core to receive up to ``size`` bytes into memory it
+        allocates only when data arrives: (outcome, error, data).
+
+        Nothing is held while the request waits, so thousands of idle
+        receivers cost no buffers.  ``data`` is the received bytes for
+        ``TR_DONE``; for ``TR_PENDING`` the completion's ``data`` carries them.
+        """
+        self._check_usable()
+        self._check_mine(transit)
+        if transit._polarity != lib.TR_INPUT or transit._type != lib.TR_OCTETS:
+            raise ValueError("receive() needs an input Octets transit")
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        report = self._report
+        outcome = lib.tr_request(transit._c, ffi.NULL, size, inline, report)
+        if outcome == -errno.EBUSY:
+            raise RuntimeError("another request of this transit is outstanding")
+        if outcome == -errno.EINVAL:
+            raise RuntimeError("requests need a threaded Traffic: call start() first")
+        check(outcome, "receive")
+        return outcome, report.error, _take_data(report)
+
     def withdraw(self, transit: Transit) -> tuple[int, int]:
         """Withdraw the transit's request: (TR_WITHDRAWN, transferred), or
         (TR_COMPLETING, 0) when the core is inside the system call for it or
@@ -688,7 +737,7 @@ class Traffic:
             for i in range(n):
                 r = reports[i]
                 pins.pop(r.token, None)
-                completions.append(Completion(r.token, r.outcome, r.error, r.stop))
+                completions.append(Completion(r.token, r.outcome, r.error, r.stop, _take_data(r)))
             if n < COLLECT_BATCH:
                 return completions
 
@@ -705,8 +754,9 @@ class Traffic:
         cycling = self._cycling
         if cycling is not None and cycling is not threading.current_thread():
             raise RuntimeError("close() while another thread runs a cycle: wake() it and close there")
-        self._closed = True
-        self._finalizer()
+        with self._lifecycle:
+            self._closed = True
+            self._finalizer()
         self._pins.clear()
         for transit in list(self._transits.values()):
             transit._resource = None

@@ -74,6 +74,7 @@
 #define TF_ON_REPORTS  (1u << 10)
 #define TF_RELEASED    (1u << 11)  /* the owner dropped its reference */
 #define TF_FAULT       (1u << 12)  /* threaded: a fault waits to be reported */
+#define TF_ALLOC       (1u << 13)  /* threaded: the core allocates the resource on arrival */
 
 /* Outcomes of one transfer loop. */
 enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT };
@@ -656,11 +657,63 @@ transfer(struct tr_transit *t, int drain, int *error)
 
 /* Settling: lock held. */
 
+/*
+ * Close the accepted descriptors nobody was told about ([mark, pos) of a
+ * Sockets resource): a dropped transit, a closed Traffic, a withdrawn or
+ * closed request.  Lock held, not IN_SYSCALL.
+ */
+static void
+discard_accepted(struct tr_transit *t)
+{
+	size_t at;
+
+	if (t->type != TR_SOCKETS || t->buf == NULL)
+		return;
+	for (at = t->mark; at + sizeof(int) <= t->pos; at += sizeof(int)) {
+		int fd;
+
+		memcpy(&fd, t->buf + at, sizeof fd);
+		close(fd);
+	}
+	t->pos = t->mark;
+}
+
+/* Let go of the resource: what was not reported is discarded.  Lock held. */
 static void
 release_resource(struct tr_transit *t)
 {
+	discard_accepted(t);
+	if (t->flags & TF_ALLOC)
+		free(t->buf);
+	t->flags &= ~TF_ALLOC;
 	t->buf = NULL;
 	t->size = t->pos = t->mark = 0;
+}
+
+/*
+ * Report a finished request and release its resource.  What it transferred
+ * is handed over (a core-allocated buffer becomes the report's to free),
+ * except for a request closed by its owner, whose data nobody will read.
+ */
+static void
+report_request(struct tr_transit *t, tr_report *r)
+{
+	r->token = t->token;
+	r->events = 0;
+	r->outcome = t->outcome;
+	r->error = t->error;
+	r->start = 0;
+	r->stop = t->pos;
+	r->data = NULL;
+	if (t->outcome != TR_CLOSED) {
+		t->mark = t->pos;
+		if ((t->flags & TF_ALLOC) && t->pos > 0) {
+			r->data = t->buf;
+			t->buf = NULL;
+			t->flags &= ~TF_ALLOC;
+		}
+	}
+	release_resource(t);
 }
 
 /*
@@ -673,13 +726,7 @@ finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_repo
 	t->flags &= ~(TF_REQUEST | TF_WITHDRAW);
 	t->outcome = outcome;
 	if (report != NULL) {
-		report->token = t->token;
-		report->events = 0;
-		report->outcome = outcome;
-		report->error = t->error;
-		report->start = 0;
-		report->stop = t->pos;
-		release_resource(t);
+		report_request(t, report);
 	} else {
 		push_report(tr, t);
 	}
@@ -691,7 +738,7 @@ wants_transfer(const struct tr_transit *t)
 {
 	if (t->flags & (TF_TERMINATED | TF_TERMINATING | TF_IN_SYSCALL))
 		return 0;
-	if (t->buf == NULL || (t->flags & TF_EXHAUSTED))
+	if ((t->buf == NULL && !(t->flags & TF_ALLOC)) || (t->flags & TF_EXHAUSTED))
 		return 0;
 	if (t->traffic->threaded && !(t->flags & TF_REQUEST))
 		return 0;
@@ -758,6 +805,15 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		int drain = p->hup;   /* read under the lock: the transfer runs without it */
 		int error = 0, rc;
 
+		if (t->buf == NULL) {
+			/* TF_ALLOC: memory only while data is there, none while parked. */
+			t->buf = malloc(t->size);
+			if (t->buf == NULL) {
+				t->error = ENOMEM;
+				outcome = finish_request(tr, t, TR_FAULT, report);
+				break;
+			}
+		}
 		t->flags |= TF_IN_SYSCALL;
 		p->busy += 1;
 		pthread_mutex_unlock(&tr->lock);
@@ -765,9 +821,15 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		pthread_mutex_lock(&tr->lock);
 		t->flags &= ~TF_IN_SYSCALL;
 		p->busy -= 1;
+		if ((t->flags & TF_ALLOC) && t->pos == 0) {
+			free(t->buf);
+			t->buf = NULL;
+		}
 
 		if (t->flags & TF_TERMINATING) {
 			/* The owner terminated it while we were in the kernel. */
+			if (t->flags & TF_RELEASED)
+				discard_accepted(t);
 			transit_end(tr, t, 0, 1);
 			if (tr->threaded && (t->flags & TF_REQUEST))
 				outcome = finish_request(tr, t, TR_CLOSED, report);
@@ -978,9 +1040,9 @@ cycle_main(void *arg)
 {
 	struct tr_traffic *tr = arg;
 
+	signals_blocked = 1;   /* tr_traffic_start created it with every signal blocked */
 #ifdef __linux__
 	pthread_setname_np(pthread_self(), "traffic-cycle");
-	signals_blocked = 1;   /* tr_traffic_start created it with every signal blocked */
 	if (tr->policy == TR_CYCLE_IDLE) {
 		/*
 		 * Run only when nothing else on this CPU wants to: the owner's
@@ -1242,9 +1304,12 @@ tr_transit_release(tr_transit *t)
 		if (t->flags & TF_IN_SYSCALL) {
 			t->flags |= TF_TERMINATING;
 		} else {
+			discard_accepted(t);
 			transit_end(tr, t, 0, 1);
 			report_end(tr, t);
 		}
+	} else if (!(t->flags & (TF_IN_SYSCALL | TF_REQUEST))) {
+		discard_accepted(t);
 	}
 	transit_consider_free(t);
 	pthread_mutex_unlock(&tr->lock);
@@ -1373,6 +1438,8 @@ tr_request(tr_transit *t, void *resource, size_t size, int inline_first, tr_repo
 		t->pos = t->mark = 0;
 		t->error = 0;
 		t->flags |= TF_REQUEST;
+		if (resource == NULL && t->type == TR_OCTETS && t->polarity == TR_INPUT && size > 0)
+			t->flags |= TF_ALLOC;
 		t->flags &= ~TF_EXHAUSTED;
 		if (size == 0 || (t->type == TR_SOCKETS && size < sizeof(int)))
 			outcome = finish_request(tr, t, TR_DONE, report);
@@ -1426,13 +1493,7 @@ tr_collect(tr_traffic *tr, tr_report *reports, int max)
 
 	pthread_mutex_lock(&tr->lock);
 	while (n < max && (t = pop_report(tr)) != NULL) {
-		reports[n].token = t->token;
-		reports[n].events = 0;
-		reports[n].outcome = t->outcome;
-		reports[n].error = t->error;
-		reports[n].start = 0;
-		reports[n].stop = t->pos;
-		release_resource(t);
+		report_request(t, &reports[n]);
 		transit_consider_free(t);
 		++n;
 	}
@@ -1442,4 +1503,33 @@ tr_collect(tr_traffic *tr, tr_report *reports, int max)
 	}
 	pthread_mutex_unlock(&tr->lock);
 	return n;
+}
+
+void
+tr_free(void *data)
+{
+	free(data);
+}
+
+int
+tr_transit_forget(tr_transit *t)
+{
+	int err = 0;
+
+	/*
+	 * Give the descriptor back instead of closing it: for a constructor
+	 * that failed half-way, whose caller still owns the descriptor.
+	 */
+	pthread_mutex_lock(&registry);
+	if (t->traffic != NULL || t->point->links != 1) {
+		err = -EBUSY;
+	} else {
+		t->point->closed = 1;
+		t->point->fd = -1;
+		t->flags |= TF_TERMINATED;
+		t->point->open -= 1;
+		transit_free(t);
+	}
+	pthread_mutex_unlock(&registry);
+	return err;
 }

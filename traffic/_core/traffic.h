@@ -75,6 +75,7 @@ typedef struct {
 	int error;                 /* errno of a termination or fault, else 0 */
 	size_t start;              /* the transferred slice of the resource, in bytes */
 	size_t stop;
+	void *data;                /* a core-allocated resource, now the caller's: tr_free it */
 } tr_report;
 
 /* Core objects alive (Traffics and transits), for leak checks in tests. */
@@ -95,6 +96,7 @@ int tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_trans
 int tr_transit_acquire(tr_transit *transit, void *resource, size_t size);
 int tr_transit_terminate(tr_transit *transit, int disregard);
 void tr_transit_release(tr_transit *transit);
+int tr_transit_forget(tr_transit *transit);
 int tr_transit_fd(tr_transit *transit);
 int tr_transit_status(tr_transit *transit, int *error);
 
@@ -103,10 +105,15 @@ int tr_cycle_enter(tr_traffic *traffic, int timeout_ms);
 int tr_cycle_take(tr_traffic *traffic, tr_report *report);
 void tr_cycle_exit(tr_traffic *traffic);
 
-/* Threaded requests */
+/*
+ * Threaded requests.  An input Octets request with a NULL resource has the
+ * core allocate size bytes when data arrives (nothing is held while it
+ * waits); its report's data then points at them, for the caller to tr_free.
+ */
 int tr_request(tr_transit *transit, void *resource, size_t size, int inline_first, tr_report *report);
 int tr_withdraw(tr_transit *transit, tr_report *report);
 int tr_collect(tr_traffic *traffic, tr_report *reports, int max);
+void tr_free(void *data);
 
 /* Fault injection for tests: the next transfer on the transit fails with errno. */
 int tr_transit_inject(tr_transit *transit, int error);
