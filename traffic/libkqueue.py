@@ -260,7 +260,10 @@ class Transit:
         if traffic.threaded:
             self._resource = resource
             return
-        pin = ffi.from_buffer(memory, require_writable=self._polarity == lib.TR_INPUT)
+        # Pinned from the resource itself, not from a memoryview of it: a
+        # cffi buffer over a memoryview that shares a reference cycle with it
+        # can be torn down by the collector in the wrong order.
+        pin = ffi.from_buffer(resource, require_writable=self._polarity == lib.TR_INPUT)
         rc = lib.tr_transit_acquire(self._c, pin, size)
         if rc == -errno.EBUSY:
             raise BufferError("the transit's resource is not exhausted yet; acquire after its exhaust event")
@@ -662,8 +665,8 @@ class Traffic:
         """
         self._check_usable()
         self._check_mine(transit)
-        memory, size = transit._buffer(resource)
-        pin = ffi.from_buffer(memory, require_writable=transit._polarity == lib.TR_INPUT)
+        _, size = transit._buffer(resource)
+        pin = ffi.from_buffer(resource, require_writable=transit._polarity == lib.TR_INPUT)
         report = self._report
         outcome = lib.tr_request(transit._c, pin, size, inline, report)
         if outcome == -errno.EBUSY:

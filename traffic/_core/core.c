@@ -1119,6 +1119,11 @@ tr_traffic_start(tr_traffic *tr, int policy)
 		block_signals(&saved);
 		err = -pthread_create(&tr->thread, NULL, cycle_main, tr);
 		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+#ifdef __linux__
+		/* Named before start() returns (the thread names itself too, later). */
+		if (err == 0)
+			pthread_setname_np(tr->thread, "traffic-cycle");
+#endif
 		if (err == 0) {
 			tr->mode = TR_MODE_THREADED;
 			tr->threaded = 1;
