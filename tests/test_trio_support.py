@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 
 import trio
@@ -64,6 +65,20 @@ async def wait_for(condition: Callable[[], bool], attempts: int = 1000) -> bool:
         if condition():
             return True
         await trio.sleep(0.01)
+    return condition()
+
+
+def settled(condition: Callable[[], bool], attempts: int = 1000) -> bool:
+    """:func:`wait_for` outside trio.
+
+    A joined thread can still be listed in ``/proc/self/task`` for a moment:
+    ``pthread_join`` returns when the kernel clears the thread's id, before
+    the exiting task is removed.  So "no cycle thread left" is polled.
+    """
+    for _ in range(attempts):
+        if condition():
+            return True
+        time.sleep(0.01)
     return condition()
 
 
