@@ -63,8 +63,9 @@ def cycle_threads() -> list[str]:
 def settle(condition: Callable[[], bool], attempts: int = 50) -> bool:
     """Collect garbage until ``condition`` holds, at most ``attempts`` times.
 
-    Threads the core joins are gone once close() returns; the retries only
-    cover Python's own finalizers (weakref callbacks run at collection).
+    The retries cover Python's own finalizers (weakref callbacks run at
+    collection) and a joined thread's last moments: pthread_join() returns
+    before the exiting thread leaves /proc/self/task.
     """
     for _ in range(attempts):
         gc.collect()
@@ -80,7 +81,11 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     fds = open_fds()
     baseline = traffic.live_objects()
     yield
-    settle(lambda: open_fds() == fds and traffic.live_objects() == baseline)
+    settle(
+        lambda: open_fds() == fds
+        and traffic.live_objects() == baseline
+        and not cycle_threads()
+    )
     extra = open_fds() - fds
     missing = fds - open_fds()
     assert not extra, f"descriptors leaked: {fd_targets(extra)}"

@@ -258,12 +258,22 @@ def test_sockets_resource_must_be_int_array(tr: Traffic, resource: Any) -> None:
     listener.acquire(array("i", [0] * 2))  # the right kind is accepted
 
 
-def test_acquire_resource_on_transit_not_in_traffic() -> None:
+def test_acquire_resource_on_transit_not_in_traffic(tr: Traffic) -> None:
+    """Before it is in traffic, a transit records its resource (validated at
+    once); the Traffic that acquires it then transfers with it."""
     r, w = Octets.pipe()
-    with pytest.raises(RuntimeError):
-        r.acquire(bytearray(1))
-    with pytest.raises(RuntimeError):
-        w.acquire(b"x")
+    with pytest.raises(TypeError):
+        r.acquire(b"read-only")
+    buffer = bytearray(2)
+    r.acquire(buffer)
+    w.acquire(b"xy")
+    tr.acquire(r)
+    tr.acquire(w)
+    run_until(tr, lambda: r.exhausted and w.exhausted)
+    assert buffer == b"xy"
+    r.terminate()
+    with pytest.raises(TransitClosedError):
+        r.acquire(bytearray(1))  # terminated: not recorded either
 
 
 def test_transit_in_two_traffics(tr: Traffic) -> None:

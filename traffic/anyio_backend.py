@@ -138,7 +138,7 @@ from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
 from ._traffic import ffi, lib
-from .libkqueue import Completion, Octets, Sockets, Traffic, Transit
+from .libkqueue import Completion, Octets, Sockets, Traffic, Transit, take_data
 from .trio_integration import SocketView, _delivery, _transfer
 
 if sys.version_info < (3, 11):
@@ -195,7 +195,7 @@ class _Parking(Protocol):
 
     async def transfer(
         self, transit: Transit, pin: Any, size: int, orphan: _Orphan
-    ) -> tuple[int, int, int]: ...
+    ) -> tuple[int, int, int, bytes | None]: ...
 
     async def settle(self, transit: Transit) -> None: ...
 
@@ -220,7 +220,7 @@ class _TrioParking:
 
     async def transfer(
         self, transit: Transit, pin: Any, size: int, orphan: _Orphan
-    ) -> tuple[int, int, int]:
+    ) -> tuple[int, int, int, bytes | None]:
         # The trio layer never orphans a completion: an abort that lost the
         # race waits for the completion and returns it (trio's rule).
         try:
@@ -363,8 +363,11 @@ class _AsyncioParking:
 
     async def transfer(
         self, transit: Transit, pin: Any, size: int, orphan: _Orphan
-    ) -> tuple[int, int, int]:
-        """One request: (outcome, error, transferred).  A checkpoint.
+    ) -> tuple[int, int, int, bytes | None]:
+        """One request: (outcome, error, transferred, data).  A checkpoint.
+
+        ``pin`` is ``ffi.NULL`` for a receive into memory the core allocates
+        when data arrives; ``data`` then holds the bytes.
 
         ``orphan`` receives the completion of a request whose transfer
         happened although the task was cancelled (now, or when it arrives).
@@ -380,11 +383,11 @@ class _AsyncioParking:
         if code != _PENDING:
             if code < 0:
                 _raise_request_error(code)
-            result = (code, report.error, report.stop)
+            result = (code, report.error, report.stop, take_data(report))
             try:
                 await asyncio.sleep(0)
             except asyncio.CancelledError:
-                orphan(Completion(token, code, report.error, report.stop))
+                orphan(Completion(token, *result))
                 raise
             return result
 
@@ -395,7 +398,7 @@ class _AsyncioParking:
         except asyncio.CancelledError:
             self._cancelled(transit, future, pin, orphan)
             raise
-        return completion.outcome, completion.error, completion.transferred
+        return completion.outcome, completion.error, completion.transferred, completion.data
 
     async def settle(self, transit: Transit) -> None:
         """Wait until the completion of ``transit``'s cancelled request has
@@ -576,8 +579,6 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         self._closed = False
         self._receive_guard = anyio.ResourceGuard("reading from")
         self._send_guard = anyio.ResourceGuard("writing to")
-        self._buffer = bytearray(DEFAULT_RECEIVE_SIZE)
-        self._buffer_pin = ffi.from_buffer(self._buffer)
         # Bytes whose receive was cancelled after they arrived.
         self._pending = bytearray()
         if family in (socket.AF_INET, socket.AF_INET6):
@@ -601,8 +602,8 @@ class TrafficSocketStream(anyio.abc.SocketStream):
 
     def _stash(self, completion: Completion) -> None:
         """Keep the bytes of a receive that was cancelled after it happened."""
-        if completion.outcome == _DONE and not self._closed:
-            self._pending += self._buffer[: completion.transferred]
+        if completion.outcome == _DONE and not self._closed and completion.data:
+            self._pending += completion.data
 
     async def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> bytes:
         """Receive at most ``max_bytes`` bytes (at least one).
@@ -634,13 +635,15 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 chunk = bytes(pending[:max_bytes])
                 del pending[:max_bytes]
                 return chunk
-            code, error, count = await self._parking.transfer(
-                self._receiver, self._buffer_pin, min(max_bytes, DEFAULT_RECEIVE_SIZE), self._stash
+            # No buffer of the stream's own: the core allocates one when data
+            # arrives, so a waiting receive holds no memory.
+            code, error, _, data = await self._parking.transfer(
+                self._receiver, ffi.NULL, min(max_bytes, DEFAULT_RECEIVE_SIZE), self._stash
             )
             if self._closed:
                 raise anyio.ClosedResourceError
-            if code == _DONE:
-                return bytes(self._buffer[:count])
+            if code == _DONE and data is not None:
+                return data
             if code == _TERMINATED:
                 if error:
                     _broken(error)
@@ -661,7 +664,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if self._closed:
                 raise anyio.ClosedResourceError
             pin, size = _pin(item)
-            code, error, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
+            code, error, _, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
             if code == _DONE:
                 return
             if self._closed or code != _TERMINATED:
@@ -811,7 +814,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
                     raise anyio.ClosedResourceError
             else:
                 size = len(self._descriptors) * 4
-                code, error, count = await self._parking.transfer(
+                code, error, count, _ = await self._parking.transfer(
                     self._transit, self._pin, size, self._stash
                 )
                 if code == _DONE:

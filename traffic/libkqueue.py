@@ -98,7 +98,7 @@ class Completion(NamedTuple):
     data: bytes | None = None
 
 
-def _take_data(report: Any) -> bytes | None:
+def take_data(report: Any) -> bytes | None:
     """Copy a core-allocated resource out of a report and free it."""
     pointer = report.data
     if pointer == ffi.NULL:
@@ -255,6 +255,14 @@ class Transit:
         ``BufferError`` for a busy one (a resource is held and not exhausted),
         :class:`~traffic.errors.TransitClosedError` after termination.
         """
+        traffic = self._traffic
+        if traffic is None and not self.terminated:
+            # Recorded for later: a synchronous Traffic takes it when it
+            # acquires the transit; a threaded one (trio, anyio) uses it for
+            # requests without a buffer of their own.
+            self._buffer(resource)
+            self._resource = resource
+            return
         traffic = self._in_traffic()
         memory, size = self._buffer(resource)
         if traffic.threaded:
@@ -543,6 +551,10 @@ class Traffic:
         transit._traffic = self
         transit._token = token
         self._transits[token] = transit
+        recorded = transit._resource
+        if recorded is not None and lib.tr_traffic_mode(self._c) != lib.TR_MODE_THREADED:
+            transit._resource = None
+            transit.acquire(recorded)
 
     # Synchronous cycles
 
@@ -713,7 +725,17 @@ class Traffic:
         if outcome == -errno.EINVAL:
             raise RuntimeError("requests need a threaded Traffic: call start() first")
         check(outcome, "receive")
-        return outcome, report.error, _take_data(report)
+        return outcome, report.error, take_data(report)
+
+    def pin(self, transit: Transit, pin: object) -> None:
+        """Keep ``pin`` (a cffi buffer) alive until the transit's pending
+        request completes, is withdrawn, or the Traffic closes: the core may
+        write into it from its thread after the requester's frame is gone."""
+        self._pins[transit._token] = (pin, None)
+
+    def unpin(self, transit: Transit) -> None:
+        """Forget the transit's pin: the core let go of the memory."""
+        self._pins.pop(transit._token, None)
 
     def withdraw(self, transit: Transit) -> tuple[int, int]:
         """Withdraw the transit's request: (TR_WITHDRAWN, transferred), or
@@ -740,7 +762,7 @@ class Traffic:
             for i in range(n):
                 r = reports[i]
                 pins.pop(r.token, None)
-                completions.append(Completion(r.token, r.outcome, r.error, r.stop, _take_data(r)))
+                completions.append(Completion(r.token, r.outcome, r.error, r.stop, take_data(r)))
             if n < COLLECT_BATCH:
                 return completions
 

@@ -61,7 +61,7 @@ import trio
 
 from ._traffic import ffi, lib
 from .errors import TransitClosedError
-from .libkqueue import Octets, Sockets, Traffic, Transit
+from .libkqueue import Octets, Sockets, Traffic, Transit, take_data
 
 __all__ = [
     "TrafficListener",
@@ -192,10 +192,12 @@ def _in_run(transit: Transit) -> _Delivery:
 
 async def _transfer(
     delivery: _Delivery, transit: Transit, pin: Any, size: int
-) -> tuple[int, int, int]:
-    """Perform one request: (outcome, error, transferred).  A checkpoint.
+) -> tuple[int, int, int, bytes | None]:
+    """Perform one request: (outcome, error, transferred, data).  A checkpoint.
 
-    ``pin`` (a cffi buffer) is the memory the core transfers with.  While the
+    ``pin`` (a cffi buffer) is the memory the core transfers with, or
+    ``ffi.NULL`` for a receive into memory the core allocates when data
+    arrives (``data`` then holds what came).  While the
     request is pending it is also held by the Traffic (``_pins``, by token),
     not only by this frame: a frame can die before the core is done with the
     memory (a run abandoned by an internal error closes its coroutines, and
@@ -210,13 +212,14 @@ async def _transfer(
     if code != _PENDING:
         if code < 0:
             _raise_request_error(code)
-        result = (code, report.error, report.stop)
+        result = (code, report.error, report.stop, take_data(report))
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result
 
     token = transit._token
-    pins = delivery.traffic._pins
-    pins[token] = (pin, None)
+    traffic = delivery.traffic
+    if pin != ffi.NULL:
+        traffic.pin(transit, pin)
     parked = delivery.parked
     waiter = [trio.lowlevel.current_task(), None]
     parked[token] = waiter
@@ -225,14 +228,14 @@ async def _transfer(
         code = lib.tr_withdraw(transit._c, delivery.report)
         if code == _WITHDRAWN:
             del parked[token]
-            pins.pop(token, None)  # the core let go of the memory
+            traffic.unpin(transit)  # the core let go of the memory
             return trio.lowlevel.Abort.SUCCEEDED
         # Inside the system call, or done: the completion follows promptly.
         waiter[1] = raise_cancel
         return trio.lowlevel.Abort.FAILED
 
     completion = await trio.lowlevel.wait_task_rescheduled(abort)
-    return completion.outcome, completion.error, completion.transferred
+    return completion.outcome, completion.error, completion.transferred, completion.data
 
 
 def _raise_request_error(code: int) -> NoReturn:
@@ -250,18 +253,22 @@ def _broken(error: int, doing: str) -> trio.BrokenResourceError:
 
 
 def _pin(data: Any, writable: bool) -> tuple[Any, int]:
-    """A cffi view of a bytes-like object, without copying it."""
+    """A cffi view of a bytes-like object, without copying it, and its size.
+
+    Made from the object itself: a cffi buffer over a temporary memoryview
+    can be torn down by the collector in the wrong order.
+    """
     try:
         view = memoryview(data)
     except TypeError:
         raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
-    if writable and view.readonly:
-        raise TypeError("receiving needs a writable buffer (bytearray, memoryview of one, array)")
-    if not view.contiguous:
-        raise BufferError("the buffer must be contiguous")
-    return ffi.from_buffer(
-        view.cast("B") if view.format != "B" or view.ndim != 1 else view, require_writable=writable
-    ), view.nbytes
+    with view:  # released at once: a live export would lock a bytearray's size
+        if writable and view.readonly:
+            raise TypeError("receiving needs a writable buffer (bytearray, memoryview of one, array)")
+        if not view.contiguous:
+            raise BufferError("the buffer must be contiguous")
+        size = view.nbytes
+    return ffi.from_buffer(data, require_writable=writable), size
 
 
 # Primitive operations
@@ -291,7 +298,7 @@ async def recv_into(transit: Octets, buffer: Any = None) -> int:
     if size == 0:
         await trio.lowlevel.checkpoint()
         return 0
-    code, error, count = await _transfer(delivery, transit, pin, size)
+    code, error, count, _ = await _transfer(delivery, transit, pin, size)
     return _received(code, error, count, "receive")
 
 
@@ -317,7 +324,7 @@ async def send_all(transit: Octets, data: Any) -> None:
         raise ValueError("send_all() needs an output transit")
     pin, size = _pin(data, writable=False)
     delivery = _in_run(transit)
-    code, error, _ = await _transfer(delivery, transit, pin, size)
+    code, error, _, _ = await _transfer(delivery, transit, pin, size)
     _sent(code, error)
 
 
@@ -341,7 +348,7 @@ async def accept(transit: Sockets) -> list[int]:
     delivery = _in_run(transit)
     descriptors = array("i", bytes(4 * ACCEPT_BATCH))
     pin = ffi.from_buffer(descriptors)
-    code, error, count = await _transfer(delivery, transit, pin, len(descriptors) * 4)
+    code, error, count, _ = await _transfer(delivery, transit, pin, len(descriptors) * 4)
     if code == _DONE:
         return descriptors[: count // 4].tolist()
     if code == _FAULT:
@@ -452,25 +459,28 @@ class TrafficStream(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, socket: Any) -> None:
-        fd = _detach(socket)
-        try:
-            self._setup(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        self._setup(_detach(socket))
 
     @classmethod
     def _from_fd(cls, fd: int) -> TrafficStream:
+        """A stream owning ``fd``; closed here if it cannot be made one."""
         self = cls.__new__(cls)
         self._setup(fd)
         return self
 
     def _setup(self, fd: int) -> None:
-        family, kind, proto = _socket_identity(fd)
-        if kind != _stdlib_socket.SOCK_STREAM:
-            raise TypeError("TrafficStream needs a SOCK_STREAM socket")
+        # Ownership moves once: until Octets._pair succeeds, fd is ours to
+        # close on failure; from then on the transits own it, and closing it
+        # here too could close a descriptor number reused meanwhile.
+        try:
+            family, kind, proto = _socket_identity(fd)
+            if kind != _stdlib_socket.SOCK_STREAM:
+                raise TypeError("TrafficStream needs a SOCK_STREAM socket")
+            receiver, sender = Octets._pair(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         delivery = _delivery()
-        receiver, sender = Octets._pair(fd)
         delivery.traffic.acquire(receiver)
         delivery.traffic.acquire(sender)
         self._delivery = delivery
@@ -479,8 +489,6 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._send_guard = _Guard("another task is using this stream for send")
         self._receive_guard = _Guard("another task is using this stream for receive")
-        self._buffer = bytearray(DEFAULT_RECEIVE_SIZE)
-        self._buffer_pin = ffi.from_buffer(self._buffer)
         self.socket = SocketView(receiver, family, kind, proto)
         if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             # Not TCP after all (SCTP, say): trio ignores the failure too.
@@ -506,7 +514,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             pin, size = _pin(data, writable=False)
-            code, error, _ = await _transfer(self._delivery, self._sender, pin, size)
+            code, error, _, _ = await _transfer(self._delivery, self._sender, pin, size)
             _sent(code, error)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -548,14 +556,16 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 raise ValueError("max_bytes must be >= 1")
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
+            # No buffer of the stream's own: the core allocates one when data
+            # arrives, so a parked receive holds no memory (idle connections).
             size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
-            pin = self._buffer_pin
-            code, error, count = await _transfer(self._delivery, self._receiver, pin, size)
+            code, error, count, data = await _transfer(
+                self._delivery, self._receiver, ffi.NULL, size
+            )
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
-            count = _received(code, error, count, "receive")
-            data: bytes = ffi.buffer(pin, count)[:]
-            return data
+            _received(code, error, count, "receive")
+            return data or b""
 
     async def aclose(self) -> None:
         """Close the stream: operations parked on it wake with
@@ -585,18 +595,16 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
 
     def __init__(self, socket: Any) -> None:
         fd = _detach(socket)
+        # Ownership moves once, to the transit (see TrafficStream._setup).
         try:
-            self._setup(fd)
+            family, kind, proto = _socket_identity(fd)
+            if kind != _stdlib_socket.SOCK_STREAM:
+                raise TypeError("TrafficListener needs a SOCK_STREAM socket")
+            transit = Sockets.from_fd(fd)
         except BaseException:
             os.close(fd)
             raise
-
-    def _setup(self, fd: int) -> None:
-        family, kind, proto = _socket_identity(fd)
-        if kind != _stdlib_socket.SOCK_STREAM:
-            raise TypeError("TrafficListener needs a SOCK_STREAM socket")
         delivery = _delivery()
-        transit = Sockets.from_fd(fd)
         delivery.traffic.acquire(transit)
         self._delivery = delivery
         self._transit = transit
@@ -620,7 +628,9 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
                 raise trio.ClosedResourceError("the listener is closed")
             if not self._accepted:
                 size = len(self._descriptors) * 4
-                code, error, count = await _transfer(self._delivery, self._transit, self._pin, size)
+                code, error, count, _ = await _transfer(
+                    self._delivery, self._transit, self._pin, size
+                )
                 if self._closed:
                     for fd in self._descriptors[: count // 4] if code == _DONE else ():
                         os.close(fd)
@@ -634,12 +644,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
                 self._accepted.extend(self._descriptors[: count // 4])
             else:
                 await trio.lowlevel.checkpoint()
-            fd = self._accepted.popleft()
-            try:
-                return TrafficStream._from_fd(fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            return TrafficStream._from_fd(self._accepted.popleft())
 
     async def aclose(self) -> None:
         """Stop listening; connections accepted but not handed out are closed."""

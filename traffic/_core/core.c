@@ -1268,6 +1268,8 @@ tr_transit_terminate(tr_transit *t, int disregard)
 		return 0;
 	}
 	if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
+		/* Ended by the kernel (EOF, an error) before: now closed by its owner too. */
+		t->flags |= TF_CLOSED;
 		pthread_mutex_unlock(&tr->lock);
 		return 0;
 	}
