@@ -81,11 +81,7 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     fds = open_fds()
     baseline = traffic.live_objects()
     yield
-    settle(
-        lambda: open_fds() == fds
-        and traffic.live_objects() == baseline
-        and not cycle_threads()
-    )
+    settle(lambda: open_fds() == fds and traffic.live_objects() == baseline and not cycle_threads())
     extra = open_fds() - fds
     missing = fds - open_fds()
     assert not extra, f"descriptors leaked: {fd_targets(extra)}"

@@ -590,19 +590,14 @@ class TestTCPStream:
 
 class TestTCPListener:
     async def test_extra_attributes(self, family: socket.AddressFamily) -> None:
-        async with await create_tcp_listener(
-            local_host=LOCALHOST[family], family=family
-        ) as multi:
+        async with await create_tcp_listener(local_host=LOCALHOST[family], family=family) as multi:
             assert isinstance(multi, MultiListener)
             assert multi.extra(SocketAttribute.family) == family
             for listener in multi.listeners:
                 assert isinstance(listener, TrafficSocketListener)
                 raw_socket = listener.extra(SocketAttribute.raw_socket)
                 assert listener.extra(SocketAttribute.family) == family
-                assert (
-                    listener.extra(SocketAttribute.local_address)
-                    == raw_socket.getsockname()[:2]
-                )
+                assert listener.extra(SocketAttribute.local_address) == raw_socket.getsockname()[:2]
                 assert listener.extra(SocketAttribute.local_port) == raw_socket.getsockname()[1]
                 with pytest.raises(TypedAttributeLookupError):
                     listener.extra(SocketAttribute.remote_address)
@@ -640,9 +635,7 @@ class TestTCPListener:
                 await stream.aclose()
 
     async def test_accept_after_close(self, family: socket.AddressFamily) -> None:
-        async with await create_tcp_listener(
-            local_host=LOCALHOST[family], family=family
-        ) as multi:
+        async with await create_tcp_listener(local_host=LOCALHOST[family], family=family) as multi:
             for listener in multi.listeners:
                 await listener.aclose()
                 assert isinstance(listener, SocketListener)
@@ -650,9 +643,7 @@ class TestTCPListener:
                     await listener.accept()
 
     async def test_socket_options(self, family: socket.AddressFamily) -> None:
-        async with await create_tcp_listener(
-            local_host=LOCALHOST[family], family=family
-        ) as multi:
+        async with await create_tcp_listener(local_host=LOCALHOST[family], family=family) as multi:
             for listener in multi.listeners:
                 raw_socket = listener.extra(SocketAttribute.raw_socket)
                 assert raw_socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
@@ -1181,7 +1172,10 @@ class TestTLS:
             tg.start_soon(listener.serve, handle)
             for connect in (connect_tcp, anyio.connect_tcp):
                 stream = await connect(
-                    "127.0.0.1", port, ssl_context=client_context, tls_hostname="localhost",
+                    "127.0.0.1",
+                    port,
+                    ssl_context=client_context,
+                    tls_hostname="localhost",
                     tls_standard_compatible=False,
                 )
                 async with stream:

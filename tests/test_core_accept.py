@@ -20,9 +20,9 @@ from array import array
 from typing import Any
 
 import pytest
-from conftest import run_until
 
 import traffic
+from conftest import run_until
 from traffic import Octets, Sockets, Traffic
 from traffic._traffic import lib
 
@@ -62,7 +62,9 @@ def need_descriptors(n: int) -> None:
         return
     if hard != resource.RLIM_INFINITY and hard < n:
         pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the {n} descriptors this test needs")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else hard, hard))
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else hard, hard)
+    )
 
 
 def check_accepted(fd: int) -> None:
@@ -88,7 +90,7 @@ def test_listen_and_accept(tr: Traffic, tmp_path: Any, where: str) -> None:
             c.connect(bound)
             clients.append(c)
         run_until(tr, lambda: len(acceptor.fds) == 3, acceptor)
-        for fd, client in zip(acceptor.fds, clients, strict=False):
+        for fd, _client in zip(acceptor.fds, clients, strict=False):
             check_accepted(fd)
         # Each accepted descriptor is a live connection to one of the clients.
         for i, fd in enumerate(acceptor.fds):
@@ -207,7 +209,7 @@ def test_thousand_connections_exchange_data(tr: Traffic) -> None:
 
     run_until(tr, done, visit, cycles=3000)
     acceptor.fds.clear()  # now owned by the server transits
-    for i, (cin, _) in enumerate(clients):
+    for cin, _ in clients:
         data = bytes(received[cin])
         tag = data[:5]
         assert tag.startswith(b"s") and data == tag * (size // 5)
@@ -231,7 +233,8 @@ second = socket.create_connection(bound)
 
 # Fill the descriptor table up to a lowered limit.
 used = max(int(f) for f in os.listdir("/proc/self/fd"))
-resource.setrlimit(resource.RLIMIT_NOFILE, (used + 8, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + 8, hard))
 filler = []
 while True:
     try:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Collector, run_until
 
 import traffic
+from conftest import Collector, run_until
 from traffic import Octets, Polarity, Sockets, Traffic, TransitClosedError
 from traffic._traffic import lib
 
@@ -54,9 +54,11 @@ def test_bad_input_resource(tr: Traffic, resource: Any, exception: type) -> None
     run_until(tr, lambda: sink.data == b"fine", sink)
 
 
-@pytest.mark.parametrize("resource", [42, "text", memoryview(bytearray(10))[::2]], ids=["int", "str", "strided"])
+@pytest.mark.parametrize(
+    "resource", [42, "text", memoryview(bytearray(10))[::2]], ids=["int", "str", "strided"]
+)
 def test_bad_output_resource(tr: Traffic, resource: Any) -> None:
-    r, w = pipe(tr)
+    _r, w = pipe(tr)
     with pytest.raises((TypeError, BufferError)):
         w.acquire(resource)
     assert w.resource is None
@@ -335,7 +337,9 @@ def test_closed_traffic_operations() -> None:
 # Zero-length resources: exhausted at once, nothing transferred, no EOF.
 
 
-def events_of(transit: traffic.Transit, into: list[tuple[int, Any]]) -> Callable[[traffic.Transit], None]:
+def events_of(
+    transit: traffic.Transit, into: list[tuple[int, Any]]
+) -> Callable[[traffic.Transit], None]:
     def visit(t: traffic.Transit) -> None:
         if t is transit:
             view = t.transfer()
@@ -396,7 +400,9 @@ def test_zero_length_sockets_resource(tr: Traffic) -> None:
     seen: list[int] = []
     with socket.create_connection(bound):
         listener.acquire(array("i"))
-        run_until(tr, lambda: bool(seen), lambda t: seen.append(t.events) if t is listener else None)
+        run_until(
+            tr, lambda: bool(seen), lambda t: seen.append(t.events) if t is listener else None
+        )
         assert seen == [lib.TR_EV_EXHAUST]
         # The connection was not accepted (and so not leaked): it is still queued.
         slots = array("i", [-1])

@@ -24,16 +24,18 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Collector, recv_all, recv_exactly, run_until, wait_readable
 
 import traffic
+from conftest import Collector, recv_all, recv_exactly, run_until, wait_readable
 from traffic import Octets, Traffic, TransitClosedError
 from traffic._traffic import lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_python(script: str, timeout: float = 60.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_python(
+    script: str, timeout: float = 60.0, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
@@ -171,7 +173,7 @@ def test_large_transfer_partial_writes_and_checksum(tr: Traffic) -> None:
 
 
 def test_short_read(tr: Traffic) -> None:
-    inp, out, peer = stdlib_pair(tr)
+    inp, _out, peer = stdlib_pair(tr)
     with peer:
         views: list[bytes] = []
         inp.acquire(bytearray(1000))
@@ -191,7 +193,7 @@ def test_short_read(tr: Traffic) -> None:
 
 
 def test_exhaustion_is_flow_control(tr: Traffic) -> None:
-    inp, out, peer = stdlib_pair(tr)
+    inp, _out, peer = stdlib_pair(tr)
     with peer:
         got: list[bytes] = []
 
@@ -252,7 +254,7 @@ def test_eof_after_data(tr: Traffic, kind: str, registered: bool) -> None:
 
 
 def test_peer_reset_terminates_input_with_econnreset(tr: Traffic) -> None:
-    inp, out, peer = tcp_pair(tr)
+    inp, _out, peer = tcp_pair(tr)
     sink = Collector(inp)
     peer.sendall(b"x")
     run_until(tr, lambda: sink.data == b"x", sink)
@@ -265,7 +267,7 @@ def test_peer_reset_terminates_input_with_econnreset(tr: Traffic) -> None:
 
 @pytest.mark.parametrize("kind", ["socketpair", "tcp"])
 def test_write_to_closed_peer_epipe(tr: Traffic, kind: str) -> None:
-    inp, out, peer = (stdlib_pair if kind == "socketpair" else tcp_pair)(tr)
+    _inp, out, peer = (stdlib_pair if kind == "socketpair" else tcp_pair)(tr)
     peer.close()
     ended = []
 
@@ -615,7 +617,10 @@ def test_dropped_transit_is_terminated(tr: Traffic) -> None:
         del inp, out
         gc.collect()
         # Both dropped: terminated, descriptor closed, the peer sees the end.
-        assert not os.path.exists(f"/proc/self/fd/{fd}") or os.readlink(f"/proc/self/fd/{fd}") != target
+        assert (
+            not os.path.exists(f"/proc/self/fd/{fd}")
+            or os.readlink(f"/proc/self/fd/{fd}") != target
+        )
         peer.settimeout(30)
         received = recv_all(peer)
         assert received in (b"", b"in flight")

@@ -7,6 +7,7 @@ select(), as the trio layer does with ``wait_readable``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -14,14 +15,14 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable
 from array import array
+from collections.abc import Callable
 
 import pytest
-from conftest import cycle_threads, recv_exactly
 from test_core_sync import unread
 
 import traffic
+from conftest import cycle_threads, recv_exactly
 from traffic import Completion, Octets, Sockets, Traffic, TransitClosedError
 from traffic._traffic import lib
 
@@ -98,7 +99,7 @@ def test_start_runs_a_named_thread_and_close_joins_it() -> None:
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_input_request_when_data_is_ready(ttr: Traffic, inline: bool) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         peer.sendall(b"ready before the request")
         buf = bytearray(100)
@@ -114,7 +115,7 @@ def test_input_request_when_data_is_ready(ttr: Traffic, inline: bool) -> None:
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_input_request_completes_when_data_arrives(ttr: Traffic, inline: bool) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         buf = bytearray(100)
         outcome, _, _ = ttr.request(inp, buf, inline=inline)
@@ -132,7 +133,7 @@ def test_input_request_completes_when_data_arrives(ttr: Traffic, inline: bool) -
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_output_request_larger_than_the_socket_buffer(ttr: Traffic, inline: bool) -> None:
-    inp, out, peer = pair(ttr)
+    _inp, out, peer = pair(ttr)
     with peer:
         data = os.urandom(4 << 20)
         outcome, _, count = ttr.request(out, data, inline=inline)
@@ -146,14 +147,14 @@ def test_output_request_larger_than_the_socket_buffer(ttr: Traffic, inline: bool
 
 
 def test_small_output_request_inline_is_done_at_once(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    _inp, out, peer = pair(ttr)
     with peer:
         assert ttr.request(out, b"hello") == (DONE, 0, 5)
         assert recv_exactly(peer, 5) == b"hello"
 
 
 def test_withdraw_partial_send_reports_count(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    _inp, out, peer = pair(ttr)
     with peer:
         data = os.urandom(8 << 20)
         outcome, _, _ = ttr.request(out, data, inline=False)
@@ -192,7 +193,7 @@ def test_withdraw_partial_send_reports_count(ttr: Traffic) -> None:
 
 
 def test_withdraw_without_request_is_enoent(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         with pytest.raises(OSError) as info:
             ttr.withdraw(inp)
@@ -200,7 +201,7 @@ def test_withdraw_without_request_is_enoent(ttr: Traffic) -> None:
 
 
 def test_withdraw_pending_input(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         buf = bytearray(10)
         assert ttr.request(inp, buf)[0] == PENDING
@@ -218,7 +219,7 @@ def test_withdraw_pending_input(ttr: Traffic) -> None:
 
 
 def test_withdraw_after_completion_is_completing(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         buf = bytearray(10)
         assert ttr.request(inp, buf, inline=False)[0] == PENDING
@@ -232,7 +233,7 @@ def test_withdraw_after_completion_is_completing(ttr: Traffic) -> None:
 
 
 def test_terminate_while_pending_completes_closed(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         assert ttr.request(inp, bytearray(10))[0] == PENDING
         inp.terminate()
@@ -243,7 +244,7 @@ def test_terminate_while_pending_completes_closed(ttr: Traffic) -> None:
 
 
 def test_eof_terminates_request(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     peer.sendall(b"bye")
     peer.close()
     buf = bytearray(10)
@@ -274,7 +275,7 @@ def test_eof_while_pending(ttr: Traffic) -> None:
 
 @pytest.mark.parametrize("code", [errno.ECONNRESET, errno.EIO])
 def test_injected_fault_terminates_pending_request(ttr: Traffic, code: int) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         assert ttr.request(inp, bytearray(10))[0] == PENDING
         assert lib.tr_transit_inject(inp._c, code) == 0
@@ -299,10 +300,8 @@ def test_injected_fault_on_output(ttr: Traffic) -> None:
                 got += ttr.collect()
                 if got:
                     break
-            try:
+            with contextlib.suppress(BlockingIOError):
                 peer.recv(1 << 16)
-            except BlockingIOError:
-                pass
         assert [(c.outcome, c.error) for c in got] == [(TERMINATED, errno.EPIPE)]
         assert out.terminated and not inp.terminated
 
@@ -317,7 +316,7 @@ def test_injected_emfile_on_sockets_is_a_fault(ttr: Traffic) -> None:
     assert (c.outcome, c.error, c.transferred) == (FAULT, errno.EMFILE, 0)
     assert not listener.terminated
     # The listener is intact: the next request accepts.
-    with socket.create_connection(bound) as client:
+    with socket.create_connection(bound):
         outcome, _, count = ttr.request(listener, slots)
         if outcome == PENDING:
             c = one(ttr, listener)
@@ -369,7 +368,7 @@ def test_ten_mib_through_a_socketpair(ttr: Traffic) -> None:
     reading = False
     for _ in range(100000):
         if not reading:
-            outcome, error, count = ttr.request(bin_, buf)
+            outcome, _error, count = ttr.request(bin_, buf)
             if outcome == DONE:
                 received += buf[:count]
             else:
@@ -417,7 +416,7 @@ def test_close_with_pending_requests() -> None:
 
 
 def test_dropped_transit_with_pending_request(ttr: Traffic) -> None:
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         buf = bytearray(10)
         assert ttr.request(inp, buf)[0] == PENDING
@@ -462,7 +461,7 @@ def test_requests_from_another_thread_while_cycle_runs(ttr: Traffic) -> None:
 
 
 def test_request_on_synchronous_traffic_raises(tr: Traffic) -> None:
-    inp, out, peer = pair(tr)
+    inp, _out, peer = pair(tr)
     with peer:
         with tr.cycle(0):
             pass
@@ -472,7 +471,7 @@ def test_request_on_synchronous_traffic_raises(tr: Traffic) -> None:
 
 def test_acquire_on_threaded_traffic_only_records_a_default(ttr: Traffic) -> None:
     """In a threaded Traffic, acquire() names the buffer requests use; the core gets nothing."""
-    inp, out, peer = pair(ttr)
+    inp, _out, peer = pair(ttr)
     with peer:
         buf = bytearray(4)
         inp.acquire(buf)
@@ -486,13 +485,13 @@ def test_request_for_a_transit_of_another_traffic_raises(ttr: Traffic) -> None:
     other = Traffic()
     other.start()
     try:
-        inp, out, peer = pair(other)
+        inp, _out, peer = pair(other)
         with peer:
             with pytest.raises(RuntimeError):
                 ttr.request(inp, bytearray(10))
             with pytest.raises(RuntimeError):
                 ttr.withdraw(inp)
-            r, w = Octets.pipe()
+            r, _w = Octets.pipe()
             with pytest.raises(RuntimeError):
                 ttr.request(r, bytearray(10))  # in no Traffic at all
     finally:
@@ -549,7 +548,7 @@ def test_pending_receives_end_without_data(end: str) -> None:
             inp, _out, peer = pair(t)
             assert t.receive(inp, 1 << 16)[0] == PENDING
             receivers.append((inp, peer))
-        for inp, peer in receivers:
+        for inp, _peer in receivers:
             if end == "withdraw":
                 assert t.withdraw(inp)[0] == WITHDRAWN
             elif end == "terminate":

@@ -875,9 +875,7 @@ def _check_socket(
     elif isinstance(sock_or_fd, socket.socket):
         sock = sock_or_fd
     else:
-        raise TypeError(
-            f"expected an int or socket, got {type(sock_or_fd).__qualname__} instead"
-        )
+        raise TypeError(f"expected an int or socket, got {type(sock_or_fd).__qualname__} instead")
     try:
         if connected:
             try:
@@ -907,9 +905,7 @@ def _check_socket(
 # Connecting
 
 
-async def _connect(
-    family: int, address: Any, local_address: Any = None
-) -> socket.socket:
+async def _connect(family: int, address: Any, local_address: Any = None) -> socket.socket:
     """A connected non-blocking socket; the caller owns it."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -1215,4 +1211,3 @@ async def create_unix_listener(
         sock.close()
         raise
     return TrafficUNIXSocketListener(sock.detach())
-

@@ -45,5 +45,7 @@ def check(rc: int, context: str = "") -> int:
     if rc >= 0:
         return rc
     if rc == lib.TR_ECLOSED:
-        raise TransitClosedError(f"{context}: transit is terminated" if context else "transit is terminated")
+        raise TransitClosedError(
+            f"{context}: transit is terminated" if context else "transit is terminated"
+        )
     raise transit_error(rc, context)

@@ -104,7 +104,8 @@ def take_data(report: Any) -> bytes | None:
     if pointer == ffi.NULL:
         return None
     try:
-        return ffi.buffer(pointer, report.stop)[:]
+        data: bytes = ffi.buffer(pointer, report.stop)[:]
+        return data
     finally:
         lib.tr_free(pointer)
 
@@ -127,13 +128,13 @@ class Transit:
     __slots__ = (
         "__weakref__",
         "_c",
-        "_traffic",
-        "_token",
-        "_resource",
-        "_memory",
         "_events",
-        "_view",
+        "_memory",
         "_release",
+        "_resource",
+        "_token",
+        "_traffic",
+        "_view",
     )
 
     _type: ClassVar[int]
@@ -146,6 +147,7 @@ class Transit:
     _memory: memoryview | None
     _events: int
     _view: memoryview | None
+    _release: weakref.finalize[Any, Any]
 
     def __init__(self) -> None:
         raise TypeError(f"use the constructors of {type(self).__name__}, such as from_fd()")
@@ -155,7 +157,9 @@ class Transit:
         """Wrap ``fd``; on success the core owns it, on failure the caller still does."""
         out = ffi.new("tr_transit **")
         check(
-            lib.tr_transit_create(out, fd, cls._type, polarity, sibling._c if sibling else ffi.NULL),
+            lib.tr_transit_create(
+                out, fd, cls._type, polarity, sibling._c if sibling else ffi.NULL
+            ),
             f"cannot make a {cls.__name__} transit of descriptor {fd}",
         )
         self = object.__new__(cls)
@@ -235,8 +239,9 @@ class Transit:
         try:
             memory = memoryview(resource)  # type: ignore[arg-type]
         except TypeError:
+            kind = type(resource).__name__
             raise TypeError(
-                f"a transfer resource must support the buffer protocol, not {type(resource).__name__}"
+                f"a transfer resource must support the buffer protocol, not {kind}"
             ) from None
         if not memory.contiguous:
             raise BufferError("a transfer resource must be contiguous")
@@ -274,7 +279,9 @@ class Transit:
         pin = ffi.from_buffer(resource, require_writable=self._polarity == lib.TR_INPUT)
         rc = lib.tr_transit_acquire(self._c, pin, size)
         if rc == -errno.EBUSY:
-            raise BufferError("the transit's resource is not exhausted yet; acquire after its exhaust event")
+            raise BufferError(
+                "the transit's resource is not exhausted yet; acquire after its exhaust event"
+            )
         if rc == -errno.EINVAL:
             raise RuntimeError("a threaded Traffic takes requests (Traffic.request), not resources")
         check(rc, "acquire")
@@ -475,7 +482,9 @@ class Sockets(Transit):
     def _buffer(self, resource: object) -> tuple[memoryview, int]:
         memory, size = super()._buffer(resource)
         if not (isinstance(resource, array) and resource.typecode == "i"):
-            raise TypeError("a Sockets transit's resource is an array('i') to fill with descriptors")
+            raise TypeError(
+                "a Sockets transit's resource is an array('i') to fill with descriptors"
+            )
         return memory, size
 
 
@@ -585,7 +594,9 @@ class Traffic:
             if rc == -errno.EINVAL:
                 raise RuntimeError("a threaded Traffic's cycle runs in its own thread")
             if rc == -errno.EBUSY:
-                raise RuntimeError("a cycle of this Traffic is already open (in this or another thread)")
+                raise RuntimeError(
+                    "a cycle of this Traffic is already open (in this or another thread)"
+                )
             if rc != -errno.EINTR:
                 # EINTR: the wait ended for a signal; the cycle is empty
                 # and Python's signal handlers run as it returns.
@@ -778,7 +789,9 @@ class Traffic:
             return
         cycling = self._cycling
         if cycling is not None and cycling is not threading.current_thread():
-            raise RuntimeError("close() while another thread runs a cycle: wake() it and close there")
+            raise RuntimeError(
+                "close() while another thread runs a cycle: wake() it and close there"
+            )
         with self._lifecycle:
             self._closed = True
             self._finalizer()

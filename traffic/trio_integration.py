@@ -264,7 +264,9 @@ def _pin(data: Any, writable: bool) -> tuple[Any, int]:
         raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
     with view:  # released at once: a live export would lock a bytearray's size
         if writable and view.readonly:
-            raise TypeError("receiving needs a writable buffer (bytearray, memoryview of one, array)")
+            raise TypeError(
+                "receiving needs a writable buffer (bytearray, memoryview of one, array)"
+            )
         if not view.contiguous:
             raise BufferError("the buffer must be contiguous")
         size = view.nbytes
