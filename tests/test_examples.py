@@ -160,3 +160,40 @@ def test_server_ends_its_output_after_the_client_ends_its_input(
     for thread in threads:
         thread.join()
     assert not failures, failures
+
+
+def test_echo_cycle_serves_one_connection_with_eof_after_the_echo() -> None:
+    """examples/echo_cycle.py, the README's ``with traffic:`` example: 1 MB
+    echoed intact, EOF after it, and the server exits with its --once."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "examples", "echo_cycle.py"), "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        match = re.fullmatch(r"listening on (\S+):(\d+)\n", process.stdout.readline())
+        assert match
+        payload = os.urandom(1 << 20)
+        with socket.create_connection((match[1], int(match[2])), timeout=TIMEOUT) as sock:
+
+            def send() -> None:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            received = bytearray()
+            while chunk := sock.recv(65536):  # ends at the server's EOF
+                received += chunk
+            sender.join()
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+        assert process.wait(timeout=TIMEOUT) == 0
+        assert process.stderr is not None and process.stderr.read() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)

@@ -469,7 +469,8 @@ tr_transit_status(tr_transit *t, int *error)
 		status |= TR_ST_ACQUIRED;
 	if (t->buf != NULL)
 		status |= TR_ST_RESOURCE;
-	if (t->flags & TF_EXHAUSTED)
+	/* Exhausted once its exhaust event is delivered (the seed's definition). */
+	if ((t->flags & TF_EXHAUSTED) && !(t->events & TR_EV_EXHAUST))
 		status |= TR_ST_EXHAUSTED;
 	if (t->flags & (TF_TERMINATED | TF_TERMINATING))
 		status |= TR_ST_TERMINATED;
