@@ -292,6 +292,13 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 		} else {
 			continue;  /* no other filter is registered */
 		}
+		/*
+		 * With EV_EOF, fflags carries the socket's pending error
+		 * (so_error): what epoll reports as EPOLLERR.  Both directions
+		 * then learn of it from their next system call.
+		 */
+		if ((e->flags & EV_EOF) && e->fflags != 0)
+			flags |= TR_K_ERROR | TR_K_READ | TR_K_WRITE;
 		events[stored].udata = (void *)e->udata;
 		events[stored].flags = flags;
 		++stored;
