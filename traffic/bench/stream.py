@@ -189,13 +189,15 @@ def asyncio_streams(seconds: float) -> Window:
 def uvloop_streams(seconds: float) -> Window:
     import uvloop
 
-    return uvloop.run(_asyncio_streams(seconds))
+    window: Window = uvloop.run(_asyncio_streams(seconds))
+    return window
 
 
 def uvloop_protocol(seconds: float) -> Window:
     import uvloop
 
-    return uvloop.run(_asyncio_protocols(seconds))
+    window: Window = uvloop.run(_asyncio_protocols(seconds))
+    return window
 
 
 # --- anyio ----------------------------------------------------------------------
