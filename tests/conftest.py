@@ -60,6 +60,16 @@ def cycle_threads() -> list[str]:
     return found
 
 
+def cycle_threads_gone(attempts: int = 1000) -> bool:
+    """Whether every traffic-cycle thread is gone, allowing for the moment a
+    joined thread still shows in /proc/self/task after pthread_join()."""
+    for _ in range(attempts):
+        if not cycle_threads():
+            return True
+        time.sleep(0.01)
+    return not cycle_threads()
+
+
 def settle(condition: Callable[[], bool], attempts: int = 50) -> bool:
     """Collect garbage until ``condition`` holds, at most ``attempts`` times.
 

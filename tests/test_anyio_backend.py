@@ -33,7 +33,7 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
 import traffic
 import traffic.anyio_backend as tab
-from conftest import cycle_threads, open_fds
+from conftest import cycle_threads, cycle_threads_gone, open_fds
 from traffic.anyio_backend import TrafficSocketStream
 
 pytestmark = pytest.mark.anyio
@@ -463,7 +463,7 @@ def test_run_closes_traffic(backend: str) -> None:
     gc.disable()
     try:
         anyio.run(_use_a_stream, backend=backend)
-        assert not cycle_threads()
+        assert cycle_threads_gone()
         assert open_fds() == before
     finally:
         gc.enable()
@@ -474,7 +474,7 @@ def test_asyncio_run_closes_traffic() -> None:
     gc.disable()
     try:
         asyncio.run(_use_a_stream())
-        assert not cycle_threads()
+        assert cycle_threads_gone()
         assert open_fds() == before
     finally:
         gc.enable()
@@ -487,7 +487,7 @@ def test_asyncio_runs_in_turn_get_fresh_traffics() -> None:
 
     for _ in range(3):
         asyncio.run(traffic_of_run())
-        assert not cycle_threads()
+        assert cycle_threads_gone()
 
 
 def test_manual_loop_close_traffic() -> None:
@@ -496,7 +496,7 @@ def test_manual_loop_close_traffic() -> None:
     try:
         loop.run_until_complete(_use_a_stream())
         tab.close_traffic(loop)
-        assert not cycle_threads()
+        assert cycle_threads_gone()
     finally:
         loop.close()
 
@@ -512,7 +512,7 @@ def test_manual_loop_closed_without_cancelling() -> None:
         gc.collect()
         if not cycle_threads():
             break
-    assert not cycle_threads()
+    assert cycle_threads_gone()
 
 
 def test_outside_a_loop() -> None:

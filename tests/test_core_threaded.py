@@ -93,6 +93,12 @@ def test_start_runs_a_named_thread_and_close_joins_it() -> None:
         assert len(cycle_threads()) == before + 1
     finally:
         tr.close()
+    # Joined: it is gone, though pthread_join() returns a moment before the
+    # exiting thread leaves /proc/self/task.
+    for _ in range(3000):
+        if len(cycle_threads()) == before:
+            break
+        threading.Event().wait(0.01)
     assert len(cycle_threads()) == before
     assert not tr.threaded
 
