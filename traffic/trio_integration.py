@@ -20,6 +20,11 @@ kernel and performs the transfers.  A task that wants to transfer:
    tasks.  The cycle thread never takes the GIL and never calls into trio;
    ``reschedule`` (not thread-safe) is only ever called by the pump.
 
+A parked ``receive_some`` holds no buffer: it asks the core to allocate the
+memory when data arrives (``tr_request`` with a NULL resource), and the
+bytes come back with the completion.  Ten thousand idle connections cost
+no receive buffers.
+
 Cancellation
 ------------
 A parked task's abort function withdraws its request from the core.  That
