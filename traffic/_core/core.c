@@ -110,6 +110,15 @@ struct tr_transit {
 	unsigned long edges;
 	char *buf;
 	size_t size, pos, mark;   /* resource, transferred so far, reported so far */
+	/*
+	 * Descriptors: the resource's descriptor array.  Input: the owner's
+	 * (pinned by it), filled up to nfds; output: the core's own duplicates
+	 * (fds_owned), each closed once sent.  [fdmark, fdpos) is transferred
+	 * and not yet reported.
+	 */
+	int *fds;
+	size_t nfds, fdpos, fdmark;
+	int fds_owned;
 	struct tr_transit *next_work, *next_report;
 	struct tr_transit *next_all, *prev_all;
 };
@@ -243,6 +252,7 @@ wake_cycle(struct tr_traffic *tr)
 }
 
 static int wants_transfer(const struct tr_transit *t);
+static void fds_release(struct tr_transit *t);
 
 /* Kernel points */
 
@@ -313,6 +323,8 @@ transit_free(struct tr_transit *t)
 	}
 	if (t->point->io[t->polarity] == t)
 		t->point->io[t->polarity] = NULL;
+	if (t->fds_owned)
+		fds_release(t);   /* the core's duplicates; never the owner's array */
 	point_unlink(tr, t->point);
 	free(t);
 	live(-1);
@@ -354,7 +366,7 @@ transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner
 	if (by_owner)
 		t->flags |= TF_CLOSED;
 	p->open -= 1;
-	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && t->type == TR_OCTETS && !p->closed)
+	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && t->type != TR_SOCKETS && !p->closed)
 		shutdown(p->fd, t->polarity == TR_INPUT ? SHUT_RD : SHUT_WR);
 	point_settle(tr, p);
 }
@@ -380,7 +392,7 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 	struct stat st;
 	int err;
 
-	if (type != TR_OCTETS && type != TR_SOCKETS)
+	if (type != TR_OCTETS && type != TR_SOCKETS && type != TR_DESCRIPTORS)
 		return -EINVAL;
 	if (polarity != TR_INPUT && polarity != TR_OUTPUT)
 		return -EINVAL;
@@ -408,6 +420,25 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 				return -errno;
 			if (!listening)
 				return -EINVAL;
+		}
+		if (type == TR_DESCRIPTORS) {
+			struct sockaddr_storage name;
+			socklen_t len = sizeof name;
+			int kind = 0;
+			socklen_t klen = sizeof kind;
+
+			/* SCM_RIGHTS needs an AF_UNIX socket; records would need other framing. */
+			if (!S_ISSOCK(st.st_mode))
+				return -ENOTSOCK;
+			memset(&name, 0, sizeof name);
+			if (getsockname(fd, (struct sockaddr *)&name, &len) < 0)
+				return -errno;
+			if (name.ss_family != AF_UNIX)
+				return -EAFNOSUPPORT;
+			if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &kind, &klen) < 0)
+				return -errno;
+			if (kind != SOCK_STREAM)
+				return -EPROTOTYPE;
 		}
 		if ((err = set_nonblocking(fd)) < 0)
 			return err;
@@ -643,6 +674,63 @@ transfer_octets(struct tr_transit *t, int drain, int *error)
 	}
 }
 
+/*
+ * Descriptors: loop one message at a time to EAGAIN, the end of either part
+ * of the resource, or the end of the connection.  No short-transfer
+ * shortcut: a stream recvmsg stops at each message that carries
+ * descriptors, so a short read does not prove the socket drained.
+ */
+static int
+transfer_descriptors(struct tr_transit *t, int *error)
+{
+	struct tr_point *p = t->point;
+
+	for (;;) {
+		size_t want = t->size - t->pos;
+		ssize_t n;
+
+		if (want == 0)
+			return TX_EXHAUSTED;
+		if (t->polarity == TR_INPUT) {
+			size_t got = 0;
+			int truncated = 0;
+
+			if (t->nfds > 0 && t->fdpos == t->nfds)
+				return TX_EXHAUSTED;
+			n = tr_fds_receive(p->fd, t->buf + t->pos, want,
+			    t->fds != NULL ? t->fds + t->fdpos : NULL, t->nfds - t->fdpos, &got, &truncated);
+			if (n > 0) {
+				t->pos += (size_t)n;
+				t->fdpos += got;
+				continue;
+			}
+			if (n == 0)
+				return TX_EOF;
+		} else {
+			size_t attached = 0, i;
+
+			n = tr_fds_send(p->fd, t->buf + t->pos, want,
+			    t->fds != NULL ? t->fds + t->fdpos : NULL, t->nfds - t->fdpos, &attached);
+			if (n > 0) {
+				/* Sent: the receiver has its own; ours are done. */
+				for (i = 0; i < attached; ++i)
+					close(t->fds[t->fdpos + i]);
+				t->fdpos += attached;
+				t->pos += (size_t)n;
+				continue;
+			}
+			if (n == 0)
+				return TX_AGAIN;
+		}
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK)
+			return TX_AGAIN;
+		*error = (int)-n;
+		return TX_ERROR;
+	}
+}
+
 static int
 transfer(struct tr_transit *t, int drain, int *error)
 {
@@ -653,6 +741,8 @@ transfer(struct tr_transit *t, int drain, int *error)
 	}
 	if (t->type == TR_SOCKETS)
 		return transfer_sockets(t, error);
+	if (t->type == TR_DESCRIPTORS)
+		return transfer_descriptors(t, error);
 	return transfer_octets(t, drain, error);
 }
 
@@ -668,6 +758,13 @@ discard_accepted(struct tr_transit *t)
 {
 	size_t at;
 
+	if (t->type == TR_DESCRIPTORS && t->polarity == TR_INPUT && t->fds != NULL) {
+		/* Received descriptors nobody was told about: the same rule. */
+		for (at = t->fdmark; at < t->fdpos; ++at)
+			close(t->fds[at]);
+		t->fdpos = t->fdmark;
+		return;
+	}
 	if (t->type != TR_SOCKETS || t->buf == NULL)
 		return;
 	for (at = t->mark; at + sizeof(int) <= t->pos; at += sizeof(int)) {
@@ -679,11 +776,34 @@ discard_accepted(struct tr_transit *t)
 	t->pos = t->mark;
 }
 
+/*
+ * Let go of a Descriptors resource's array: the duplicates not sent are
+ * closed and freed (they are the core's own); received descriptors not
+ * reported are closed (discard_accepted); the owner's array is forgotten.
+ */
+static void
+fds_release(struct tr_transit *t)
+{
+	size_t at;
+
+	if (t->fds_owned) {
+		for (at = t->fdpos; at < t->nfds; ++at)
+			close(t->fds[at]);
+		free(t->fds);
+	} else {
+		discard_accepted(t);
+	}
+	t->fds = NULL;
+	t->fds_owned = 0;
+	t->nfds = t->fdpos = t->fdmark = 0;
+}
+
 /* Let go of the resource: what was not reported is discarded.  Lock held. */
 static void
 release_resource(struct tr_transit *t)
 {
 	discard_accepted(t);
+	fds_release(t);
 	if (t->flags & TF_ALLOC)
 		free(t->buf);
 	t->flags &= ~TF_ALLOC;
@@ -705,9 +825,12 @@ report_request(struct tr_transit *t, tr_report *r)
 	r->error = t->error;
 	r->start = 0;
 	r->stop = t->pos;
+	r->fd_start = 0;
+	r->fd_stop = t->fdpos;
 	r->data = NULL;
 	if (t->outcome != TR_CLOSED) {
 		t->mark = t->pos;
+		t->fdmark = t->fdpos;
 		if ((t->flags & TF_ALLOC) && t->pos > 0) {
 			r->data = t->buf;
 			t->buf = NULL;
@@ -782,7 +905,7 @@ judge_request(struct tr_transit *t, int rc)
 	case TX_EXHAUSTED:
 		return TR_DONE;
 	default:
-		if (t->polarity == TR_INPUT && t->pos > 0)
+		if (t->polarity == TR_INPUT && (t->pos > 0 || t->fdpos > 0))
 			return TR_DONE;
 		return TR_PENDING;
 	}
@@ -1207,14 +1330,86 @@ tr_traffic_abandon(tr_traffic *tr)
 
 /* Transit operations */
 
+static void
+fds_close_all(int *fds, size_t n)
+{
+	size_t i;
+
+	if (fds == NULL)
+		return;
+	for (i = 0; i < n; ++i)
+		close(fds[i]);
+	free(fds);
+}
+
+/*
+ * Check a resource's descriptor part, and make the duplicates an output
+ * Descriptors transit sends (*dups, the core's own; NULL for input, whose
+ * array is the owner's).  No lock held: F_DUPFD_CLOEXEC never blocks.
+ */
+static int
+fds_submit(struct tr_transit *t, size_t size, int *fds, size_t nfds, int **dups)
+{
+	size_t i;
+
+	*dups = NULL;
+	if (nfds == 0)
+		return 0;
+	if (t->type != TR_DESCRIPTORS || fds == NULL)
+		return -EINVAL;
+	if (t->polarity == TR_INPUT)
+		return 0;
+	/* At least one byte per message for the descriptors to ride on. */
+	if (size < (nfds + TR_FDS_PER_MESSAGE - 1) / TR_FDS_PER_MESSAGE)
+		return -EINVAL;
+	*dups = malloc(nfds * sizeof(int));
+	if (*dups == NULL)
+		return -ENOMEM;
+	for (i = 0; i < nfds; ++i) {
+		int d = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+
+		if (d < 0) {
+			int err = fds[i] < 0 ? EBADF : errno;
+
+			fds_close_all(*dups, i);
+			*dups = NULL;
+			return -err;
+		}
+		(*dups)[i] = d;
+	}
+	return 0;
+}
+
+/* Install a resource's descriptor part; lock held. */
+static void
+fds_install(struct tr_transit *t, int *fds, size_t nfds, int *dups)
+{
+	t->fds = dups != NULL ? dups : (nfds > 0 ? fds : NULL);
+	t->nfds = t->fds != NULL ? nfds : 0;
+	t->fds_owned = dups != NULL;
+	t->fdpos = t->fdmark = 0;
+}
+
 int
 tr_transit_acquire(tr_transit *t, void *resource, size_t size)
 {
-	struct tr_traffic *tr = lock_traffic(t);
-	int err = 0;
+	return tr_transit_acquire_fds(t, resource, size, NULL, 0);
+}
 
-	if (tr == NULL)
+int
+tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds)
+{
+	struct tr_traffic *tr;
+	int *dups;
+	int err;
+
+	if ((err = fds_submit(t, size, fds, nfds, &dups)) < 0)
+		return err;
+	tr = lock_traffic(t);
+	if (tr == NULL) {
+		fds_close_all(dups, nfds);
 		return (t->flags & TF_TERMINATED) ? TR_ECLOSED : -ENOTCONN;
+	}
 	if (tr->mode == TR_MODE_THREADED)
 		err = -EINVAL;
 	else if (t->flags & (TF_TERMINATED | TF_TERMINATING))
@@ -1226,6 +1421,8 @@ tr_transit_acquire(tr_transit *t, void *resource, size_t size)
 		t->buf = resource;
 		t->size = size;
 		t->pos = t->mark = 0;
+		fds_install(t, fds, nfds, dups);
+		dups = NULL;
 		t->flags &= ~TF_EXHAUSTED;
 		if (t->flags & TF_READY) {
 			push_work(tr, t);
@@ -1233,6 +1430,7 @@ tr_transit_acquire(tr_transit *t, void *resource, size_t size)
 		}
 	}
 	pthread_mutex_unlock(&tr->lock);
+	fds_close_all(dups, nfds);   /* refused: the duplicates go */
 	return err;
 }
 
@@ -1385,9 +1583,15 @@ tr_cycle_take(tr_traffic *tr, tr_report *report)
 		report->error = t->error;
 		report->start = t->mark;
 		report->stop = t->pos;
+		report->fd_start = t->fdmark;
+		report->fd_stop = t->fdpos;
+		report->data = NULL;
 		t->mark = t->pos;
-		if (t->events & (TR_EV_EXHAUST | TR_EV_FAULT | TR_EV_TERMINATE))
+		t->fdmark = t->fdpos;
+		if (t->events & (TR_EV_EXHAUST | TR_EV_FAULT | TR_EV_TERMINATE)) {
 			t->buf = NULL;   /* released: the owner keeps it for this cycle's view */
+			fds_release(t);  /* the reported descriptors are the owner's now */
+		}
 		t->events = 0;
 		taken = 1;
 		transit_consider_free(t);
@@ -1409,31 +1613,53 @@ tr_cycle_exit(tr_traffic *tr)
 int
 tr_request(tr_transit *t, void *resource, size_t size, int inline_first, tr_report *report)
 {
-	struct tr_traffic *tr = lock_traffic(t);
-	int outcome = TR_PENDING;
+	return tr_request_fds(t, resource, size, NULL, 0, inline_first, report);
+}
+
+static int request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource,
+    size_t size, int *fds, size_t nfds, int **dups, int inline_first, tr_report *report);
+
+int
+tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds,
+    int inline_first, tr_report *report)
+{
+	struct tr_traffic *tr;
+	int *dups;
+	int outcome;
 
 	memset(report, 0, sizeof *report);
 	report->token = t->token;
-	if (tr == NULL)
+	if ((outcome = fds_submit(t, size, fds, nfds, &dups)) < 0)
+		return outcome;
+	tr = lock_traffic(t);
+	if (tr == NULL) {
+		fds_close_all(dups, nfds);
 		return TR_ECLOSED;
-	if (!tr->threaded || tr->stopping) {
-		int err = tr->stopping ? TR_ECLOSED : -EINVAL;
-
-		pthread_mutex_unlock(&tr->lock);
-		return err;
 	}
+	outcome = request_locked(tr, t, resource, size, fds, nfds, &dups, inline_first, report);
+	pthread_mutex_unlock(&tr->lock);
+	fds_close_all(dups, nfds);   /* not taken: the duplicates go */
+	return outcome;
+}
+
+/* The request proper; lock held, and left held.  Takes *dups if it takes the resource. */
+static int
+request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size_t size,
+    int *fds, size_t nfds, int **dups, int inline_first, tr_report *report)
+{
+	int outcome = TR_PENDING;
+
+	if (!tr->threaded || tr->stopping)
+		return tr->stopping ? TR_ECLOSED : -EINVAL;
 	if (tr->failed) {
 		report->error = tr->fatal;
 		outcome = TR_TERMINATED;
 	} else if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
-		if (t->flags & TF_CLOSED) {
-			pthread_mutex_unlock(&tr->lock);
+		if (t->flags & TF_CLOSED)
 			return TR_ECLOSED;
-		}
 		report->error = t->error;
 		outcome = TR_TERMINATED;
 	} else if (t->flags & (TF_REQUEST | TF_ON_REPORTS)) {
-		pthread_mutex_unlock(&tr->lock);
 		return -EBUSY;
 	} else if (t->flags & TF_FAULT) {
 		/* A fault met after delivering earlier accepts: report it now. */
@@ -1444,9 +1670,11 @@ tr_request(tr_transit *t, void *resource, size_t size, int inline_first, tr_repo
 		t->buf = resource;
 		t->size = size;
 		t->pos = t->mark = 0;
+		fds_install(t, fds, nfds, *dups);
+		*dups = NULL;
 		t->error = 0;
 		t->flags |= TF_REQUEST;
-		if (resource == NULL && t->type == TR_OCTETS && t->polarity == TR_INPUT && size > 0)
+		if (resource == NULL && t->type != TR_SOCKETS && t->polarity == TR_INPUT && size > 0)
 			t->flags |= TF_ALLOC;
 		t->flags &= ~TF_EXHAUSTED;
 		if (size == 0 || (t->type == TR_SOCKETS && size < sizeof(int)))
@@ -1457,11 +1685,12 @@ tr_request(tr_transit *t, void *resource, size_t size, int inline_first, tr_repo
 			push_work(tr, t);
 			wake_cycle(tr);
 		}
-		if (outcome == TR_PENDING)
+		if (outcome == TR_PENDING) {
 			report->stop = t->pos;   /* a partly done send reports its count */
+			report->fd_stop = t->fdpos;
+		}
 	}
 	report->outcome = outcome;
-	pthread_mutex_unlock(&tr->lock);
 	return outcome;
 }
 
@@ -1486,6 +1715,7 @@ tr_withdraw(tr_transit *t, tr_report *report)
 		t->flags &= ~TF_REQUEST;
 		report->outcome = TR_WITHDRAWN;
 		report->stop = t->pos;
+		report->fd_stop = t->fdpos;   /* a send's descriptors that went out */
 		release_resource(t);
 		outcome = TR_WITHDRAWN;
 	}

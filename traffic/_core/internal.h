@@ -51,4 +51,26 @@ void tr_signal_close(int read_fd, int write_fd);
 void tr_signal_raise(int write_fd);
 void tr_signal_clear(int read_fd);
 
+/*
+ * Descriptor passing (descriptors.c).  TR_FDS_PER_MESSAGE is in traffic.h;
+ * a receive has room for TR_FDS_RECEIVE_MAX (Linux's SCM_MAX_FD is 253), so
+ * descriptors beyond a caller's capacity reach us and are closed.
+ */
+#include <sys/types.h>
+
+#define TR_FDS_RECEIVE_MAX 256
+
+struct tr_fds_parsed {
+	size_t delivered;   /* stored in fds, up to cap */
+	size_t rejected;    /* stored in rejected: the caller closes them */
+	size_t lost;        /* beyond rejected_cap too (cannot happen with a right-sized array) */
+	int truncated;      /* a control message was cut by the end of the buffer */
+	int malformed;      /* a control message's length was impossible: parsing stopped */
+};
+
+ssize_t tr_fds_send(int sock, const char *data, size_t size, const int *fds, size_t nfds, size_t *attached);
+ssize_t tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *got, int *truncated);
+int tr_fds_parse(const void *control, size_t controllen, int *fds, size_t cap,
+    int *rejected, size_t rejected_cap, struct tr_fds_parsed *out);
+
 #endif

@@ -26,7 +26,24 @@ typedef struct tr_transit tr_transit;
 /* The core's own error for a terminated transit or a closed Traffic. */
 enum tr_error { TR_ECLOSED = -100000 };
 
-enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2 };
+enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2, TR_DESCRIPTORS = 3 };
+
+/*
+ * Descriptors (SCM_RIGHTS over an AF_UNIX stream socket).  A Descriptors
+ * transit's resource is a pair: bytes, and an int array of descriptors.
+ * Output: the descriptors ride on the bytes, at most TR_FDS_PER_MESSAGE per
+ * message and at least one byte per message, so a send of n descriptors
+ * needs ceil(n / TR_FDS_PER_MESSAGE) bytes (else -EINVAL).  They are
+ * duplicated (F_DUPFD_CLOEXEC) at submission, -EBADF if one is not open;
+ * the caller's own descriptors are never closed; the duplicates are closed
+ * as they are sent, or when the send is withdrawn or the transit ends.
+ * Input: received descriptors (close-on-exec) fill the array up to its
+ * capacity; more are closed; the resource is exhausted when either part is
+ * full.  Received descriptors never handed over (a withdrawn or closed
+ * request, a dropped transit, a destroyed Traffic) are closed.  Without
+ * descriptors a Descriptors transit moves bytes as an Octets one does.
+ */
+enum tr_fds_limits { TR_FDS_PER_MESSAGE = 64 };
 
 /* The seed's polarity: "on" is gain (input), "off" is loss (output). */
 enum tr_polarity { TR_OUTPUT = 0, TR_INPUT = 1 };
@@ -75,6 +92,8 @@ typedef struct {
 	int error;                 /* errno of a termination or fault, else 0 */
 	size_t start;              /* the transferred slice of the resource, in bytes */
 	size_t stop;
+	size_t fd_start;           /* Descriptors: the transferred slice of the descriptor array */
+	size_t fd_stop;
 	void *data;                /* a core-allocated resource, now the caller's: tr_free it */
 } tr_report;
 
@@ -94,6 +113,7 @@ int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long l
 /* Transits */
 int tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *sibling);
 int tr_transit_acquire(tr_transit *transit, void *resource, size_t size);
+int tr_transit_acquire_fds(tr_transit *transit, void *resource, size_t size, int *fds, size_t nfds);
 int tr_transit_terminate(tr_transit *transit, int disregard);
 void tr_transit_release(tr_transit *transit);
 int tr_transit_forget(tr_transit *transit);
@@ -111,6 +131,7 @@ void tr_cycle_exit(tr_traffic *traffic);
  * waits); its report's data then points at them, for the caller to tr_free.
  */
 int tr_request(tr_transit *transit, void *resource, size_t size, int inline_first, tr_report *report);
+int tr_request_fds(tr_transit *transit, void *resource, size_t size, int *fds, size_t nfds, int inline_first, tr_report *report);
 int tr_withdraw(tr_transit *transit, tr_report *report);
 int tr_collect(tr_traffic *traffic, tr_report *reports, int max);
 void tr_free(void *data);
