@@ -97,7 +97,8 @@ time.sleep(60)
         async with stream:
             await stream.send_all(b"still there?")
         nursery.cancel_scope.cancel()
-    assert outcomes == ["broken"]
+    # The killed client's handler broke; the probe's may too, when it closes.
+    assert outcomes and set(outcomes) == {"broken"}
 
 
 @pytest.mark.trio
