@@ -7,8 +7,8 @@ listeners (``TestTCPStream``, ``TestTCPListener``, ``TestUNIXStream``,
 :mod:`traffic.anyio_backend`.  Each runs on asyncio and on trio (the
 ``anyio_backend`` fixture).  Adaptations are noted where they are made:
 mostly explicit ``127.0.0.1``/``::1`` instead of ``localhost`` (which
-resolves to IPv4 only on these machines), and ``NotImplementedError`` for
-descriptor passing, which the core does not do yet.
+resolves to IPv4 only on these machines), and ``msglen`` 0 refused by
+``receive_fds`` (descriptors travel with a byte).
 
 Leaks (descriptors, core objects, cycle threads) are checked after every
 test by ``conftest._no_leaks``.
@@ -16,6 +16,7 @@ test by ``conftest._no_leaks``.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import sys
@@ -917,9 +918,9 @@ class TestUNIXStream:
         thread.join()
         assert response == b"\ndlrow ,olleh"
 
-    async def test_fds_not_yet(self, server_sock: socket.socket, socket_path: Path) -> None:
-        """Descriptor passing: anyio's argument checks, then NotImplementedError
-        (the core has no descriptor transit yet)."""
+    async def test_fds_argument_checks(self, server_sock: socket.socket, socket_path: Path) -> None:
+        """anyio's argument checks; traffic also refuses msglen 0 (descriptors
+        travel with a byte)."""
         async with await connect_unix(socket_path) as stream:
             for msglen in (-1, "foo"):
                 with pytest.raises(ValueError, match="msglen must be a non-negative integer"):
@@ -927,15 +928,72 @@ class TestUNIXStream:
             for maxfds in (0, "foo"):
                 with pytest.raises(ValueError, match="maxfds must be a positive integer"):
                     await stream.receive_fds(0, maxfds)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="msglen must be at least 1"):
+                await stream.receive_fds(0, 1)
             with pytest.raises(ValueError, match="message must not be empty"):
                 await stream.send_fds(b"", [0])
             with pytest.raises(ValueError, match="fds must not be empty"):
                 await stream.send_fds(b"test", [])
-            with pytest.raises(NotImplementedError, match="descriptors"):
-                await stream.receive_fds(10, 2)
-            with pytest.raises(NotImplementedError, match="descriptors"):
-                await stream.send_fds(b"test", [0])
+            with pytest.raises(TypeError, match="descriptor"):
+                await stream.send_fds(b"test", ["0"])  # type: ignore[list-item]
             server_sock.accept()[0].close()
+
+    async def test_send_fds(
+        self, server_sock: socket.socket, socket_path: Path, tmp_path: Path
+    ) -> None:
+        """anyio's test_send_fds: the peer reads two files through what it received."""
+        received: list[tuple[bytes, list[bytes]]] = []
+
+        def serve() -> None:
+            client, _ = server_sock.accept()
+            with client:
+                msg, fds, _, _ = socket.recv_fds(client, 10, 2)
+                contents = []
+                for fd in fds:
+                    with os.fdopen(fd, "rb") as f:
+                        contents.append(f.read())
+                received.append((msg, contents))
+
+        path1, path2 = tmp_path / "file1", tmp_path / "file2"
+        path1.write_bytes(b"Hello, ")
+        path2.write_bytes(b"World!")
+        thread = Thread(target=serve, daemon=True)
+        thread.start()
+        with path1.open("rb") as file1, path2.open("rb") as file2:
+            async with await connect_unix(socket_path) as stream:
+                await stream.send_fds(b"test", [file1, file2.fileno()])
+            # Sending closed nothing of the caller's.
+            assert os.fstat(file1.fileno())
+        thread.join(30)
+        assert received == [(b"test", [b"Hello, ", b"World!"])]
+
+    async def test_receive_fds(
+        self, server_sock: socket.socket, socket_path: Path, tmp_path: Path
+    ) -> None:
+        """anyio's test_receive_fds, plus a descriptor beyond maxfds, closed."""
+        path1, path2 = tmp_path / "file1", tmp_path / "file2"
+        path1.write_bytes(b"Hello, ")
+        path2.write_bytes(b"World!")
+
+        def serve() -> None:
+            client, _ = server_sock.accept()
+            with client, path1.open("rb") as f1, path2.open("rb") as f2:
+                socket.send_fds(client, [b"test"], [f1.fileno(), f2.fileno(), f1.fileno()])
+
+        thread = Thread(target=serve, daemon=True)
+        thread.start()
+        async with await connect_unix(socket_path) as stream:
+            message, fds = await stream.receive_fds(10, 2)
+            thread.join(30)
+            assert message == b"test"
+            assert len(fds) == 2
+            contents = b""
+            for fd in fds:
+                with os.fdopen(fd, "rb") as f:
+                    contents += f.read()
+            assert contents == b"Hello, World!"
+            with pytest.raises(EndOfStream):
+                await stream.receive_fds(10, 1)
 
     async def test_concurrent_send(self, server_sock: socket.socket, socket_path: Path) -> None:
         async def send_data() -> NoReturn:

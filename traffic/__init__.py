@@ -7,7 +7,16 @@ program completed transfers.
 
 from . import project
 from .errors import TransitClosedError, TransitError
-from .libkqueue import Completion, Octets, Polarity, Sockets, Traffic, Transit, live_objects
+from .libkqueue import (
+    Completion,
+    Descriptors,
+    Octets,
+    Polarity,
+    Sockets,
+    Traffic,
+    Transit,
+    live_objects,
+)
 from .trio_integration import (
     SocketView,
     TrafficListener,
@@ -18,8 +27,10 @@ from .trio_integration import (
     open_tcp_stream,
     open_unix_listener,
     open_unix_stream,
+    receive_fds,
     recv_into,
     send_all,
+    send_fds,
     serve_tcp,
     serve_unix,
 )
@@ -28,6 +39,7 @@ __version__ = project.version
 
 __all__ = [
     "Completion",
+    "Descriptors",
     "Octets",
     "Polarity",
     "SocketView",
@@ -45,8 +57,10 @@ __all__ = [
     "open_tcp_stream",
     "open_unix_listener",
     "open_unix_stream",
+    "receive_fds",
     "recv_into",
     "send_all",
+    "send_fds",
     "serve_tcp",
     "serve_unix",
 ]

@@ -104,11 +104,12 @@ recycled descriptor number is never touched).  Every other
 ``local_address``, ``remote_address``, and ``local_port``/``remote_port``
 for IP sockets) is answered the same way, by anyio's own code.
 
-Not yet: descriptor passing.  :meth:`TrafficUNIXSocketStream.send_fds` and
-:meth:`~TrafficUNIXSocketStream.receive_fds` validate their arguments as
-anyio does and then raise ``NotImplementedError``: the core has no
-``Descriptors`` transit yet.  ``SOCK_SEQPACKET`` UNIX sockets are refused
-for the same kind of reason (the core's byte transits would merge records).
+Descriptor passing: :meth:`TrafficUNIXSocketStream.send_fds` and
+:meth:`~TrafficUNIXSocketStream.receive_fds` work on both backends, with
+anyio's argument checks (one deviation: ``msglen`` must be at least 1).
+An AF_UNIX stream's transits are a ``Descriptors`` pair, used for bytes and
+descriptors alike.  ``SOCK_SEQPACKET`` UNIX sockets are refused (the core's
+byte transits would merge records).
 """
 
 from __future__ import annotations
@@ -138,8 +139,18 @@ from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
 from ._traffic import ffi, lib
-from .libkqueue import Completion, Octets, Sockets, Traffic, Transit, take_data
-from .trio_integration import SocketView, _delivery, _transfer
+from .libkqueue import (
+    FDS_PER_MESSAGE,
+    Completion,
+    Descriptors,
+    Octets,
+    Sockets,
+    Traffic,
+    Transit,
+    descriptor_array,
+    take_data,
+)
+from .trio_integration import SocketView, _delivery, _request
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
@@ -194,8 +205,15 @@ class _Parking(Protocol):
     late: dict[int, asyncio.Future[Completion]]
 
     async def transfer(
-        self, transit: Transit, pin: Any, size: int, orphan: _Orphan
-    ) -> tuple[int, int, int, bytes | None]: ...
+        self,
+        transit: Transit,
+        pin: Any,
+        size: int,
+        orphan: _Orphan,
+        fdpin: Any = ffi.NULL,
+        nfds: int = 0,
+        keep: object = None,
+    ) -> tuple[int, int, int, bytes | None, int]: ...
 
     async def settle(self, transit: Transit) -> None: ...
 
@@ -219,12 +237,19 @@ class _TrioParking:
         """Nothing is ever late on trio."""
 
     async def transfer(
-        self, transit: Transit, pin: Any, size: int, orphan: _Orphan
-    ) -> tuple[int, int, int, bytes | None]:
+        self,
+        transit: Transit,
+        pin: Any,
+        size: int,
+        orphan: _Orphan,
+        fdpin: Any = ffi.NULL,
+        nfds: int = 0,
+        keep: object = None,
+    ) -> tuple[int, int, int, bytes | None, int]:
         # The trio layer never orphans a completion: an abort that lost the
         # race waits for the completion and returns it (trio's rule).
         try:
-            return await _transfer(self.delivery, transit, pin, size)
+            return await _request(self.delivery, transit, pin, size, fdpin, nfds, keep)
         except trio.ClosedResourceError:
             raise anyio.ClosedResourceError from None
         except trio.BusyResourceError:
@@ -362,9 +387,19 @@ class _AsyncioParking:
                 future.set_result(Completion(token, _CLOSED, 0, 0))
 
     async def transfer(
-        self, transit: Transit, pin: Any, size: int, orphan: _Orphan
-    ) -> tuple[int, int, int, bytes | None]:
-        """One request: (outcome, error, transferred, data).  A checkpoint.
+        self,
+        transit: Transit,
+        pin: Any,
+        size: int,
+        orphan: _Orphan,
+        fdpin: Any = ffi.NULL,
+        nfds: int = 0,
+        keep: object = None,
+    ) -> tuple[int, int, int, bytes | None, int]:
+        """One request: (outcome, error, transferred, data, descriptors).  A checkpoint.
+
+        ``fdpin``/``nfds`` are a Descriptors request's descriptor array;
+        ``keep`` what must stay alive while it is pending (default ``pin``).
 
         ``pin`` is ``ffi.NULL`` for a receive into memory the core allocates
         when data arrives; ``data`` then holds the bytes.
@@ -379,11 +414,11 @@ class _AsyncioParking:
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
         report = self.report
-        code = lib.tr_request(transit._c, pin, size, 1, report)
+        code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
         if code != _PENDING:
             if code < 0:
                 _raise_request_error(code)
-            result = (code, report.error, report.stop, take_data(report))
+            result = (code, report.error, report.stop, take_data(report), report.fd_stop)
             try:
                 await asyncio.sleep(0)
             except asyncio.CancelledError:
@@ -392,13 +427,21 @@ class _AsyncioParking:
             return result
 
         future: asyncio.Future[Completion] = self.loop.create_future()
-        self.parked[token] = (future, pin)
+        if keep is None:
+            keep = pin
+        self.parked[token] = (future, keep)
         try:
             completion = await future
         except asyncio.CancelledError:
-            self._cancelled(transit, future, pin, orphan)
+            self._cancelled(transit, future, keep, orphan)
             raise
-        return completion.outcome, completion.error, completion.transferred, completion.data
+        return (
+            completion.outcome,
+            completion.error,
+            completion.transferred,
+            completion.data,
+            completion.descriptors,
+        )
 
     async def settle(self, transit: Transit) -> None:
         """Wait until the completion of ``transit``'s cancelled request has
@@ -483,6 +526,8 @@ def _raise_request_error(code: int) -> NoReturn:
         raise anyio.ClosedResourceError
     if code == -errno.EBUSY:
         raise anyio.BusyResourceError("transferring on")
+    if code == -errno.EBADF:
+        raise OSError(errno.EBADF, "cannot send descriptors: one of them is not an open descriptor")
     raise OSError(-code, os.strerror(-code))
 
 
@@ -569,7 +614,10 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         except BaseException:
             os.close(fd)
             raise
-        receiver, sender = Octets._pair(fd)  # owns fd, also if it fails
+        # AF_UNIX: a Descriptors pair for bytes and descriptors alike (a
+        # kernel point carries one transit per polarity; see send_fds).
+        kinds = Descriptors if family == socket.AF_UNIX else Octets
+        receiver, sender = kinds._pair(fd)  # owns fd, also if it fails
         parking.traffic.acquire(receiver)
         parking.traffic.acquire(sender)
         self._parking = parking
@@ -579,8 +627,9 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         self._closed = False
         self._receive_guard = anyio.ResourceGuard("reading from")
         self._send_guard = anyio.ResourceGuard("writing to")
-        # Bytes whose receive was cancelled after they arrived.
+        # Bytes (and descriptors, AF_UNIX) whose receive was cancelled after they arrived.
         self._pending = bytearray()
+        self._pending_fds: list[int] = []
         if family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # not TCP after all
                 self._view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -637,7 +686,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 return chunk
             # No buffer of the stream's own: the core allocates one when data
             # arrives, so a waiting receive holds no memory.
-            code, error, _, data = await self._parking.transfer(
+            code, error, _, data, _ = await self._parking.transfer(
                 self._receiver, ffi.NULL, min(max_bytes, DEFAULT_RECEIVE_SIZE), self._stash
             )
             if self._closed:
@@ -664,7 +713,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if self._closed:
                 raise anyio.ClosedResourceError
             pin, size = _pin(item)
-            code, error, _, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
+            code, error, _, _, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
             if code == _DONE:
                 return
             if self._closed or code != _TERMINATED:
@@ -703,11 +752,13 @@ def _ignore(completion: Completion) -> None:
 
 
 class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
-    """:class:`TrafficSocketStream` over an ``AF_UNIX`` socket.
+    """:class:`TrafficSocketStream` over an ``AF_UNIX`` socket, with
+    descriptor passing (:meth:`send_fds`, :meth:`receive_fds`).
 
-    :meth:`send_fds` and :meth:`receive_fds` are not available yet (the
-    core has no descriptor transit): they check their arguments as anyio
-    does, then raise ``NotImplementedError``.
+    Its transits are a :class:`~traffic.libkqueue.Descriptors` pair, used for
+    bytes and descriptors alike (a kernel point carries one transit per
+    direction): ``send()`` sends bytes with no descriptors, and descriptors
+    arriving during a ``receive()`` are closed, never leaked.
     """
 
     @classmethod
@@ -718,26 +769,126 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         return cls(_take(sock_or_fd))
 
     async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
-        """Not yet: raises ``NotImplementedError`` (``ValueError`` for an empty
-        message or no descriptors, as anyio)."""
+        """Send ``message`` with the descriptors ``fds`` (ints or objects with
+        ``fileno()``), as anyio's.
+
+        The descriptors are duplicated before anything is sent: the caller's
+        stay open.  Raises ``ValueError`` for an empty message or no
+        descriptors (as anyio), ``TypeError`` for an entry that is not a
+        descriptor, ``OSError(EBADF)`` for one that is not open, and what
+        :meth:`send` raises.  Cancelled, it sent nothing (the duplicates are
+        closed) or sent all of it.
+        """
         if not message:
             raise ValueError("message must not be empty")
         if not fds:
             raise ValueError("fds must not be empty")
-        raise NotImplementedError(
-            "traffic's core does not pass descriptors yet; use anyio.connect_unix for send_fds"
-        )
+        numbers = descriptor_array(fds)
+        with self._send_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            pin, size = _pin(message)
+            if size < -(-len(numbers) // FDS_PER_MESSAGE):
+                raise ValueError(
+                    f"{len(numbers)} descriptors need at least "
+                    f"{-(-len(numbers) // FDS_PER_MESSAGE)} bytes of message to travel with"
+                )
+            fdpin = ffi.from_buffer("int[]", numbers)
+            code, error, _, _, _ = await self._parking.transfer(
+                self._sender,
+                pin,
+                size,
+                _ignore,
+                fdpin,
+                len(numbers),
+                (pin, fdpin, message, numbers),
+            )
+            if code == _DONE:
+                return
+            if self._closed or code != _TERMINATED:
+                raise anyio.ClosedResourceError
+            _broken(error or errno.EPIPE)
 
     async def receive_fds(self, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
-        """Not yet: raises ``NotImplementedError`` (``ValueError`` for bad
-        arguments, as anyio)."""
+        """Receive up to ``msglen`` bytes and up to ``maxfds`` descriptors, as anyio's.
+
+        The descriptors (close-on-exec) are the caller's; more than
+        ``maxfds`` arriving are closed.  ``ValueError`` for bad arguments
+        (anyio's checks; and ``msglen`` 0, which anyio allows: descriptors
+        always travel with a byte), ``anyio.EndOfStream`` at EOF,
+        ``anyio.ClosedResourceError`` after :meth:`aclose` (what arrived
+        meanwhile is closed), ``anyio.BrokenResourceError`` if the
+        connection broke.  Cancelled after the transfer happened (asyncio),
+        the bytes and descriptors are kept for the next call.
+        """
         if not isinstance(msglen, int) or msglen < 0:
             raise ValueError("msglen must be a non-negative integer")
         if not isinstance(maxfds, int) or maxfds < 1:
             raise ValueError("maxfds must be a positive integer")
-        raise NotImplementedError(
-            "traffic's core does not pass descriptors yet; use anyio.connect_unix for receive_fds"
-        )
+        if msglen == 0:
+            raise ValueError("msglen must be at least 1: descriptors travel with a byte")
+        with self._receive_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._parking.late:
+                await self._parking.settle(self._receiver)
+                if self._closed:
+                    raise anyio.ClosedResourceError
+            if self._pending or self._pending_fds:
+                await anyio.lowlevel.checkpoint()
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                chunk = bytes(self._pending[:msglen])
+                del self._pending[:msglen]
+                taken = self._pending_fds[:maxfds]
+                del self._pending_fds[:maxfds]
+                return chunk, taken
+            buffer = bytearray(msglen)
+            numbers = array("i", bytes(4 * maxfds))
+            pin = ffi.from_buffer(buffer, require_writable=True)
+            fdpin = ffi.from_buffer("int[]", numbers, require_writable=True)
+
+            def keep(completion: Completion) -> None:
+                # A cancelled receive whose transfer happened: nothing is lost.
+                if completion.outcome != _DONE:
+                    return
+                received = numbers[: completion.descriptors].tolist()
+                if self._closed:
+                    for fd in received:
+                        os.close(fd)
+                    return
+                self._pending += buffer[: completion.transferred]
+                self._pending_fds.extend(received)
+
+            code, error, count, _, nfds = await self._parking.transfer(
+                self._receiver,
+                pin,
+                msglen,
+                keep,
+                fdpin,
+                maxfds,
+                (pin, fdpin, buffer, numbers),
+            )
+            if self._closed:
+                if code == _DONE:
+                    for fd in numbers[:nfds]:
+                        os.close(fd)
+                raise anyio.ClosedResourceError
+            if code == _DONE:
+                return bytes(buffer[:count]), numbers[:nfds].tolist()
+            if code == _TERMINATED:
+                if error:
+                    _broken(error)
+                raise anyio.EndOfStream
+            raise anyio.ClosedResourceError
+
+    async def aclose(self) -> None:
+        """Close the stream; descriptors kept from a cancelled
+        :meth:`receive_fds` are closed too."""
+        pending, self._pending_fds = self._pending_fds, []
+        for fd in pending:
+            os.close(fd)
+        await super().aclose()
 
 
 class TrafficSocketListener(anyio.abc.SocketListener):
@@ -814,7 +965,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
                     raise anyio.ClosedResourceError
             else:
                 size = len(self._descriptors) * 4
-                code, error, count, _ = await self._parking.transfer(
+                code, error, count, _, _ = await self._parking.transfer(
                     self._transit, self._pin, size, self._stash
                 )
                 if code == _DONE:

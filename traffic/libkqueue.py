@@ -4,7 +4,8 @@ The seed's model, kept:
 
 - A :class:`Transit` transfers in one direction (its :class:`Polarity`)
   over one kernel point (a descriptor).  :class:`Octets` moves bytes,
-  :class:`Sockets` moves the descriptors of accepted connections.
+  :class:`Sockets` moves the descriptors of accepted connections,
+  :class:`Descriptors` passes descriptors (with bytes) over AF_UNIX sockets.
 - A transit is *acquired* into a :class:`Traffic`; then a *transfer
   resource* (a buffer; writable for input) is acquired into the transit.
   The core transfers into or out of it whenever the kernel allows.
@@ -51,10 +52,11 @@ from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from ._traffic import ffi, lib
-from .errors import TransitClosedError, check
+from .errors import TransitClosedError, TransitError, check
 
 __all__ = [
     "Completion",
+    "Descriptors",
     "Octets",
     "Polarity",
     "Sockets",
@@ -89,6 +91,9 @@ class Completion(NamedTuple):
     ``outcome`` is one of the core's ``TR_*`` outcomes; ``transferred`` counts
     bytes (for :class:`Sockets`, bytes of the ``array('i')`` resource).
     ``data`` holds what a :meth:`Traffic.receive` request received, else None.
+    ``descriptors`` counts the descriptors a :class:`Descriptors` request
+    sent, or received into its array (for an outcome other than
+    ``TR_CLOSED``: the core closed those of a closed request).
     """
 
     token: int
@@ -96,6 +101,7 @@ class Completion(NamedTuple):
     error: int
     transferred: int
     data: bytes | None = None
+    descriptors: int = 0
 
 
 def take_data(report: Any) -> bytes | None:
@@ -488,6 +494,194 @@ class Sockets(Transit):
         return memory, size
 
 
+#: Descriptors one message carries; a send of n descriptors needs
+#: ``ceil(n / FDS_PER_MESSAGE)`` data bytes, one per message.
+FDS_PER_MESSAGE = int(lib.TR_FDS_PER_MESSAGE)
+
+
+def descriptor_array(fds: object) -> array[int]:
+    """An ``array('i')`` of the descriptors to send: ints (not bools) or
+    objects with ``fileno()`` (files, sockets), as anyio's ``send_fds`` takes.
+
+    Raises ``TypeError`` for anything else, and
+    :class:`~traffic.errors.TransitError` (``EBADF``) for a negative number.
+    """
+    if isinstance(fds, array) and fds.typecode == "i":
+        numbers = list(fds)
+    else:
+        try:
+            items = list(fds)  # type: ignore[call-overload]
+        except TypeError:
+            raise TypeError(
+                f"descriptors come as a sequence of ints, not {type(fds).__name__}"
+            ) from None
+        numbers = []
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                numbers.append(item)
+            elif not isinstance(item, (bool, int)) and hasattr(item, "fileno"):
+                numbers.append(int(item.fileno()))
+            else:
+                raise TypeError(
+                    f"a descriptor to send is an int or has fileno(), not {type(item).__name__}"
+                )
+    for fd in numbers:
+        if fd < 0:
+            raise TransitError(errno.EBADF, f"cannot send descriptor {fd}: not an open descriptor")
+        if fd > 0x7FFFFFFF:
+            raise TransitError(errno.EBADF, f"cannot send descriptor {fd}: not an open descriptor")
+    return array("i", numbers)
+
+
+def _fds_pin(fds: array[int], writable: bool) -> Any:
+    """A cffi ``int *`` over ``fds`` (NULL when empty)."""
+    if len(fds) == 0:
+        return ffi.NULL
+    return ffi.from_buffer("int[]", fds, require_writable=writable)
+
+
+def _fds_error(rc: int) -> None:
+    """Raise the clear exception for a descriptor the core could not duplicate."""
+    if rc == -errno.EBADF:
+        raise TransitError(
+            errno.EBADF, "cannot send descriptors: one of them is not an open descriptor"
+        )
+
+
+class Descriptors(Octets):
+    """A transit of descriptors, with bytes, over an AF_UNIX stream socket (SCM_RIGHTS).
+
+    Its resource is a pair:
+
+    - input: ``(bytearray(n), array('i', bytes(4 * k)))``: up to ``n`` bytes
+      and up to ``k`` descriptors are received into them; descriptors beyond
+      ``k`` are closed (never leaked).  Received descriptors are
+      close-on-exec and belong to the receiver;
+    - output: ``(data, fds)``: ``data`` bytes-like, ``fds`` a sequence of
+      ints or objects with ``fileno()``.  The descriptors ride on the bytes,
+      at most :data:`FDS_PER_MESSAGE` per message and at least one byte per
+      message.  The sender's descriptors are never closed: the core sends
+      duplicates, made when the resource is given.
+
+    Without descriptors it moves bytes exactly as :class:`Octets` does
+    (descriptors arriving then are closed), so a stream over AF_UNIX can use
+    a Descriptors pair for everything.  In a synchronous cycle,
+    :meth:`descriptors` lists what moved; in a threaded Traffic use
+    :meth:`Traffic.request_fds`.
+    """
+
+    __slots__ = ("_fdarray", "_fdview")
+
+    _type = lib.TR_DESCRIPTORS
+    _fdarray: array[int] | None
+    _fdview: list[int]
+
+    @classmethod
+    def _create(cls, fd: int, polarity: int, sibling: Transit | None = None) -> Descriptors:
+        try:
+            transit = super()._create(fd, polarity, sibling)
+        except TransitError as exc:
+            reasons = {
+                errno.ENOTSOCK: "it is not a socket",
+                errno.EAFNOSUPPORT: "it is not an AF_UNIX socket",
+                errno.EPROTOTYPE: "it is not a SOCK_STREAM socket",
+            }
+            if exc.errno in reasons:
+                raise TransitError(
+                    exc.errno,
+                    "a Descriptors transit passes descriptors over an AF_UNIX stream "
+                    f"socket (SCM_RIGHTS): descriptor {fd} cannot carry one, "
+                    f"{reasons[exc.errno]}",
+                ) from None
+            raise
+        transit._fdarray = None
+        transit._fdview = []
+        return transit
+
+    @classmethod
+    def pipe(cls) -> tuple[Octets, Octets]:
+        """Not for descriptors: pipes cannot carry them (use :meth:`socketpair`)."""
+        raise TypeError("descriptors travel over AF_UNIX sockets, not pipes: use socketpair()")
+
+    @classmethod
+    def socketpair(
+        cls, family: int = socket.AF_UNIX
+    ) -> tuple[tuple[Descriptors, Descriptors], tuple[Descriptors, Descriptors]]:
+        """A connected AF_UNIX pair: ((input, output), (input, output))."""
+        return super().socketpair(family)  # type: ignore[return-value]
+
+    def descriptors(self) -> list[int]:
+        """The descriptors that moved in this cycle: received ones (now the
+        caller's to close) or the caller's own that were sent."""
+        return list(self._fdview)
+
+    def _split(self, resource: object) -> tuple[object, array[int], int]:
+        """Validate a (bytes, descriptors) resource: (data, fd array, size)."""
+        if not (isinstance(resource, tuple) and len(resource) == 2):
+            raise TypeError(
+                "a Descriptors transit's resource is a pair: (bytearray, array('i')) "
+                "to receive, (bytes, [descriptors]) to send"
+            )
+        data, fds = resource
+        _, size = Transit._buffer(self, data)
+        if self._polarity == lib.TR_INPUT:
+            if not (isinstance(fds, array) and fds.typecode == "i"):
+                raise TypeError("an input Descriptors resource receives into an array('i')")
+            return data, fds, size
+        numbers = descriptor_array(fds)
+        if numbers and size < -(-len(numbers) // FDS_PER_MESSAGE):
+            raise ValueError(
+                f"{len(numbers)} descriptors need at least "
+                f"{-(-len(numbers) // FDS_PER_MESSAGE)} data byte(s) to travel with "
+                f"(one per message of at most {FDS_PER_MESSAGE}); got {size}"
+            )
+        return data, numbers, size
+
+    def acquire(self, resource: object) -> None:
+        """Give the transit a (bytes, descriptors) pair; see the class text.
+
+        Raises ``TypeError`` for a resource of the wrong shape or a
+        descriptor that is not an int, ``ValueError`` for descriptors
+        without data to carry them, :class:`~traffic.errors.TransitError`
+        (``EBADF``) for a descriptor that is not open, and what
+        :meth:`Transit.acquire` raises.
+        """
+        data, fds, size = self._split(resource)
+        traffic = self._traffic
+        if traffic is None and not self.terminated:
+            self._resource = resource
+            return
+        traffic = self._in_traffic()
+        if traffic.threaded:
+            self._resource = resource
+            return
+        writable = self._polarity == lib.TR_INPUT
+        pin = ffi.from_buffer(data, require_writable=writable)
+        fdpin = _fds_pin(fds, writable)
+        rc = lib.tr_transit_acquire_fds(self._c, pin, size, fdpin, len(fds))
+        if rc == -errno.EBUSY:
+            raise BufferError(
+                "the transit's resource is not exhausted yet; acquire after its exhaust event"
+            )
+        if rc == -errno.EINVAL:
+            raise RuntimeError("a threaded Traffic takes requests (Traffic.request), not resources")
+        _fds_error(rc)
+        check(rc, "acquire")
+        traffic._pins[self._token] = ((pin, fdpin), resource)
+        self._resource = resource
+        self._memory = memoryview(data).cast("B")  # type: ignore[arg-type]
+        self._fdarray = fds
+
+    def _take_report(self, report: Any, events: int) -> None:
+        fds = self._fdarray
+        if events & lib.TR_EV_TRANSFER and fds is not None:
+            self._fdview = fds[report.fd_start : report.fd_stop].tolist()
+        else:
+            self._fdview = []
+        if events & (lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE):
+            self._fdarray = None
+
+
 _live_traffics: weakref.WeakSet[Traffic] = weakref.WeakSet()
 
 
@@ -615,6 +809,8 @@ class Traffic:
         for transit in self._seen:
             transit._events = 0
             transit._view = None
+            if isinstance(transit, Descriptors):
+                transit._fdview = []
             if transit._traffic is self and transit._token not in self._pins:
                 transit._resource = None
                 transit._memory = None
@@ -643,6 +839,8 @@ class Traffic:
                 transit._view = memory[report.start // size : report.stop // size]
             else:
                 transit._view = None
+            if isinstance(transit, Descriptors):
+                transit._take_report(report, events)
             self._seen.append(transit)
             yield transit
 
@@ -701,6 +899,40 @@ class Traffic:
             self._pins[transit._token] = (pin, resource)
         return outcome, report.error, report.stop
 
+    def request_fds(
+        self, transit: Descriptors, data: object, fds: object, *, inline: bool = True
+    ) -> tuple[int, int, int, int]:
+        """:meth:`request` for a :class:`Descriptors` transit: (outcome, error,
+        bytes transferred, descriptors transferred).
+
+        Output: ``data`` (at least one byte) and ``fds`` (ints or objects
+        with ``fileno()``), duplicated now: the caller's descriptors stay
+        open and may be closed at once.  Input: ``data`` a writable buffer,
+        ``fds`` an ``array('i')`` whose length is how many descriptors may
+        arrive (more are closed); on ``TR_DONE`` (or a completion's
+        ``descriptors``) its first entries are the received descriptors,
+        now the caller's.  Both stay pinned while the request is pending.
+        """
+        self._check_usable()
+        self._check_mine(transit)
+        if not isinstance(transit, Descriptors):
+            raise TypeError("request_fds() needs a Descriptors transit")
+        payload, numbers, size = transit._split((data, fds))
+        writable = transit._polarity == lib.TR_INPUT
+        pin = ffi.from_buffer(payload, require_writable=writable)
+        fdpin = _fds_pin(numbers, writable)
+        report = self._report
+        outcome = lib.tr_request_fds(transit._c, pin, size, fdpin, len(numbers), inline, report)
+        if outcome == -errno.EBUSY:
+            raise RuntimeError("another request of this transit is outstanding")
+        if outcome == -errno.EINVAL:
+            raise RuntimeError("requests need a threaded Traffic: call start() first")
+        _fds_error(outcome)
+        check(outcome, "request")
+        if outcome == lib.TR_PENDING:
+            self._pins[transit._token] = ((pin, fdpin, numbers), (data, fds))
+        return outcome, report.error, report.stop, report.fd_stop
+
     def _check_mine(self, transit: Transit) -> None:
         """Refuse a transit of another Traffic (or of none).
 
@@ -725,8 +957,8 @@ class Traffic:
         """
         self._check_usable()
         self._check_mine(transit)
-        if transit._polarity != lib.TR_INPUT or transit._type != lib.TR_OCTETS:
-            raise ValueError("receive() needs an input Octets transit")
+        if transit._polarity != lib.TR_INPUT or transit._type == lib.TR_SOCKETS:
+            raise ValueError("receive() needs an input Octets (or Descriptors) transit")
         if size < 1:
             raise ValueError("size must be >= 1")
         report = self._report
@@ -773,7 +1005,9 @@ class Traffic:
             for i in range(n):
                 r = reports[i]
                 pins.pop(r.token, None)
-                completions.append(Completion(r.token, r.outcome, r.error, r.stop, take_data(r)))
+                completions.append(
+                    Completion(r.token, r.outcome, r.error, r.stop, take_data(r), r.fd_stop)
+                )
             if n < COLLECT_BATCH:
                 return completions
 

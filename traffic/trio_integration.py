@@ -42,6 +42,21 @@ and a transit its owner terminated become ``trio.ClosedResourceError``; a
 transit the kernel terminated with an errno becomes
 ``trio.BrokenResourceError`` chained to the ``OSError``.
 
+Descriptors
+-----------
+:func:`send_fds` and :func:`receive_fds` pass descriptors over AF_UNIX
+stream sockets, with anyio's ``UNIXSocketStream`` signatures.  They take a
+:class:`~traffic.libkqueue.Descriptors` transit or a :class:`TrafficStream`.
+A kernel point carries at most one transit per polarity, so an AF_UNIX
+``TrafficStream`` is made of a Descriptors pair from the start and uses it
+for everything: bytes travel with zero descriptors (descriptors that arrive
+during a ``receive_some`` are closed, never leaked), and ``send_fds`` /
+``receive_fds`` use the same transits under the stream's send and receive
+guards.  Other streams (TCP) keep an Octets pair and refuse descriptors.
+Cancellation follows the rule above: a withdrawn request sent or received
+nothing; one whose system call already happened returns its result, and
+the received descriptors are the caller's.
+
 Lifetime
 --------
 When the run ends the pump is cancelled last (system tasks outlive the main
@@ -66,7 +81,16 @@ import trio
 
 from ._traffic import ffi, lib
 from .errors import TransitClosedError
-from .libkqueue import Octets, Sockets, Traffic, Transit, take_data
+from .libkqueue import (
+    FDS_PER_MESSAGE,
+    Descriptors,
+    Octets,
+    Sockets,
+    Traffic,
+    Transit,
+    descriptor_array,
+    take_data,
+)
 
 __all__ = [
     "TrafficListener",
@@ -77,8 +101,10 @@ __all__ = [
     "open_tcp_stream",
     "open_unix_listener",
     "open_unix_stream",
+    "receive_fds",
     "recv_into",
     "send_all",
+    "send_fds",
     "serve_tcp",
     "serve_unix",
 ]
@@ -198,7 +224,24 @@ def _in_run(transit: Transit) -> _Delivery:
 async def _transfer(
     delivery: _Delivery, transit: Transit, pin: Any, size: int
 ) -> tuple[int, int, int, bytes | None]:
-    """Perform one request: (outcome, error, transferred, data).  A checkpoint.
+    """Perform one request: (outcome, error, transferred, data); see :func:`_request`."""
+    code, error, count, data, _ = await _request(delivery, transit, pin, size)
+    return code, error, count, data
+
+
+async def _request(
+    delivery: _Delivery,
+    transit: Transit,
+    pin: Any,
+    size: int,
+    fdpin: Any = ffi.NULL,
+    nfds: int = 0,
+    keep: object = None,
+) -> tuple[int, int, int, bytes | None, int]:
+    """Perform one request: (outcome, error, transferred, data, descriptors).  A checkpoint.
+
+    ``fdpin`` and ``nfds`` are a Descriptors request's descriptor array
+    (``keep`` holds every object that must stay alive while it is pending).
 
     ``pin`` (a cffi buffer) is the memory the core transfers with, or
     ``ffi.NULL`` for a receive into memory the core allocates when data
@@ -213,18 +256,18 @@ async def _transfer(
     """
     await trio.lowlevel.checkpoint_if_cancelled()
     report = delivery.report
-    code = lib.tr_request(transit._c, pin, size, 1, report)
+    code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
     if code != _PENDING:
         if code < 0:
             _raise_request_error(code)
-        result = (code, report.error, report.stop, take_data(report))
+        result = (code, report.error, report.stop, take_data(report), report.fd_stop)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return result
 
     token = transit._token
     traffic = delivery.traffic
-    if pin != ffi.NULL:
-        traffic.pin(transit, pin)
+    if pin != ffi.NULL or fdpin != ffi.NULL:
+        traffic.pin(transit, keep if keep is not None else pin)
     parked = delivery.parked
     waiter = [trio.lowlevel.current_task(), None]
     parked[token] = waiter
@@ -240,7 +283,13 @@ async def _transfer(
         return trio.lowlevel.Abort.FAILED
 
     completion = await trio.lowlevel.wait_task_rescheduled(abort)
-    return completion.outcome, completion.error, completion.transferred, completion.data
+    return (
+        completion.outcome,
+        completion.error,
+        completion.transferred,
+        completion.data,
+        completion.descriptors,
+    )
 
 
 def _raise_request_error(code: int) -> NoReturn:
@@ -248,6 +297,8 @@ def _raise_request_error(code: int) -> NoReturn:
         raise trio.ClosedResourceError("the transit is terminated")
     if code == -errno.EBUSY:
         raise trio.BusyResourceError("another task is already transferring on this transit")
+    if code == -errno.EBADF:
+        raise OSError(errno.EBADF, "cannot send descriptors: one of them is not an open descriptor")
     raise OSError(-code, os.strerror(-code))
 
 
@@ -363,6 +414,123 @@ async def accept(transit: Sockets) -> list[int]:
     if code == _TERMINATED:
         raise _broken(error or errno.EINVAL, "accept")
     raise trio.ClosedResourceError("the listener was closed while accepting")
+
+
+def _descriptor_transits(target: Any) -> tuple[Descriptors, Descriptors | None, Any]:
+    """The Descriptors transit(s) of a stream or a transit: (input or output
+    transit, its sibling if known, the stream or None)."""
+    if isinstance(target, TrafficStream):
+        if not isinstance(target._receiver, Descriptors):
+            raise TypeError(
+                "descriptors travel over AF_UNIX sockets: this TrafficStream is "
+                f"{_stdlib_socket.AddressFamily(target.socket.family).name}"
+            )
+        return target._receiver, target._sender, target  # type: ignore[return-value]
+    if isinstance(target, Descriptors):
+        return target, None, None
+    raise TypeError(
+        f"expected a TrafficStream or a Descriptors transit, not {type(target).__name__}"
+    )
+
+
+async def send_fds(target: Any, data: Any, fds: Any) -> None:
+    """Send ``data`` with the descriptors ``fds`` over an AF_UNIX stream
+    (a :class:`TrafficStream` or an output
+    :class:`~traffic.libkqueue.Descriptors` transit), as anyio's
+    ``UNIXSocketStream.send_fds``.
+
+    ``fds`` holds ints or objects with ``fileno()``; they are duplicated
+    before anything is sent, so the caller's descriptors stay open (close
+    them when you like).  At most :data:`~traffic.libkqueue.FDS_PER_MESSAGE`
+    descriptors travel per message and each message needs a byte of
+    ``data``.  A checkpoint.  Raises ``ValueError`` for empty ``data`` or
+    ``fds`` (as anyio), ``TypeError`` for an entry that is not a descriptor,
+    ``OSError(EBADF)`` for one that is not open, and what :func:`send_all`
+    raises.  Cancelled, it either sent nothing (the duplicates are closed)
+    or completes.
+    """
+    transit, sibling, stream = _descriptor_transits(target)
+    if stream is not None:
+        transit = sibling  # type: ignore[assignment]
+    if transit.polarity != lib.TR_OUTPUT:
+        raise ValueError("send_fds() needs an output Descriptors transit")
+    pin, size = _pin(data, writable=False)
+    if size == 0:
+        raise ValueError("message must not be empty")
+    numbers = descriptor_array(fds)
+    if len(numbers) == 0:
+        raise ValueError("fds must not be empty")
+    if size < -(-len(numbers) // FDS_PER_MESSAGE):
+        raise ValueError(
+            f"{len(numbers)} descriptors need at least "
+            f"{-(-len(numbers) // FDS_PER_MESSAGE)} bytes of data to travel with"
+        )
+    fdpin = ffi.from_buffer("int[]", numbers)
+
+    async def go(delivery: _Delivery) -> None:
+        code, error, _, _, _ = await _request(
+            delivery, transit, pin, size, fdpin, len(numbers), (pin, fdpin, data, numbers)
+        )
+        _sent(code, error)
+
+    if stream is not None:
+        with stream._send_guard:
+            if stream._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            await go(stream._delivery)
+    else:
+        await go(_in_run(transit))
+
+
+async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """Receive up to ``msglen`` bytes and up to ``maxfds`` descriptors over an
+    AF_UNIX stream (a :class:`TrafficStream` or an input
+    :class:`~traffic.libkqueue.Descriptors` transit), as anyio's
+    ``UNIXSocketStream.receive_fds``: ``(data, descriptors)``.
+
+    The descriptors (close-on-exec) are the caller's to close; more than
+    ``maxfds`` arriving are closed, never leaked.  At EOF it returns
+    ``(b"", [])`` (trio's ``receive_some`` convention).  ``msglen`` must be
+    at least 1: descriptors always travel with a byte (anyio allows 0).  A
+    checkpoint.  Cancelled, it either received nothing, or returns what it
+    received (the cancellation is raised at the next checkpoint).  Raises
+    ``trio.ClosedResourceError`` if the stream is closed meanwhile (what
+    arrived is then closed).
+    """
+    if not isinstance(msglen, int) or msglen < 1:
+        raise ValueError("msglen must be a positive integer (descriptors travel with a byte)")
+    if not isinstance(maxfds, int) or maxfds < 1:
+        raise ValueError("maxfds must be a positive integer")
+    transit, _, stream = _descriptor_transits(target)
+    if transit.polarity != lib.TR_INPUT:
+        raise ValueError("receive_fds() needs an input Descriptors transit")
+    buffer = bytearray(msglen)
+    numbers = array("i", bytes(4 * maxfds))
+    pin = ffi.from_buffer(buffer, require_writable=True)
+    fdpin = ffi.from_buffer("int[]", numbers, require_writable=True)
+
+    async def go(delivery: _Delivery) -> tuple[int, int, int, int]:
+        code, error, count, _, nfds = await _request(
+            delivery, transit, pin, msglen, fdpin, maxfds, (pin, fdpin, buffer, numbers)
+        )
+        return code, error, count, nfds
+
+    if stream is not None:
+        with stream._receive_guard:
+            if stream._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            code, error, count, nfds = await go(stream._delivery)
+            if stream._closed:
+                if code == _DONE:
+                    for fd in numbers[:nfds]:
+                        os.close(fd)
+                raise trio.ClosedResourceError("the stream was closed while receiving")
+    else:
+        code, error, count, nfds = await go(_in_run(transit))
+    if code == _DONE:
+        return bytes(buffer[:count]), numbers[:nfds].tolist()
+    _received(code, error, count, "receive")
+    return b"", []
 
 
 # Streams and listeners
@@ -483,7 +651,10 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             family, kind, proto = _socket_identity(fd)
             if kind != _stdlib_socket.SOCK_STREAM:
                 raise TypeError("TrafficStream needs a SOCK_STREAM socket")
-            receiver, sender = Octets._pair(fd)
+            # AF_UNIX: a Descriptors pair, for bytes and descriptors alike
+            # (one transit per polarity on a kernel point; see send_fds).
+            kinds = Descriptors if family == _stdlib_socket.AF_UNIX else Octets
+            receiver, sender = kinds._pair(fd)
         except BaseException:
             os.close(fd)
             raise
