@@ -304,6 +304,34 @@ def test_stdlib_sender_in_another_process(secret_file: str) -> None:
     finish(process)
 
 
+@pytest.mark.skipif(not hasattr(socket, "SO_PASSCRED"), reason="Linux credentials")
+def test_credentials_beside_the_descriptors_are_ignored(secret_file: str) -> None:
+    """With SO_PASSCRED the kernel adds an SCM_CREDENTIALS message to each
+    receive: the parser skips it and still finds the SCM_RIGHTS one."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    fd = os.open(secret_file, os.O_RDONLY)
+    try:
+        socket.send_fds(b, [b"c"], [fd])
+    finally:
+        os.close(fd)
+        b.close()
+
+    async def main() -> None:
+        receiver, sender = Descriptors.wrap(a)
+        data, fds = await traffic.receive_fds(receiver, 10, 4)
+        assert data == b"c"
+        assert len(fds) == 1
+        try:
+            assert os.pread(fds[0], 100, 0) == b"the secret"
+        finally:
+            os.close(fds[0])
+        receiver.terminate()
+        sender.terminate()
+
+    trio.run(main)
+
+
 # trio
 
 

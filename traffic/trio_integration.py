@@ -631,6 +631,12 @@ class TrafficStream(trio.abc.HalfCloseableStream):
     core), or get one from :func:`open_tcp_stream`, :func:`open_unix_stream`
     or a :class:`TrafficListener`.  TCP streams get ``TCP_NODELAY``, as in
     trio.  Must be created inside a trio run.
+
+    An AF_UNIX stream is made of a :class:`~traffic.libkqueue.Descriptors`
+    pair (a kernel point carries one transit per direction), so
+    :func:`send_fds` and :func:`receive_fds` take it; its bytes travel with
+    no descriptors, and descriptors arriving during :meth:`receive_some`
+    are closed, never leaked.
     """
 
     def __init__(self, socket: Any) -> None:
