@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+import trio.testing
 
 import traffic
 from conftest import open_fds, run_until
@@ -515,3 +516,41 @@ def test_sync_resource_shape(tr: Traffic) -> None:
     with pytest.raises(TransitError) as info:
         a_out.acquire((b"x", [-5]))
     assert info.value.errno == errno.EBADF
+
+
+def test_closed_traffic_closes_unreported_descriptors() -> None:
+    """Received in a cycle but never taken: closing the Traffic closes them."""
+    t = Traffic()
+    a, b = socket.socketpair()
+    try:
+        receiver, sender = Descriptors.wrap(b)
+        t.acquire(receiver)
+        t.acquire(sender)
+        receiver.acquire((bytearray(4), array("i", bytes(4 * 4))))
+        r, w = os.pipe()
+        socket.send_fds(a, [b"q"], [r, w, r])
+        os.close(r)
+        os.close(w)
+        before = open_fds()
+        with t.cycle(5):
+            pass  # the core received them; nobody looked
+        assert len(open_fds() - before) == 3
+    finally:
+        t.close()
+        a.close()
+
+
+def test_trio_checkpoints() -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        sa, sb = traffic.TrafficStream(a), traffic.TrafficStream(b)
+        with trio.testing.assert_checkpoints():
+            await traffic.send_fds(sa, b"x", [0])
+        with trio.testing.assert_checkpoints():
+            data, fds = await traffic.receive_fds(sb, 1, 1)
+        assert data == b"x"
+        os.close(fds[0])
+        await sa.aclose()
+        await sb.aclose()
+
+    trio.run(main)
