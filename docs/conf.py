@@ -34,6 +34,7 @@ autodoc_typehints = "description"
 autodoc_default_options = {
     "members": True,
     "show-inheritance": True,
+    "undoc-members": True,
     # Every public name the module defines, not only those in __all__
     # (traffic re-exports trio_integration.SocketView, for one).
     "ignore-module-all": True,
