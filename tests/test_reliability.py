@@ -19,6 +19,7 @@ test by conftest's autouse fixture.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import signal
@@ -382,3 +383,40 @@ class SynchronousModel(RuleBasedStateMachine):
 
 TestSynchronousModel = SynchronousModel.TestCase
 TestSynchronousModel.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+
+
+# A socket whose one transit is in traffic and the other never is
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("order", ["drop-then-close", "close-then-drop"])
+def test_half_acquired_pair_in_every_order(threaded: bool, order: str) -> None:
+    """The sibling outside traffic shares the kernel point: dropping the
+    transit in traffic, closing the Traffic and dropping the sibling, in
+    either order, touches no freed memory (the sanitizer run checks) and
+    leaves nothing open or alive (the autouse fixture checks)."""
+    t = Traffic(timeout=0.1)
+    if threaded:
+        t.start()
+    ours, peer = socket.socketpair()
+    with peer:
+        receiver, sender = Octets.wrap(ours)
+        t.acquire(receiver)
+        if not threaded:
+            receiver.acquire(bytearray(8))
+            peer.send(b"x")  # registers the point, raises an edge
+            with t.cycle(0.1):
+                assert [x is receiver for x in t.transfers()] == [True]
+            peer.send(b"y")  # an edge the dropped transit never takes
+        if order == "drop-then-close":
+            del receiver
+            gc.collect()
+            t.close()
+        else:
+            t.close()
+            del receiver
+            gc.collect()
+        if order == "close-then-drop":
+            assert sender.fileno() == -1  # the point closed with the Traffic
+        del sender
+        gc.collect()

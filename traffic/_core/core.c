@@ -93,6 +93,13 @@ struct tr_point {
 	 */
 	unsigned hup:1;
 	struct tr_transit *io[2];   /* by polarity */
+	/*
+	 * The Traffic one of its transits is in (siblings share one), whose
+	 * lock guards it and whose kernel queue may hold it: also for the
+	 * sibling that never entered traffic, which must not close or free the
+	 * point behind that Traffic's back.  NULL once the Traffic is destroyed.
+	 */
+	struct tr_traffic *traffic;
 	struct tr_point *next_dead;
 };
 
@@ -312,6 +319,7 @@ static void
 transit_free(struct tr_transit *t)
 {
 	struct tr_traffic *tr = t->traffic;
+	struct tr_traffic *owner = tr != NULL ? tr : t->point->traffic;
 
 	if (tr != NULL) {
 		if (t->prev_all)
@@ -323,9 +331,26 @@ transit_free(struct tr_transit *t)
 	}
 	if (t->point->io[t->polarity] == t)
 		t->point->io[t->polarity] = NULL;
+	if (tr != NULL) {
+		struct tr_point *p = t->point;
+		struct tr_transit *other = p->io[!t->polarity];
+
+		if (other != NULL && other->traffic != tr) {
+			/*
+			 * The point leaves this Traffic with its last transit in it;
+			 * the sibling outside keeps it.  Events of the current batch
+			 * may still name it: apply_events ignores transits of other
+			 * Traffics (or of none).
+			 */
+			if (p->registered && !p->closed)
+				tr_kernel_unregister(tr->kernel, p->fd);
+			p->registered = 0;
+			p->traffic = NULL;
+		}
+	}
 	if (t->fds_owned)
 		fds_release(t);   /* the core's duplicates; never the owner's array */
-	point_unlink(tr, t->point);
+	point_unlink(owner, t->point);
 	free(t);
 	live(-1);
 }
@@ -1033,6 +1058,11 @@ apply_events(struct tr_traffic *tr, int n)
 			p->hup = 1;
 		in = p->io[TR_INPUT];
 		out = p->io[TR_OUTPUT];
+		/* A sibling that never entered this Traffic is not its to drive. */
+		if (in != NULL && in->traffic != tr)
+			in = NULL;
+		if (out != NULL && out->traffic != tr)
+			out = NULL;
 		if (in != NULL && (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))) {
 			in->edges += 1;
 			in->flags |= TF_READY;
@@ -1138,6 +1168,7 @@ tr_traffic_acquire(tr_traffic *tr, tr_transit *t, unsigned long long token)
 	}
 	if (err == 0) {
 		t->traffic = tr;
+		t->point->traffic = tr;
 		t->token = token;
 		t->next_all = tr->all;
 		t->prev_all = NULL;
@@ -1273,6 +1304,7 @@ tr_traffic_destroy(tr_traffic *tr)
 	}
 	for (t = tr->all; t != NULL; t = next) {
 		next = t->next_all;
+		t->point->traffic = NULL;   /* a sibling outside traffic now owns it alone */
 		t->flags &= ~(TF_ON_WORK | TF_ON_REPORTS);
 		if (!(t->flags & TF_TERMINATED)) {
 			t->flags |= TF_TERMINATED | TF_CLOSED;
@@ -1321,6 +1353,7 @@ tr_traffic_abandon(tr_traffic *tr)
 			t->point->fd = -1;
 			t->point->closed = 1;
 		}
+		t->point->traffic = NULL;
 		t->traffic = NULL;
 	}
 	tr->all = NULL;
@@ -1458,12 +1491,21 @@ tr_transit_terminate(tr_transit *t, int disregard)
 	struct tr_traffic *tr = lock_traffic(t);
 
 	if (tr == NULL) {
-		/* Not in traffic: nothing else can be using it. */
+		/* Not in traffic itself; its sibling's Traffic, if any, guards the point. */
+		struct tr_traffic *owner;
+
+		pthread_mutex_lock(&registry);
+		owner = t->point->traffic;
+		if (owner != NULL)
+			pthread_mutex_lock(&owner->lock);
 		if (!(t->flags & TF_TERMINATED)) {
 			if (disregard)
 				t->flags |= TF_DISREGARD;
-			transit_end(NULL, t, 0, 1);
+			transit_end(owner, t, 0, 1);
 		}
+		if (owner != NULL)
+			pthread_mutex_unlock(&owner->lock);
+		pthread_mutex_unlock(&registry);
 		return 0;
 	}
 	if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
@@ -1492,9 +1534,16 @@ tr_transit_release(tr_transit *t)
 	pthread_mutex_lock(&registry);
 	tr = t->traffic;
 	if (tr == NULL) {
+		/* Its sibling may be in traffic: then that Traffic guards the point. */
+		struct tr_traffic *owner = t->point->traffic;
+
+		if (owner != NULL)
+			pthread_mutex_lock(&owner->lock);
 		if (!(t->flags & TF_TERMINATED))
-			transit_end(NULL, t, 0, 1);
+			transit_end(owner, t, 0, 1);
 		transit_free(t);
+		if (owner != NULL)
+			pthread_mutex_unlock(&owner->lock);
 		pthread_mutex_unlock(&registry);
 		return;
 	}
