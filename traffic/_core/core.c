@@ -94,12 +94,15 @@ struct tr_point {
 	unsigned hup:1;
 	struct tr_transit *io[2];   /* by polarity */
 	/*
-	 * The Traffic one of its transits is in (siblings share one), whose
-	 * lock guards it and whose kernel queue may hold it: also for the
-	 * sibling that never entered traffic, which must not close or free the
-	 * point behind that Traffic's back.  NULL once the Traffic is destroyed.
+	 * The Traffic one of its transits entered first; the point belongs to
+	 * it for life (siblings share it, and a point never moves to another
+	 * Traffic).  Its lock guards the point, also for a sibling that never
+	 * entered traffic, and only its cycle frees the point, between event
+	 * batches that may name it.  NULL once that Traffic is destroyed: then
+	 * no batch is in flight and the last transit frees the point at once.
 	 */
 	struct tr_traffic *traffic;
+	struct tr_point *next_point, *prev_point;   /* the Traffic's points */
 	struct tr_point *next_dead;
 };
 
@@ -144,6 +147,7 @@ struct tr_traffic {
 	struct tr_transit *reports, *reports_tail;
 	struct tr_transit *all;
 	struct tr_point *dead;
+	struct tr_point *points;   /* every point that belongs to this Traffic */
 	struct tr_kevent events[TR_BATCH];
 };
 
@@ -309,6 +313,12 @@ reap(struct tr_traffic *tr)
 	while ((p = tr->dead) != NULL) {
 		tr->dead = p->next_dead;
 		point_close(tr, p);
+		if (p->prev_point)
+			p->prev_point->next_point = p->next_point;
+		else
+			tr->points = p->next_point;
+		if (p->next_point)
+			p->next_point->prev_point = p->prev_point;
 		free(p);
 	}
 }
@@ -345,7 +355,6 @@ transit_free(struct tr_transit *t)
 			if (p->registered && !p->closed)
 				tr_kernel_unregister(tr->kernel, p->fd);
 			p->registered = 0;
-			p->traffic = NULL;
 		}
 	}
 	if (t->fds_owned)
@@ -1165,10 +1174,21 @@ tr_traffic_acquire(tr_traffic *tr, tr_transit *t, unsigned long long token)
 		/* One kernel registration per point: siblings share one Traffic. */
 		if (sibling != NULL && sibling->traffic != NULL && sibling->traffic != tr)
 			err = -EXDEV;
+		else if (t->point->traffic != NULL && t->point->traffic != tr)
+			err = -EXDEV;   /* the point belongs to another Traffic for life */
 	}
 	if (err == 0) {
 		t->traffic = tr;
-		t->point->traffic = tr;
+		if (t->point->traffic == NULL) {
+			struct tr_point *p = t->point;
+
+			p->traffic = tr;
+			p->prev_point = NULL;
+			p->next_point = tr->points;
+			if (tr->points)
+				tr->points->prev_point = p;
+			tr->points = p;
+		}
 		t->token = token;
 		t->next_all = tr->all;
 		t->prev_all = NULL;
@@ -1292,6 +1312,7 @@ void
 tr_traffic_destroy(tr_traffic *tr)
 {
 	struct tr_transit *t, *next;
+	struct tr_point *p;
 
 	pthread_mutex_lock(&registry);
 	pthread_mutex_lock(&tr->lock);
@@ -1304,7 +1325,6 @@ tr_traffic_destroy(tr_traffic *tr)
 	}
 	for (t = tr->all; t != NULL; t = next) {
 		next = t->next_all;
-		t->point->traffic = NULL;   /* a sibling outside traffic now owns it alone */
 		t->flags &= ~(TF_ON_WORK | TF_ON_REPORTS);
 		if (!(t->flags & TF_TERMINATED)) {
 			t->flags |= TF_TERMINATED | TF_CLOSED;
@@ -1322,6 +1342,12 @@ tr_traffic_destroy(tr_traffic *tr)
 	}
 	tr->all = NULL;
 	reap(tr);
+	/* What is left belongs to siblings that never entered traffic: closed, now theirs. */
+	for (p = tr->points; p != NULL; p = p->next_point) {
+		point_close(tr, p);
+		p->traffic = NULL;
+	}
+	tr->points = NULL;
 	pthread_mutex_unlock(&tr->lock);
 	pthread_mutex_unlock(&registry);
 
@@ -1336,6 +1362,7 @@ void
 tr_traffic_abandon(tr_traffic *tr)
 {
 	struct tr_transit *t;
+	struct tr_point *p;
 
 	/*
 	 * After fork(), in the child: the parent's cycle thread does not exist
@@ -1353,10 +1380,18 @@ tr_traffic_abandon(tr_traffic *tr)
 			t->point->fd = -1;
 			t->point->closed = 1;
 		}
-		t->point->traffic = NULL;
 		t->traffic = NULL;
 	}
 	tr->all = NULL;
+	for (p = tr->points; p != NULL; p = p->next_point) {
+		if (!p->closed) {
+			close(p->fd);
+			p->fd = -1;
+			p->closed = 1;
+		}
+		p->traffic = NULL;
+	}
+	tr->points = NULL;
 	tr_signal_close(tr->signal_read, tr->signal_write);
 	tr_kernel_close(tr->kernel);
 }
@@ -1808,7 +1843,7 @@ tr_transit_forget(tr_transit *t)
 	 * that failed half-way, whose caller still owns the descriptor.
 	 */
 	pthread_mutex_lock(&registry);
-	if (t->traffic != NULL || t->point->links != 1) {
+	if (t->traffic != NULL || t->point->traffic != NULL || t->point->links != 1) {
 		err = -EBUSY;
 	} else {
 		t->point->closed = 1;
