@@ -170,9 +170,14 @@ def current_traffic() -> Traffic:
     return _delivery().traffic
 
 
+@trio.lowlevel.enable_ki_protection
 async def _pump(delivery: _Delivery) -> None:
     """Reschedule the tasks whose transfers completed.  Never raises: a crash
-    here would kill the run; the Traffic is closed when the run ends."""
+    here would kill the run; the Traffic is closed when the run ends.
+
+    Protected from KeyboardInterrupt: Ctrl-C goes to the main task, and the
+    pump goes on delivering while the tasks it parked unwind.
+    """
     traffic = delivery.traffic
     parked = delivery.parked
     reschedule = trio.lowlevel.reschedule
@@ -192,11 +197,19 @@ async def _pump(delivery: _Delivery) -> None:
                 else:
                     reschedule(task, outcome.Value(completion))
     finally:
-        # Cancelled at the end of the run: no task is parked any more.  No
-        # trio call here: a run abandoned mid-way (an internal error, a
-        # guest run dropped) closes this coroutine outside trio, and the
-        # Traffic must still be closed then (close() does not block on trio).
+        # Cancelled at the end of the run: normally no task is parked any
+        # more.  Only reschedule() of trio here: a run abandoned mid-way (an
+        # internal error, a guest run dropped) closes this coroutine outside
+        # trio, and the Traffic must still be closed then (close() does not
+        # block on trio).  Once it is closed (the cycle thread joined), no
+        # completion can come: a task still parked wakes closed, not never.
         traffic.close()
+        while parked:
+            _, (task, _) = parked.popitem()
+            with contextlib.suppress(RuntimeError):  # outside trio: nothing to wake
+                reschedule(
+                    task, outcome.Error(trio.ClosedResourceError("the run's Traffic closed"))
+                )
 
 
 def _in_run(transit: Transit) -> _Delivery:
@@ -274,9 +287,11 @@ async def _request(
 
     def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
         code = lib.tr_withdraw(transit._c, delivery.report)
-        if code == _WITHDRAWN:
-            del parked[token]
-            traffic.unpin(transit)  # the core let go of the memory
+        if code == _WITHDRAWN or code < 0:
+            # Withdrawn; or the Traffic is gone (closed, its thread joined),
+            # so no completion will ever come and the memory is free.
+            parked.pop(token, None)
+            traffic.unpin(transit)
             return trio.lowlevel.Abort.SUCCEEDED
         # Inside the system call, or done: the completion follows promptly.
         waiter[1] = raise_cancel
