@@ -18,8 +18,6 @@ import textwrap
 import trio
 import trio.testing
 from test_trio_support import (
-    cycle_threads,
-    open_fds,
     receive_exactly,
     settled,
     tcp_pair,
@@ -28,6 +26,7 @@ from test_trio_support import (
 )
 
 import traffic
+from conftest import cycle_threads, open_fds
 
 #: Where the traffic under test was imported from, for subprocesses.
 IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))

@@ -17,9 +17,10 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
-from test_trio_support import open_fds, receive_exactly, wait_for
+from test_trio_support import receive_exactly, wait_for
 
 import traffic
+from conftest import open_fds
 from traffic import TrafficListener, TrafficStream
 
 CLIENTS = 1000

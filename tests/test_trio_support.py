@@ -29,31 +29,6 @@ from traffic import TrafficStream
 CLOG_BUFFER = 4096
 
 
-def open_fds() -> set[int]:
-    fds = set()
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue  # the listdir's own descriptor, closed already
-        fds.add(fd)
-    return fds
-
-
-def cycle_threads() -> list[str]:
-    """Task ids of this process's threads named ``traffic-cycle``."""
-    found = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                if f.read().strip() == "traffic-cycle":
-                    found.append(task)
-        except OSError:
-            continue  # the thread ended while we looked
-    return found
-
-
 async def wait_for(condition: Callable[[], bool], attempts: int = 1000) -> bool:
     """Poll ``condition`` between short sleeps, at most ``attempts`` times.
 
