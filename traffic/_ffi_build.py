@@ -109,7 +109,12 @@ def _read(path: str) -> str:
         return f.read()
 
 
-SOURCES = [os.path.join(CORE, "core.c"), os.path.join(CORE, "descriptors.c"), backend_source()]
+SOURCES = [
+    os.path.join(CORE, "core.c"),
+    os.path.join(CORE, "descriptors.c"),
+    os.path.join(CORE, "datagrams.c"),
+    backend_source(),
+]
 
 for _source in (API_HEADER, *SOURCES):
     if not os.path.exists(_source):

@@ -180,6 +180,22 @@ class Transit:
         self._release = weakref.finalize(self, lib.tr_transit_release, self._c)
         return self
 
+    @classmethod
+    def _pair(cls: type[_T], fd: int) -> tuple[_T, _T]:
+        """(input, output) transits sharing one kernel point; the caller
+        keeps ``fd`` if this fails."""
+        receiver = cls._create(fd, lib.TR_INPUT)
+        receiver._polarity = lib.TR_INPUT
+        try:
+            sender = cls._create(fd, lib.TR_OUTPUT, receiver)
+        except BaseException:
+            # The caller still owns fd: free the receiver without closing it.
+            receiver._release.detach()
+            lib.tr_transit_forget(receiver._c)
+            raise
+        sender._polarity = lib.TR_OUTPUT
+        return receiver, sender
+
     # Identity and state
 
     @property
@@ -255,6 +271,17 @@ class Transit:
             raise TypeError("an input transit needs a writable buffer (bytearray, array, ...)")
         return memory.cast("B"), memory.nbytes
 
+    def _pinned(self, resource: object) -> object:
+        """The object whose memory the core transfers with (a resource's own
+        buffer, for resources that are not buffers themselves)."""
+        return resource
+
+    def _take_report(self, report: Any, events: int) -> None:
+        """Record what a cycle's report says beyond the transferred slice."""
+
+    def _forget_report(self) -> None:
+        """Forget what :meth:`_take_report` recorded: the cycle closed."""
+
     def acquire(self, resource: object) -> None:
         """Give the transit a transfer resource.
 
@@ -282,7 +309,9 @@ class Transit:
         # Pinned from the resource itself, not from a memoryview of it: a
         # cffi buffer over a memoryview that shares a reference cycle with it
         # can be torn down by the collector in the wrong order.
-        pin = ffi.from_buffer(resource, require_writable=self._polarity == lib.TR_INPUT)
+        pin = ffi.from_buffer(
+            self._pinned(resource), require_writable=self._polarity == lib.TR_INPUT
+        )
         rc = lib.tr_transit_acquire(self._c, pin, size)
         if rc == -errno.EBUSY:
             raise BufferError(
@@ -340,20 +369,6 @@ class Octets(Transit):
         transit = cls._create(fd, int(polarity))
         transit._polarity = int(polarity)
         return transit
-
-    @classmethod
-    def _pair(cls, fd: int) -> tuple[Octets, Octets]:
-        receiver = cls._create(fd, lib.TR_INPUT)
-        receiver._polarity = lib.TR_INPUT
-        try:
-            sender = cls._create(fd, lib.TR_OUTPUT, receiver)
-        except BaseException:
-            # The caller still owns fd: free the receiver without closing it.
-            receiver._release.detach()
-            lib.tr_transit_forget(receiver._c)
-            raise
-        sender._polarity = lib.TR_OUTPUT
-        return receiver, sender
 
     @classmethod
     def wrap(cls, sock: socket.socket) -> tuple[Octets, Octets]:
@@ -681,6 +696,9 @@ class Descriptors(Octets):
         if events & (lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE):
             self._fdarray = None
 
+    def _forget_report(self) -> None:
+        self._fdview = []
+
 
 _live_traffics: weakref.WeakSet[Traffic] = weakref.WeakSet()
 
@@ -809,8 +827,7 @@ class Traffic:
         for transit in self._seen:
             transit._events = 0
             transit._view = None
-            if isinstance(transit, Descriptors):
-                transit._fdview = []
+            transit._forget_report()
             if transit._traffic is self and transit._token not in self._pins:
                 transit._resource = None
                 transit._memory = None
@@ -839,8 +856,7 @@ class Traffic:
                 transit._view = memory[report.start // size : report.stop // size]
             else:
                 transit._view = None
-            if isinstance(transit, Descriptors):
-                transit._take_report(report, events)
+            transit._take_report(report, events)
             self._seen.append(transit)
             yield transit
 
@@ -887,7 +903,9 @@ class Traffic:
         self._check_usable()
         self._check_mine(transit)
         _, size = transit._buffer(resource)
-        pin = ffi.from_buffer(resource, require_writable=transit._polarity == lib.TR_INPUT)
+        pin = ffi.from_buffer(
+            transit._pinned(resource), require_writable=transit._polarity == lib.TR_INPUT
+        )
         report = self._report
         outcome = lib.tr_request(transit._c, pin, size, inline, report)
         if outcome == -errno.EBUSY:
@@ -957,7 +975,10 @@ class Traffic:
         """
         self._check_usable()
         self._check_mine(transit)
-        if transit._polarity != lib.TR_INPUT or transit._type == lib.TR_SOCKETS:
+        if transit._polarity != lib.TR_INPUT or transit._type not in (
+            lib.TR_OCTETS,
+            lib.TR_DESCRIPTORS,
+        ):
             raise ValueError("receive() needs an input Octets (or Descriptors) transit")
         if size < 1:
             raise ValueError("size must be >= 1")

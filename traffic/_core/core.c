@@ -400,7 +400,8 @@ transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner
 	if (by_owner)
 		t->flags |= TF_CLOSED;
 	p->open -= 1;
-	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && t->type != TR_SOCKETS && !p->closed)
+	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && t->type != TR_SOCKETS
+	    && t->type != TR_DATAGRAMS && !p->closed)
 		shutdown(p->fd, t->polarity == TR_INPUT ? SHUT_RD : SHUT_WR);
 	point_settle(tr, p);
 }
@@ -426,7 +427,7 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 	struct stat st;
 	int err;
 
-	if (type != TR_OCTETS && type != TR_SOCKETS && type != TR_DESCRIPTORS)
+	if (type != TR_OCTETS && type != TR_SOCKETS && type != TR_DESCRIPTORS && type != TR_DATAGRAMS)
 		return -EINVAL;
 	if (polarity != TR_INPUT && polarity != TR_OUTPUT)
 		return -EINVAL;
@@ -472,6 +473,17 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 			if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &kind, &klen) < 0)
 				return -errno;
 			if (kind != SOCK_STREAM)
+				return -EPROTOTYPE;
+		}
+		if (type == TR_DATAGRAMS) {
+			int kind = 0;
+			socklen_t klen = sizeof kind;
+
+			if (!S_ISSOCK(st.st_mode))
+				return -ENOTSOCK;
+			if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &kind, &klen) < 0)
+				return -errno;
+			if (kind != SOCK_DGRAM)
 				return -EPROTOTYPE;
 		}
 		if ((err = set_nonblocking(fd)) < 0)
@@ -765,18 +777,70 @@ transfer_descriptors(struct tr_transit *t, int *error)
 	}
 }
 
+/*
+ * Which errors of a datagram socket end it.  Almost none do: the others
+ * belong to one datagram (EMSGSIZE, an unreachable address, a refusal
+ * reported by ICMP for an earlier one...) and the socket goes on.
+ */
+static int
+datagram_is_fault(int error)
+{
+	return error != EBADF && error != ENOTSOCK && error != EFAULT;
+}
+
+/*
+ * Datagrams: whole batches of records to EAGAIN or the end of the
+ * resource.  A receive batch cut short by the kernel proves the queue was
+ * drained (each datagram that arrives later raises its own edge); a send
+ * batch cut short is tried again, to learn whether the kernel is full
+ * (EAGAIN) or refuses the next datagram (a fault).
+ */
+static int
+transfer_datagrams(struct tr_transit *t, int *error)
+{
+	int fd = t->point->fd;
+
+	for (;;) {
+		long n;
+
+		if (t->pos >= t->size)
+			return TX_EXHAUSTED;
+		if (t->polarity == TR_INPUT)
+			n = tr_dg_receive(fd, t->buf, t->size, &t->pos);
+		else
+			n = tr_dg_send(fd, t->buf, t->size, &t->pos);
+		if (n > 0) {
+			if (t->polarity == TR_INPUT && n < TR_DG_BATCH && t->pos < t->size)
+				return TX_AGAIN;
+			continue;
+		}
+		if (n == 0)
+			return TX_EXHAUSTED;
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK)
+			return TX_AGAIN;
+		*error = (int)-n;
+		return datagram_is_fault(*error) ? TX_FAULT : TX_ERROR;
+	}
+}
+
 static int
 transfer(struct tr_transit *t, int drain, int *error)
 {
 	if (t->inject != 0) {
 		*error = t->inject;
 		t->inject = 0;
+		if (t->type == TR_DATAGRAMS)
+			return datagram_is_fault(*error) ? TX_FAULT : TX_ERROR;
 		return (t->type == TR_SOCKETS && accept_is_fault(*error)) ? TX_FAULT : TX_ERROR;
 	}
 	if (t->type == TR_SOCKETS)
 		return transfer_sockets(t, error);
 	if (t->type == TR_DESCRIPTORS)
 		return transfer_descriptors(t, error);
+	if (t->type == TR_DATAGRAMS)
+		return transfer_datagrams(t, error);
 	return transfer_octets(t, drain, error);
 }
 
@@ -1471,6 +1535,8 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 	int *dups;
 	int err;
 
+	if (t->type == TR_DATAGRAMS && tr_datagrams_check(resource, size, t->polarity) < 0)
+		return -EINVAL;
 	if ((err = fds_submit(t, size, fds, nfds, &dups)) < 0)
 		return err;
 	tr = lock_traffic(t);
@@ -1713,6 +1779,9 @@ tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds
 
 	memset(report, 0, sizeof *report);
 	report->token = t->token;
+	/* A Datagrams request brings its records: the core cannot lay them out. */
+	if (t->type == TR_DATAGRAMS && (resource == NULL || tr_datagrams_check(resource, size, t->polarity) < 0))
+		return -EINVAL;
 	if ((outcome = fds_submit(t, size, fds, nfds, &dups)) < 0)
 		return outcome;
 	tr = lock_traffic(t);

@@ -73,4 +73,12 @@ ssize_t tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, 
 int tr_fds_parse(const void *control, size_t controllen, int *fds, size_t cap,
     int *rejected, size_t rejected_cap, struct tr_fds_parsed *out);
 
+/*
+ * Datagrams (datagrams.c): one batch of whole records from *pos, which is
+ * advanced past those transferred.  Returns the number of records moved
+ * (0: none fit, the rest is exhausted or malformed) or a negative errno.
+ */
+long tr_dg_receive(int sock, char *buf, size_t size, size_t *pos);
+long tr_dg_send(int sock, const char *buf, size_t size, size_t *pos);
+
 #endif

@@ -26,7 +26,7 @@ typedef struct tr_transit tr_transit;
 /* The core's own error for a terminated transit or a closed Traffic. */
 enum tr_error { TR_ECLOSED = -100000 };
 
-enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2, TR_DESCRIPTORS = 3 };
+enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2, TR_DESCRIPTORS = 3, TR_DATAGRAMS = 4 };
 
 /*
  * Descriptors (SCM_RIGHTS over an AF_UNIX stream socket).  A Descriptors
@@ -44,6 +44,40 @@ enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2, TR_DESCRIPTORS = 3 };
  * descriptors a Descriptors transit moves bytes as an Octets one does.
  */
 enum tr_fds_limits { TR_FDS_PER_MESSAGE = 64 };
+
+/*
+ * Datagrams (UDP over IPv4 and IPv6, AF_UNIX datagrams).  A Datagrams
+ * transit's resource is a sequence of records, each a tr_datagram header
+ * followed by its payload space, padded to TR_DG_ALIGN: the next record
+ * starts sizeof(tr_datagram) + capacity rounded up to TR_DG_ALIGN bytes
+ * after this one, and the last one's padding must be there too.  A
+ * resource that is not a whole number of well-formed records is refused
+ * (-EINVAL), and every record is bounds-checked again as it transfers.
+ * Transfers move whole records, batched (recvmmsg/sendmmsg where the
+ * kernel has them): the transferred slice is a run of whole records.
+ * Input: the owner sets capacity; the core sets length (the datagram's
+ * real length: more than capacity means it was truncated, and
+ * TR_DG_TRUNCATED is set), addrlen and address (the sender's).  A
+ * zero-length datagram is a datagram, not an end.  Output: the owner sets
+ * capacity, length (<= capacity), addrlen and address (addrlen 0: the
+ * connected peer).  A datagram the kernel refuses (ECONNREFUSED from an
+ * earlier one, EMSGSIZE, unreachable...) is a fault, as for accept: the
+ * transit stays intact, the resource is released, and for output the
+ * refused record is the first one after the transferred slice.  The
+ * header's fields are native-endian; read and write them through memcpy.
+ */
+typedef struct {
+	unsigned int capacity;            /* payload bytes after the header */
+	unsigned int length;              /* the datagram's length */
+	unsigned int flags;               /* tr_datagram_flags */
+	unsigned int addrlen;             /* bytes of address in use; 0: none */
+	unsigned char address[128];       /* a struct sockaddr of the socket's family */
+} tr_datagram;
+enum tr_datagram_limits { TR_DG_ADDRESS = 128, TR_DG_ALIGN = 8, TR_DG_BATCH = 64 };
+enum tr_datagram_flags { TR_DG_TRUNCATED = 1 };
+
+/* Records in a Datagrams resource, or -EINVAL if it is not well formed. */
+long tr_datagrams_check(const void *resource, size_t size, int polarity);
 
 /* The seed's polarity: "on" is gain (input), "off" is loss (output). */
 enum tr_polarity { TR_OUTPUT = 0, TR_INPUT = 1 };
