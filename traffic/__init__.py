@@ -6,6 +6,7 @@ program completed transfers.
 """
 
 from . import project
+from .datagrams import Datagram, DatagramArray, Datagrams
 from .errors import TransitClosedError, TransitError
 from .libkqueue import (
     Completion,
@@ -34,17 +35,28 @@ from .trio_integration import (
     serve_tcp,
     serve_unix,
 )
+from .trio_datagrams import (
+    TrafficConnectedDatagramSocket,
+    TrafficDatagramSocket,
+    open_connected_udp_socket,
+    open_udp_socket,
+)
 
 __version__ = project.version
 
 __all__ = [
     "Completion",
+    "Datagram",
+    "DatagramArray",
+    "Datagrams",
     "Descriptors",
     "Octets",
     "Polarity",
     "SocketView",
     "Sockets",
     "Traffic",
+    "TrafficConnectedDatagramSocket",
+    "TrafficDatagramSocket",
     "TrafficListener",
     "TrafficStream",
     "Transit",
@@ -53,9 +65,11 @@ __all__ = [
     "accept",
     "current_traffic",
     "live_objects",
+    "open_connected_udp_socket",
     "open_tcp_listeners",
     "open_tcp_stream",
     "open_unix_listener",
+    "open_udp_socket",
     "open_unix_stream",
     "receive_fds",
     "recv_into",

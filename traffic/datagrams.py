@@ -23,6 +23,7 @@ import os
 import socket
 import struct
 import sys
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -34,6 +35,7 @@ __all__ = [
     "Datagram",
     "DatagramArray",
     "Datagrams",
+    "Inbox",
     "decode_address",
     "encode_address",
 ]
@@ -389,3 +391,78 @@ def _family_of(fd: int) -> int:
         return int(probe.family)
     finally:
         probe.detach()
+
+
+class Inbox:
+    """Datagrams received in batches and handed out one at a time: the
+    receiving half of the trio and anyio datagram sockets.
+
+    One :class:`DatagramArray` of ``count`` records, made at the first
+    receive and reused: a request fills some of its records, :meth:`deliver`
+    copies them out, and :meth:`take` hands them out in order.  Datagrams
+    whose receive was cancelled after they arrived stay here for the next
+    receive: nothing received is dropped until the socket closes.
+    """
+
+    __slots__ = ("array", "capacity", "count", "pin", "queue")
+
+    def __init__(self, count: int, capacity: int) -> None:
+        self.count = count
+        self.capacity = capacity
+        self.array: DatagramArray | None = None
+        self.pin: Any = None
+        self.queue: deque[Datagram] = deque()
+
+    def memory(self) -> tuple[DatagramArray, Any, int]:
+        """The array to receive into, a cffi pin of its buffer, and its size."""
+        if self.array is None:
+            self.array = DatagramArray.receiving(self.count, self.capacity)
+            self.pin = ffi.from_buffer(self.array.buffer, require_writable=True)
+        return self.array, self.pin, len(self.array.buffer)
+
+    def deliver(self, transferred: int) -> None:
+        """Queue the datagrams of a request that transferred ``transferred`` bytes."""
+        if self.array is not None and transferred > 0:
+            self.queue.extend(self.array.between(0, transferred))
+
+    def take(self) -> Datagram:
+        """The oldest datagram received; raises ``OSError(EMSGSIZE)`` for
+        one that did not fit (its first ``capacity`` bytes are dropped with
+        it: a datagram is delivered whole or not at all)."""
+        datagram = self.queue.popleft()
+        if datagram.truncated:
+            raise OSError(
+                errno.EMSGSIZE,
+                f"a datagram of {datagram.length} bytes from {datagram.address!r} did not "
+                f"fit in {len(datagram.payload)} bytes (the socket's max_size)",
+            )
+        return datagram
+
+    def clear(self) -> None:
+        self.queue.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.queue)
+
+
+def outgoing(data: Any, address: Any, family: int) -> tuple[DatagramArray, Any, int]:
+    """A one-record array for ``data`` to ``address`` (numeric; None: the
+    connected peer), a cffi pin of its buffer, and its size."""
+    array = DatagramArray.sending([(data, address)], family)
+    return array, ffi.from_buffer(array.buffer), len(array.buffer)
+
+
+def is_numeric(family: int, address: Any) -> bool:
+    """Whether ``address`` needs no name resolution to be sent to."""
+    if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+        return True
+    host = address[0] if address else None
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return True  # encode_address() says what is wrong with it
+    try:
+        socket.inet_pton(family, host.partition("%")[0])
+    except OSError:
+        return False
+    return True

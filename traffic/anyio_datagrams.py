@@ -1,0 +1,374 @@
+"""anyio datagram sockets whose transfers traffic's core performs, on trio and asyncio.
+
+The swap, as for streams (:mod:`traffic.anyio_backend`)::
+
+    from traffic.anyio_datagrams import create_udp_socket   # was: from anyio import ...
+
+:func:`create_udp_socket`, :func:`create_connected_udp_socket`,
+:func:`create_unix_datagram_socket` and
+:func:`create_connected_unix_datagram_socket` have anyio's signatures and
+return subclasses of ``anyio.abc.UDPSocket``, ``ConnectedUDPSocket``,
+``UNIXDatagramSocket`` and ``ConnectedUNIXDatagramSocket``.
+
+Receiving is batched (one ``recvmmsg`` brings up to :data:`RECEIVE_BATCH`
+datagrams; the rest wait for the next receives), and a receive cancelled
+after its datagrams arrived keeps them for the next receive: nothing
+received is lost.  Errors follow anyio's trio backend: an ``OSError`` the
+kernel gives for one datagram (a refusal reported by ICMP, ``EMSGSIZE``)
+raises ``anyio.BrokenResourceError`` chained to it, and the socket goes
+on; ``anyio.ClosedResourceError`` after ``aclose``.  A datagram longer
+than the receive room (65,527 bytes, every UDP datagram fits) raises
+``BrokenResourceError`` from ``OSError(EMSGSIZE)`` instead of arriving cut.
+Addresses are anyio's: ``(host, port)`` for IPv4 and IPv6 alike.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from os import PathLike
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._traffic import lib
+from .anyio_backend import RawSocketView, _identity, _Parking, _parking, _take
+from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing
+from .libkqueue import Completion
+
+__all__ = [
+    "TrafficConnectedUDPSocket",
+    "TrafficConnectedUNIXDatagramSocket",
+    "TrafficUDPSocket",
+    "TrafficUNIXDatagramSocket",
+    "create_connected_udp_socket",
+    "create_connected_unix_datagram_socket",
+    "create_udp_socket",
+    "create_unix_datagram_socket",
+]
+
+#: Datagrams one receive request may bring at most (one recvmmsg).
+RECEIVE_BATCH = 8
+
+
+class _Datagrams:
+    """What the four socket classes share: the transits, guards and inbox."""
+
+    _parking: _Parking
+
+    def __init__(self, fd: int) -> None:
+        """Take ownership of the datagram socket ``fd`` (also on failure)."""
+        try:
+            family, kind, proto = _identity(fd)
+            if kind != socket.SOCK_DGRAM:
+                raise ValueError(f"socket type mismatch: expected SOCK_DGRAM, got {kind.name}")
+            parking = _parking()
+            receiver, sender = Datagrams._pair(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        receiver._family = sender._family = family
+        parking.traffic.acquire(receiver)
+        parking.traffic.acquire(sender)
+        self._parking = parking
+        self._receiver = receiver
+        self._sender = sender
+        self._family = family
+        self._view = RawSocketView(receiver, family, kind, proto)
+        self._closed = False
+        self._inbox = Inbox(RECEIVE_BATCH, MAX_UDP_PAYLOAD)
+        self._receive_guard = anyio.ResourceGuard("reading from")
+        self._send_guard = anyio.ResourceGuard("writing to")
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._view  # type: ignore[return-value]  # a view; see RawSocketView
+
+    def _stash(self, completion: Completion) -> None:
+        """Keep the datagrams of a receive that was cancelled after they arrived."""
+        if completion.outcome == lib.TR_DONE and not self._closed:
+            self._inbox.deliver(completion.transferred)
+
+    async def _receive(self) -> tuple[bytes, Any]:
+        with self._receive_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            inbox = self._inbox
+            if self._parking.late:
+                # A cancelled receive's datagrams may still be on their way.
+                await self._parking.settle(self._receiver)
+            if inbox:
+                await anyio.lowlevel.checkpoint()
+            else:
+                array, pin, size = inbox.memory()
+                code, error, count, _, _ = await self._parking.transfer(
+                    self._receiver, pin, size, self._stash, keep=(pin, array)
+                )
+                if code == lib.TR_DONE and not self._closed:
+                    inbox.deliver(count)
+                elif not self._closed:
+                    _failed(code, error)
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                datagram = inbox.take()
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            return datagram.payload, _anyio_address(datagram.address)
+
+    async def _send(self, data: Any, address: Any) -> None:
+        with self._send_guard:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if address is not None and not is_numeric(self._family, address):
+                infos = await anyio.getaddrinfo(
+                    address[0], address[1], family=self._family, type=socket.SOCK_DGRAM
+                )
+                address = infos[0][4]
+            _, pin, size = outgoing(data, address, self._family)
+            code, error, _, _, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if code != lib.TR_DONE:
+                _failed(code, error)
+
+    async def aclose(self) -> None:
+        """Close the socket; operations waiting on it raise
+        ``anyio.ClosedResourceError``.  Idempotent; closes even when cancelled."""
+        if not self._closed:
+            self._closed = True
+            self._inbox.clear()
+            self._receiver.terminate()
+            self._sender.terminate()
+            self._parking.wake(self._receiver)
+            self._parking.wake(self._sender)
+        await anyio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._receiver.fileno()}"
+        return f"<traffic.anyio_datagrams.{type(self).__name__} {state}>"
+
+
+def _ignore(completion: Completion) -> None:
+    """A cancelled send's completion: the datagram went, or did not."""
+
+
+def _failed(code: int, error: int) -> None:
+    if code in (lib.TR_FAULT, lib.TR_TERMINATED) and error:
+        raise anyio.BrokenResourceError from OSError(error, os.strerror(error))
+    raise anyio.ClosedResourceError
+
+
+def _anyio_address(address: Any) -> Any:
+    """anyio's form: IPv6 as ``(host, port)``, the scope id after a ``%``."""
+    if isinstance(address, tuple) and len(address) == 4:
+        host, port, _, scope_id = address
+        return (f"{host}%{scope_id}", port) if scope_id else (host, port)
+    return address
+
+
+class TrafficUDPSocket(_Datagrams, anyio.abc.UDPSocket):
+    """anyio's ``UDPSocket``, served by traffic's core."""
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUDPSocket:
+        """Wrap a bound UDP socket (or its descriptor), taking ownership."""
+        await anyio.lowlevel.checkpoint()
+        return cls(_take(sock_or_fd))
+
+    async def receive(self) -> tuple[bytes, tuple[str, int]]:
+        """The next datagram and its sender's ``(host, port)``."""
+        return await self._receive()  # type: ignore[no-any-return]
+
+    async def send(self, item: tuple[bytes, tuple[str, int]]) -> None:
+        """Send ``(data, (host, port))`` as one datagram."""
+        data, address = item
+        await self._send(data, address)
+
+
+class TrafficConnectedUDPSocket(_Datagrams, anyio.abc.ConnectedUDPSocket):
+    """anyio's ``ConnectedUDPSocket``, served by traffic's core."""
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficConnectedUDPSocket:
+        """Wrap a connected UDP socket (or its descriptor), taking ownership."""
+        await anyio.lowlevel.checkpoint()
+        return cls(_take(sock_or_fd))
+
+    async def receive(self) -> bytes:
+        """The next datagram from the peer."""
+        payload, _ = await self._receive()
+        return payload
+
+    async def send(self, item: bytes) -> None:
+        """Send ``item`` as one datagram to the peer."""
+        await self._send(item, None)
+
+
+class TrafficUNIXDatagramSocket(_Datagrams, anyio.abc.UNIXDatagramSocket):
+    """anyio's ``UNIXDatagramSocket``, served by traffic's core."""
+
+    @classmethod
+    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUNIXDatagramSocket:
+        """Wrap an AF_UNIX datagram socket (or its descriptor), taking ownership."""
+        await anyio.lowlevel.checkpoint()
+        return cls(_take(sock_or_fd))
+
+    async def receive(self) -> tuple[bytes, str]:
+        """The next datagram and its sender's path."""
+        return await self._receive()  # type: ignore[no-any-return]
+
+    async def send(self, item: tuple[bytes, str]) -> None:
+        """Send ``(data, path)`` as one datagram."""
+        data, path = item
+        await self._send(data, path)
+
+
+class TrafficConnectedUNIXDatagramSocket(_Datagrams, anyio.abc.ConnectedUNIXDatagramSocket):
+    """anyio's ``ConnectedUNIXDatagramSocket``, served by traffic's core."""
+
+    @classmethod
+    async def from_socket(
+        cls, sock_or_fd: socket.socket | int
+    ) -> TrafficConnectedUNIXDatagramSocket:
+        """Wrap a connected AF_UNIX datagram socket (or its descriptor), taking ownership."""
+        await anyio.lowlevel.checkpoint()
+        return cls(_take(sock_or_fd))
+
+    async def receive(self) -> bytes:
+        """The next datagram from the peer."""
+        payload, _ = await self._receive()
+        return payload
+
+    async def send(self, item: bytes) -> None:
+        """Send ``item`` as one datagram to the peer."""
+        await self._send(item, None)
+
+
+# Making them, with anyio's signatures
+
+
+async def _udp(
+    family: int, local_address: Any, remote_address: Any, reuse_port: bool
+) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if local_address is not None:
+            sock.bind(local_address)
+        if remote_address is not None:
+            sock.connect(remote_address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _local(family: int, local_host: Any, local_port: int) -> tuple[int, Any]:
+    infos = await anyio.getaddrinfo(
+        str(local_host),
+        local_port,
+        family=family,  # type: ignore[arg-type]
+        type=socket.SOCK_DGRAM,
+        flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
+    )
+    return infos[0][0], infos[0][-1]
+
+
+async def create_udp_socket(
+    family: int = socket.AF_UNSPEC,
+    *,
+    local_host: str | None = None,
+    local_port: int = 0,
+    reuse_port: bool = False,
+) -> TrafficUDPSocket:
+    """A UDP socket, as ``anyio.create_udp_socket``."""
+    if family == socket.AF_UNSPEC and not local_host:
+        raise ValueError('Either "family" or "local_host" must be given')
+    if local_host:
+        family, local_address = await _local(family, local_host, local_port)
+    elif family == socket.AF_INET6:
+        local_address = ("::", local_port)
+    else:
+        local_address = ("0.0.0.0", local_port)
+    sock = await _udp(family, local_address, None, reuse_port)
+    return TrafficUDPSocket(_take(sock))
+
+
+async def create_connected_udp_socket(
+    remote_host: str,
+    remote_port: int,
+    *,
+    family: int = socket.AF_UNSPEC,
+    local_host: str | None = None,
+    local_port: int = 0,
+    reuse_port: bool = False,
+) -> TrafficConnectedUDPSocket:
+    """A connected UDP socket, as ``anyio.create_connected_udp_socket``."""
+    local_address = None
+    if local_host:
+        family, local_address = await _local(family, local_host, local_port)
+    infos = await anyio.getaddrinfo(
+        str(remote_host),
+        remote_port,
+        family=family,  # type: ignore[arg-type]
+        type=socket.SOCK_DGRAM,
+    )
+    family, remote_address = infos[0][0], infos[0][-1]
+    if local_address is None and local_port:
+        local_address = ("::" if family == socket.AF_INET6 else "0.0.0.0", local_port)
+    sock = await _udp(family, local_address, remote_address, reuse_port)
+    return TrafficConnectedUDPSocket(_take(sock))
+
+
+async def _unix(local_path: Any, local_mode: int | None, remote_path: Any) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if local_path is not None:
+            path = os.fspath(local_path)
+            # anyio removes a socket left at the path, and nothing else.
+            try:
+                if os.path.exists(path) and _is_socket(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+            sock.bind(path)
+            if local_mode is not None:
+                os.chmod(path, local_mode)
+        if remote_path is not None:
+            sock.connect(os.fspath(remote_path))
+    except BaseException:
+        sock.close()
+        raise
+    await anyio.lowlevel.checkpoint()
+    return sock
+
+
+def _is_socket(path: str | bytes) -> bool:
+    return stat.S_ISSOCK(os.stat(path).st_mode)
+
+
+async def create_unix_datagram_socket(
+    *, local_path: None | str | bytes | PathLike[Any] = None, local_mode: int | None = None
+) -> TrafficUNIXDatagramSocket:
+    """An AF_UNIX datagram socket, as ``anyio.create_unix_datagram_socket``."""
+    sock = await _unix(local_path, local_mode, None)
+    return TrafficUNIXDatagramSocket(_take(sock))
+
+
+async def create_connected_unix_datagram_socket(
+    remote_path: str | bytes | PathLike[Any],
+    *,
+    local_path: None | str | bytes | PathLike[Any] = None,
+    local_mode: int | None = None,
+) -> TrafficConnectedUNIXDatagramSocket:
+    """A connected AF_UNIX datagram socket, as
+    ``anyio.create_connected_unix_datagram_socket``."""
+    sock = await _unix(local_path, local_mode, remote_path)
+    return TrafficConnectedUNIXDatagramSocket(_take(sock))
+
