@@ -203,7 +203,7 @@ def test_oversized_datagram_is_a_fault_after_the_ones_before_it(tr: Traffic) -> 
     "code, ends", [(errno.ECONNREFUSED, False), (errno.ENOBUFS, False), (errno.EBADF, True)]
 )
 def test_injected_errors_fault_or_terminate(tr: Traffic, code: int, ends: bool) -> None:
-    (receiver, _), address = Datagrams.bind(("127.0.0.1", 0))
+    (receiver, _), _ = Datagrams.bind(("127.0.0.1", 0))
     tr.acquire(receiver)
     receiver.acquire(DatagramArray.receiving(2, 64))
     assert lib.tr_transit_inject(receiver._c, code) == 0

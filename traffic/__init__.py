@@ -18,6 +18,12 @@ from .libkqueue import (
     Transit,
     live_objects,
 )
+from .trio_datagrams import (
+    TrafficConnectedDatagramSocket,
+    TrafficDatagramSocket,
+    open_connected_udp_socket,
+    open_udp_socket,
+)
 from .trio_integration import (
     SocketView,
     TrafficListener,
@@ -34,12 +40,6 @@ from .trio_integration import (
     send_fds,
     serve_tcp,
     serve_unix,
-)
-from .trio_datagrams import (
-    TrafficConnectedDatagramSocket,
-    TrafficDatagramSocket,
-    open_connected_udp_socket,
-    open_udp_socket,
 )
 
 __version__ = project.version
@@ -68,8 +68,8 @@ __all__ = [
     "open_connected_udp_socket",
     "open_tcp_listeners",
     "open_tcp_stream",
-    "open_unix_listener",
     "open_udp_socket",
+    "open_unix_listener",
     "open_unix_stream",
     "receive_fds",
     "recv_into",

@@ -180,7 +180,7 @@ class TrafficUDPSocket(_Datagrams, anyio.abc.UDPSocket):
 
     async def receive(self) -> tuple[bytes, tuple[str, int]]:
         """The next datagram and its sender's ``(host, port)``."""
-        return await self._receive()  # type: ignore[no-any-return]
+        return await self._receive()
 
     async def send(self, item: tuple[bytes, tuple[str, int]]) -> None:
         """Send ``(data, (host, port))`` as one datagram."""
@@ -218,7 +218,7 @@ class TrafficUNIXDatagramSocket(_Datagrams, anyio.abc.UNIXDatagramSocket):
 
     async def receive(self) -> tuple[bytes, str]:
         """The next datagram and its sender's path."""
-        return await self._receive()  # type: ignore[no-any-return]
+        return await self._receive()
 
     async def send(self, item: tuple[bytes, str]) -> None:
         """Send ``(data, path)`` as one datagram."""
@@ -272,7 +272,7 @@ async def _local(family: int, local_host: Any, local_port: int) -> tuple[int, An
     infos = await anyio.getaddrinfo(
         str(local_host),
         local_port,
-        family=family,  # type: ignore[arg-type]
+        family=family,
         type=socket.SOCK_DGRAM,
         flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG,
     )
@@ -315,7 +315,7 @@ async def create_connected_udp_socket(
     infos = await anyio.getaddrinfo(
         str(remote_host),
         remote_port,
-        family=family,  # type: ignore[arg-type]
+        family=family,
         type=socket.SOCK_DGRAM,
     )
     family, remote_address = infos[0][0], infos[0][-1]
@@ -354,7 +354,7 @@ def _is_socket(path: str | bytes) -> bool:
 
 
 async def create_unix_datagram_socket(
-    *, local_path: None | str | bytes | PathLike[Any] = None, local_mode: int | None = None
+    *, local_path: str | bytes | PathLike[Any] | None = None, local_mode: int | None = None
 ) -> TrafficUNIXDatagramSocket:
     """An AF_UNIX datagram socket, as ``anyio.create_unix_datagram_socket``."""
     sock = await _unix(local_path, local_mode, None)
@@ -364,11 +364,10 @@ async def create_unix_datagram_socket(
 async def create_connected_unix_datagram_socket(
     remote_path: str | bytes | PathLike[Any],
     *,
-    local_path: None | str | bytes | PathLike[Any] = None,
+    local_path: str | bytes | PathLike[Any] | None = None,
     local_mode: int | None = None,
 ) -> TrafficConnectedUNIXDatagramSocket:
     """A connected AF_UNIX datagram socket, as
     ``anyio.create_connected_unix_datagram_socket``."""
     sock = await _unix(local_path, local_mode, remote_path)
     return TrafficConnectedUNIXDatagramSocket(_take(sock))
-

@@ -207,7 +207,7 @@ class DatagramArray:
     def sending(cls, datagrams: Iterable[tuple[Any, Any]], family: int) -> DatagramArray:
         """Records for ``(payload, address)`` pairs; ``address`` None sends
         to a connected socket's peer.  See :func:`encode_address`."""
-        parts: list[bytes] = []
+        parts: list[bytearray] = []
         offsets: list[int] = []
         at = 0
         for item in datagrams:

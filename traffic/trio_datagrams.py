@@ -287,7 +287,5 @@ async def open_connected_udp_socket(
 ) -> TrafficConnectedDatagramSocket:
     """A UDP socket connected to ``remote_host``:``remote_port`` (anyio's
     ``create_connected_udp_socket``)."""
-    sock = await _udp_socket(
-        family, local_host, local_port, reuse_port, (remote_host, remote_port)
-    )
+    sock = await _udp_socket(family, local_host, local_port, reuse_port, (remote_host, remote_port))
     return TrafficConnectedDatagramSocket(sock, max_size=max_size)
