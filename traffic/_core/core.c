@@ -1046,6 +1046,18 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		if ((t->flags & TF_ALLOC) && t->pos == 0) {
 			free(t->buf);
 			t->buf = NULL;
+		} else if ((t->flags & TF_ALLOC) && t->pos < t->size) {
+			/*
+			 * Give back what the data did not fill (in place: no copy).
+			 * Otherwise every receive holds a whole fresh allocation
+			 * until it is collected, and a batch of them walks the cache
+			 * and the heap's top (page faults, trims) for a few bytes each.
+			 */
+			char *fitted = realloc(t->buf, t->pos);
+
+			if (fitted != NULL)
+				t->buf = fitted;
+			t->size = t->pos;
 		}
 
 		if (t->flags & TF_TERMINATING) {
