@@ -127,6 +127,8 @@ _TERMINATED = lib.TR_TERMINATED
 _FAULT = lib.TR_FAULT
 _CLOSED = lib.TR_CLOSED
 _WITHDRAWN = lib.TR_WITHDRAWN
+_NULL = ffi.NULL
+_from_buffer = ffi.from_buffer
 
 
 class _Delivery:
@@ -234,14 +236,6 @@ def _in_run(transit: Transit) -> _Delivery:
     return delivery
 
 
-async def _transfer(
-    delivery: _Delivery, transit: Transit, pin: Any, size: int
-) -> tuple[int, int, int, bytes | None]:
-    """Perform one request: (outcome, error, transferred, data); see :func:`_request`."""
-    code, error, count, data, _ = await _request(delivery, transit, pin, size)
-    return code, error, count, data
-
-
 async def _request(
     delivery: _Delivery,
     transit: Transit,
@@ -329,6 +323,8 @@ def _pin(data: Any, writable: bool) -> tuple[Any, int]:
     Made from the object itself: a cffi buffer over a temporary memoryview
     can be torn down by the collector in the wrong order.
     """
+    if not writable and type(data) is bytes:  # the common send: nothing to check
+        return _from_buffer(data), len(data)
     try:
         view = memoryview(data)
     except TypeError:
@@ -371,7 +367,7 @@ async def recv_into(transit: Octets, buffer: Any = None) -> int:
     if size == 0:
         await trio.lowlevel.checkpoint()
         return 0
-    code, error, count, _ = await _transfer(delivery, transit, pin, size)
+    code, error, count, _, _ = await _request(delivery, transit, pin, size)
     return _received(code, error, count, "receive")
 
 
@@ -397,7 +393,7 @@ async def send_all(transit: Octets, data: Any) -> None:
         raise ValueError("send_all() needs an output transit")
     pin, size = _pin(data, writable=False)
     delivery = _in_run(transit)
-    code, error, _, _ = await _transfer(delivery, transit, pin, size)
+    code, error, _, _, _ = await _request(delivery, transit, pin, size)
     _sent(code, error)
 
 
@@ -421,7 +417,7 @@ async def accept(transit: Sockets) -> list[int]:
     delivery = _in_run(transit)
     descriptors = array("i", bytes(4 * ACCEPT_BATCH))
     pin = ffi.from_buffer(descriptors)
-    code, error, count, _ = await _transfer(delivery, transit, pin, len(descriptors) * 4)
+    code, error, count, _, _ = await _request(delivery, transit, pin, len(descriptors) * 4)
     if code == _DONE:
         return descriptors[: count // 4].tolist()
     if code == _FAULT:
@@ -658,18 +654,21 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         self._setup(_detach(socket))
 
     @classmethod
-    def _from_fd(cls, fd: int) -> TrafficStream:
-        """A stream owning ``fd``; closed here if it cannot be made one."""
+    def _from_fd(cls, fd: int, identity: tuple[int, int, int] | None = None) -> TrafficStream:
+        """A stream owning ``fd``; closed here if it cannot be made one.
+
+        ``identity`` is (family, type, proto) when the caller knows it (an
+        accepted connection has its listener's), sparing the probe."""
         self = cls.__new__(cls)
-        self._setup(fd)
+        self._setup(fd, identity)
         return self
 
-    def _setup(self, fd: int) -> None:
+    def _setup(self, fd: int, identity: tuple[int, int, int] | None = None) -> None:
         # Ownership moves once: until Octets._pair succeeds, fd is ours to
         # close on failure; from then on the transits own it, and closing it
         # here too could close a descriptor number reused meanwhile.
         try:
-            family, kind, proto = _socket_identity(fd)
+            family, kind, proto = identity or _socket_identity(fd)
             if kind != _stdlib_socket.SOCK_STREAM:
                 raise TypeError("TrafficStream needs a SOCK_STREAM socket")
             # AF_UNIX: a Descriptors pair, for bytes and descriptors alike
@@ -713,7 +712,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             pin, size = _pin(data, writable=False)
-            code, error, _, _ = await _transfer(self._delivery, self._sender, pin, size)
+            code, error, _, _, _ = await _request(self._delivery, self._sender, pin, size)
             _sent(code, error)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -758,8 +757,8 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             # No buffer of the stream's own: the core allocates one when data
             # arrives, so a parked receive holds no memory (idle connections).
             size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
-            code, error, count, data = await _transfer(
-                self._delivery, self._receiver, ffi.NULL, size
+            code, error, count, data, _ = await _request(
+                self._delivery, self._receiver, _NULL, size
             )
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
@@ -775,8 +774,11 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             fd = self._receiver.fileno()
             if fd >= 0:
                 trio.lowlevel.notify_closing(fd)
-            self._receiver.terminate()
-            self._sender.terminate()
+            # Closed as trio's SocketStream closes: no shutdown(2) first (the
+            # peer sees the end all the same; a copy of the descriptor in
+            # another process keeps the connection, as it would with trio).
+            self._receiver.disregard()
+            self._sender.disregard()
         await trio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:
@@ -813,6 +815,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         self._descriptors = array("i", bytes(4 * ACCEPT_BATCH))
         self._pin = ffi.from_buffer(self._descriptors)
         self.socket = SocketView(transit, family, kind, proto)
+        self._identity = (family, kind, proto)
 
     async def accept(self) -> TrafficStream:
         """Accept a connection.  A checkpoint.
@@ -827,7 +830,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
                 raise trio.ClosedResourceError("the listener is closed")
             if not self._accepted:
                 size = len(self._descriptors) * 4
-                code, error, count, _ = await _transfer(
+                code, error, count, _, _ = await _request(
                     self._delivery, self._transit, self._pin, size
                 )
                 if self._closed:
@@ -843,7 +846,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
                 self._accepted.extend(self._descriptors[: count // 4])
             else:
                 await trio.lowlevel.checkpoint()
-            return TrafficStream._from_fd(self._accepted.popleft())
+            return TrafficStream._from_fd(self._accepted.popleft(), self._identity)
 
     async def aclose(self) -> None:
         """Stop listening; connections accepted but not handed out are closed."""
