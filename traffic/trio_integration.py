@@ -669,7 +669,9 @@ def _detach(sock: Any, what: str, listening: bool = False) -> int:
     ``SOCK_STREAM``, ``ValueError`` for a listener's socket that is not
     listening, ``trio.ClosedResourceError`` for a closed socket.
     """
-    if not hasattr(sock, "detach") or not hasattr(sock, "fileno"):
+    # Sockets only: a buffered file has detach() and fileno() too, and
+    # detaching it would take its raw stream.
+    if not isinstance(sock, (_stdlib_socket.socket, trio.socket.SocketType)):
         raise TypeError(f"expected a socket object, not {type(sock).__name__}")
     if sock.fileno() < 0:
         raise trio.ClosedResourceError("the socket is closed")
