@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import traffic
-from conftest import settle
+from conftest import cycle_threads, settle
 from traffic import Octets, Traffic, TransitClosedError
 from traffic._traffic import lib
 
@@ -504,3 +504,21 @@ def test_ten_thousand_connections_leave_nothing_behind() -> None:
         assert len(os.listdir("/proc/self/fd")) == fds_before
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_cycle_thread_blocks_signals() -> None:
+    """The guarantee behind Ctrl-C: the ``traffic-cycle`` thread blocks
+    SIGINT (and the other asynchronous signals), so the kernel delivers them
+    to the main thread, where Python's handlers run."""
+    t = Traffic()
+    try:
+        t.start()
+        tasks = cycle_threads()
+        assert len(tasks) == 1
+        with open(f"/proc/self/task/{tasks[0]}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        blocked = int(status["SigBlk"].strip(), 16)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
+            assert blocked & (1 << (signum - 1)), f"{signum!r} is not blocked in the cycle thread"
+    finally:
+        t.close()
