@@ -10,6 +10,7 @@ capacity, a duplicate of a withdrawn send) fails the test.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import subprocess
@@ -554,3 +555,118 @@ def test_trio_checkpoints() -> None:
         await sb.aclose()
 
     trio.run(main)
+
+
+# The receiver out of descriptors: MSG_CTRUNC from a real kernel
+
+CTRUNC_RECEIVER = """
+import json, os, resource, socket, sys
+import trio
+import traffic
+
+SOCK, ROOM, PASSCRED = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+
+
+def open_fds(limit):
+    # fstat, not listdir: listing /proc/self/fd needs a descriptor of its own.
+    found = []
+    for fd in range(limit):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.append(fd)
+    return found
+
+
+async def main():
+    sock = socket.socket(fileno=SOCK)
+    if PASSCRED:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    stream = traffic.TrafficStream(sock)
+    await trio.sleep(0)  # the run's Traffic, its cycle thread and pump exist
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    before = open_fds(soft)
+    # Descriptor numbers below the limit: only ROOM of them are free.
+    limit = max(before) + 1 + ROOM
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    free = limit - len(before)
+    report = {"free": free}
+    await stream.send_all(b"r")  # ready: the parent sends now
+    data, fds = await traffic.receive_fds(stream, 16, 64)
+    report["first"] = [data.decode(), len(fds)]
+    report["first_held"] = sorted(set(open_fds(limit)) - set(before)) == sorted(fds)
+    for fd in fds:
+        os.close(fd)
+    report["first_closed"] = open_fds(limit) == before
+    await stream.send_all(b"n")  # the next message, please
+    data, fds = await traffic.receive_fds(stream, 16, 64)
+    report["second"] = [data.decode(), len(fds)]
+    for fd in fds:
+        os.close(fd)
+    report["second_closed"] = open_fds(limit) == before
+    await stream.send_all(b"d")
+    assert await stream.receive_some() == b""
+    await stream.aclose()
+    print(json.dumps(report), flush=True)
+
+
+trio.run(main)
+"""
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_PASSCRED"), reason="Linux: RLIMIT_NOFILE, SO_PASSCRED")
+@pytest.mark.parametrize("passcred", [False, True], ids=["rights", "rights+credentials"])
+def test_receiver_out_of_descriptors_gets_a_truncated_message(passcred: bool) -> None:
+    """A message carrying more descriptors than the receiver (RLIMIT_NOFILE
+    lowered) can take: the kernel installs what fits, drops the rest and
+    flags ``MSG_CTRUNC``.  traffic delivers the data and the descriptors
+    that were installed (no error: the truncation is not reported), nothing
+    leaks, and the next message arrives whole.  With ``SO_PASSCRED`` an
+    ``SCM_CREDENTIALS`` message comes first and changes nothing."""
+    sent, room = 10, 3
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CTRUNC_RECEIVER, str(b.fileno()), str(room), str(int(passcred))],
+            pass_fds=[b.fileno()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(),
+        )
+        b.close()
+        a.settimeout(TIMEOUT)
+        try:
+            assert a.recv(1) == b"r"
+            # Ten copies of the pipe's write end, in one message.
+            socket.send_fds(a, [b"1"], [w] * sent)
+            assert a.recv(1) == b"n"
+            socket.send_fds(a, [b"2"], [w, w])
+            assert a.recv(1) == b"d"
+            a.shutdown(socket.SHUT_WR)
+            out, err = child.communicate(timeout=TIMEOUT)
+        except BaseException:
+            child.kill()
+            child.communicate()
+            raise
+        assert child.returncode == 0, err
+        assert "Fatal Python error" not in err and "Sanitizer" not in err, err
+        report = json.loads(out)
+        assert 0 < report["free"] < sent
+        # The kernel installed what fit; traffic delivered exactly those.
+        assert report["first"] == ["1", report["free"]]
+        assert report["first_held"] and report["first_closed"]
+        # The transit goes on: the next message arrives whole.
+        assert report["second"] == ["2", 2]
+        assert report["second_closed"]
+    finally:
+        a.close()
+        os.close(w)
+    # Every copy of the write end is gone (delivered and closed, or dropped
+    # by the kernel): the read end sees EOF.
+    try:
+        assert os.read(r, 1) == b""
+    finally:
+        os.close(r)

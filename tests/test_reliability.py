@@ -22,6 +22,7 @@ import errno
 import gc
 import hashlib
 import os
+import resource
 import signal
 import socket
 import struct
@@ -39,6 +40,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import traffic
+from conftest import cycle_threads, settle
 from traffic import Octets, Traffic, TransitClosedError
 from traffic._traffic import lib
 
@@ -420,3 +422,103 @@ def test_half_acquired_pair_in_every_order(threaded: bool, order: str) -> None:
             assert sender.fileno() == -1  # the point closed with the Traffic
         del sender
         gc.collect()
+
+
+# Ten thousand connections through serve_tcp: nothing left behind
+
+#: Connections of the live-object run (CI's sanitize step sets it too).
+CONNECTIONS = int(os.environ.get("TRAFFIC_CONNECTIONS", "10000"))
+#: Clients connected at once.
+BATCH = 500
+
+
+def test_ten_thousand_connections_leave_nothing_behind() -> None:
+    """Open and close ``CONNECTIONS`` connections through ``traffic.serve_tcp``,
+    ``BATCH`` at a time, each echoing a message of its own; afterwards the
+    core's live objects and the process's descriptors are back at their
+    baseline (counted here, and again by the autouse leak check)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * BATCH + 200
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {needed}")
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        gc.collect()
+        fds_before = len(os.listdir("/proc/self/fd"))
+        objects_before = traffic.live_objects()
+        echoed = hashlib.sha256()
+        expected = hashlib.sha256()
+        served = [0]
+
+        async def echo(stream: traffic.TrafficStream) -> None:
+            got = b""
+            while len(got) < 16:
+                data = await stream.receive_some()
+                if not data:
+                    return
+                got += data
+            await stream.send_all(got)
+            served[0] += 1
+
+        async def client(port: int, n: int, results: list[bytes]) -> None:
+            message = n.to_bytes(8, "big") * 2
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(message)
+                got = b""
+                while len(got) < 16:
+                    data = await stream.receive_some()
+                    assert data, f"connection {n}: EOF before the echo"
+                    got += data
+            results[n % BATCH] = got
+
+        async def main() -> None:
+            with trio.fail_after(600):  # bounds a hang, never decides a pass
+                async with trio.open_nursery() as nursery:
+                    listeners = await nursery.start(
+                        partial(traffic.serve_tcp, echo, 0, host="127.0.0.1")
+                    )
+                    port = listeners[0].socket.getsockname()[1]
+                    for start in range(0, CONNECTIONS, BATCH):
+                        results = [b""] * BATCH
+                        count = min(BATCH, CONNECTIONS - start)
+                        async with trio.open_nursery() as clients:
+                            for n in range(start, start + count):
+                                clients.start_soon(client, port, n, results)
+                        for n in range(start, start + count):
+                            expected.update(n.to_bytes(8, "big") * 2)
+                            echoed.update(results[n % BATCH])
+                    nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        assert served[0] == CONNECTIONS
+        assert echoed.hexdigest() == expected.hexdigest()
+        settle(
+            lambda: (
+                traffic.live_objects() == objects_before
+                and len(os.listdir("/proc/self/fd")) == fds_before
+            )
+        )
+        assert traffic.live_objects() == objects_before
+        assert len(os.listdir("/proc/self/fd")) == fds_before
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_cycle_thread_blocks_signals() -> None:
+    """The guarantee behind Ctrl-C: the ``traffic-cycle`` thread blocks
+    SIGINT (and the other asynchronous signals), so the kernel delivers them
+    to the main thread, where Python's handlers run."""
+    t = Traffic()
+    try:
+        t.start()
+        tasks = cycle_threads()
+        assert len(tasks) == 1
+        with open(f"/proc/self/task/{tasks[0]}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        blocked = int(status["SigBlk"].strip(), 16)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
+            assert blocked & (1 << (signum - 1)), f"{signum!r} is not blocked in the cycle thread"
+    finally:
+        t.close()

@@ -254,11 +254,12 @@ async def test_socket_options_unix() -> None:
 
 @pytest.mark.trio
 async def test_stream_refuses_non_stream_socket() -> None:
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with pytest.raises(TypeError):
-        TrafficStream(udp)
-    # The refused socket was detached, so the stream closed it.
-    assert udp.fileno() == -1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with pytest.raises(TypeError):
+            TrafficStream(udp)
+        # Refused before it was detached: still the caller's, open (as trio's SocketStream).
+        assert udp.fileno() >= 0
+        udp.getsockname()  # and open
     closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     closed.close()
     with pytest.raises(trio.ClosedResourceError):

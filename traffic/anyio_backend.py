@@ -147,6 +147,7 @@ from .libkqueue import (
     Sockets,
     Traffic,
     Transit,
+    check_port,
     descriptor_array,
     take_data,
 )
@@ -178,6 +179,10 @@ DEFAULT_RECEIVE_SIZE = 65536
 
 #: Descriptors one accept request may collect; the rest wait in the kernel.
 ACCEPT_BATCH = 64
+
+#: The most descriptors one ``receive_fds()`` makes room for (larger
+#: ``maxfds`` are clamped; the rest wait in the kernel).
+MAX_RECEIVE_FDS = 4096
 
 #: Scheduling of each asyncio loop's cycle thread (see ``Traffic.start``):
 #: None takes ``$TRAFFIC_CYCLE_POLICY``, else ``"normal"``.  On trio the
@@ -512,6 +517,8 @@ def close_traffic(loop: asyncio.AbstractEventLoop | None = None) -> None:
     """
     if loop is None:
         loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(f"close_traffic() takes an asyncio event loop, not {type(loop).__name__}")
     ref = _LOOPS.get(loop)
     parking = ref() if ref is not None else None
     if parking is not None:
@@ -663,8 +670,10 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         ``anyio.BrokenResourceError`` (from the ``OSError``) if the
         connection broke, ``anyio.BusyResourceError`` if another task is
         receiving.  Cancelled after the bytes arrived, it keeps them for the
-        next receive.
+        next receive.  ``TypeError`` for a ``max_bytes`` that is not an int.
         """
+        if not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes must be an integer, not {type(max_bytes).__name__}")
         if max_bytes < 1:
             raise ValueError("max_bytes must be a positive integer")
         with self._receive_guard:
@@ -819,7 +828,8 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         ``anyio.ClosedResourceError`` after :meth:`aclose` (what arrived
         meanwhile is closed), ``anyio.BrokenResourceError`` if the
         connection broke.  Cancelled after the transfer happened (asyncio),
-        the bytes and descriptors are kept for the next call.
+        the bytes and descriptors are kept for the next call.  ``msglen`` is
+        clamped to 64 KiB and ``maxfds`` to ``MAX_RECEIVE_FDS`` (4096).
         """
         if not isinstance(msglen, int) or msglen < 0:
             raise ValueError("msglen must be a non-negative integer")
@@ -827,6 +837,9 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
             raise ValueError("maxfds must be a positive integer")
         if msglen == 0:
             raise ValueError("msglen must be at least 1: descriptors travel with a byte")
+        # Clamped, as receive()'s max_bytes: what does not fit waits in the kernel.
+        msglen = min(msglen, DEFAULT_RECEIVE_SIZE)
+        maxfds = min(maxfds, MAX_RECEIVE_FDS)
         with self._receive_guard:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -1016,6 +1029,8 @@ def _check_socket(
     family: socket.AddressFamily = socket.AF_UNSPEC,
 ) -> None:
     """anyio's checks of ``from_socket`` arguments: ``ValueError`` if they fail."""
+    if isinstance(sock_or_fd, int) and not 0 <= sock_or_fd <= 2**31 - 1:
+        raise ValueError(f"{sock_or_fd} is not a file descriptor")
     if isinstance(sock_or_fd, int):
         try:
             sock = socket.socket(fileno=sock_or_fd)
@@ -1118,8 +1133,11 @@ async def connect_tcp(
     Raises ``OSError("All connection attempts failed")`` chained to the
     attempts' error(s) (an ``ExceptionGroup`` for several), the
     resolver's ``socket.gaierror``, ``ssl.SSLError`` if the handshake
-    fails.
+    fails.  ``ValueError`` for a port outside 0-65535.
     """
+    check_port(remote_port)
+    if local_port is not None:
+        check_port(local_port)
     connected: TrafficSocketStream | None = None
     oserrors: list[OSError] = []
 
@@ -1250,8 +1268,10 @@ async def create_tcp_listener(
     them, else one listener per address family; with port 0 all listeners
     share the port chosen.  Returns anyio's ``MultiListener``.
 
-    Raises ``OSError`` if creating or binding a socket fails.
+    Raises ``OSError`` if creating or binding a socket fails, ``TypeError``
+    for a port that is not an int, ``ValueError`` for one outside 0-65535.
     """
+    check_port(local_port)
     backlog = min(backlog, 65536)
     host = str(local_host) if local_host is not None else None
 

@@ -77,6 +77,85 @@ MAX_TIMEOUT = 2**31 // 1000
 #: default is also "as large as the kernel allows"; 128 is SOMAXCONN's floor).
 DEFAULT_BACKLOG = 128
 
+#: The most :meth:`Traffic.receive` asks the core to allocate for one
+#: receive; a larger ``size`` is clamped to it (a receive returns "up to"
+#: its size anyway).
+MAX_RECEIVE = 1 << 24
+
+#: The largest descriptor number a C ``int`` holds.
+_MAX_FD = 2**31 - 1
+
+
+def _descriptor(fd: object, kind: str) -> int:
+    """``fd`` as a descriptor number for the core: ``TypeError`` for a
+    non-int, :class:`~traffic.errors.TransitError` (``EBADF``) for a number
+    no descriptor can have (beyond a C ``int``)."""
+    if not isinstance(fd, int) or isinstance(fd, bool):
+        raise TypeError(f"a descriptor is an int, not {type(fd).__name__}")
+    if fd > _MAX_FD or fd < -_MAX_FD:
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise TransitError(
+            errno.EBADF,
+            f"cannot make {article} {kind} transit of descriptor {fd}: not an open descriptor",
+        )
+    return fd
+
+
+def _polarity(polarity: object) -> int:
+    """``polarity`` as the core's ``TR_INPUT`` / ``TR_OUTPUT``; ``ValueError`` otherwise."""
+    if (
+        isinstance(polarity, int)
+        and not isinstance(polarity, bool)
+        and polarity in (lib.TR_INPUT, lib.TR_OUTPUT)
+    ):
+        return int(polarity)
+    raise ValueError(f"polarity must be Polarity.INPUT or Polarity.OUTPUT, not {polarity!r}")
+
+
+def _timeout_ms(timeout: object) -> int:
+    """A cycle timeout in seconds (None: no limit) as the kernel's milliseconds (-1: none).
+
+    ``TypeError`` for a non-number, ``ValueError`` for NaN; negative is 0
+    (poll), from :data:`MAX_TIMEOUT` on (infinity too) there is no limit.
+    """
+    if timeout is None:
+        return -1
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise TypeError(f"a timeout is a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout:
+        raise ValueError("a timeout cannot be NaN")
+    if timeout >= MAX_TIMEOUT:
+        return -1
+    if timeout <= 0:
+        return 0
+    return int(timeout * 1000 + 0.999)
+
+
+def _address(address: object) -> str | bytes | tuple[Any, ...]:
+    """Check a ``(host, port)`` or AF_UNIX path argument.
+
+    ``TypeError`` for anything else; ``ValueError`` for a port outside
+    0-65535 (the resolver would silently wrap it).
+    """
+    if isinstance(address, (str, bytes)):
+        return address
+    if isinstance(address, os.PathLike):
+        path: str | bytes = os.fspath(address)
+        return path
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise TypeError(f"an address is a (host, port) tuple or an AF_UNIX path, not {address!r}")
+    check_port(address[1])
+    return address
+
+
+def check_port(port: object) -> int:
+    """A TCP port: ``TypeError`` for a non-int, ``ValueError`` outside 0-65535."""
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"a port is an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, not {port}")
+    return port
+
 
 class Polarity(enum.IntEnum):
     """The direction of a transit: the seed's "on" (gain) and "off" (loss)."""
@@ -124,6 +203,12 @@ def live_objects() -> int:
 _T = TypeVar("_T", bound="Transit")
 
 
+def _transit(transit: object) -> None:
+    """``TypeError`` unless ``transit`` is a :class:`Transit`."""
+    if not isinstance(transit, Transit):
+        raise TypeError(f"expected a Transit, not {type(transit).__name__}")
+
+
 class Transit:
     """An object that transfers, in one direction, over one kernel point.
 
@@ -161,6 +246,7 @@ class Transit:
     @classmethod
     def _create(cls: type[_T], fd: int, polarity: int, sibling: Transit | None = None) -> _T:
         """Wrap ``fd``; on success the core owns it, on failure the caller still does."""
+        fd = _descriptor(fd, cls.__name__)
         out = ffi.new("tr_transit **")
         check(
             lib.tr_transit_create(
@@ -365,9 +451,16 @@ class Octets(Transit):
 
     @classmethod
     def from_fd(cls, fd: int, polarity: Polarity | int) -> Octets:
-        """A transit over ``fd`` (a pipe end, a socket, a tty...).  Takes ownership."""
-        transit = cls._create(fd, int(polarity))
-        transit._polarity = int(polarity)
+        """A transit over ``fd`` (a pipe end, a socket, a tty...).  Takes ownership.
+
+        Raises ``TypeError`` for a non-int ``fd``, ``ValueError`` for a
+        polarity that is not a :class:`Polarity`, and
+        :class:`~traffic.errors.TransitError` (``EBADF``) for a descriptor
+        that is not open (the caller keeps any descriptor a refusal leaves).
+        """
+        code = _polarity(polarity)
+        transit = cls._create(fd, code)
+        transit._polarity = code
         return transit
 
     @classmethod
@@ -427,8 +520,11 @@ class Octets(Transit):
 
         The connection is made without blocking: a refused or failed
         connection shows as the transits' termination with its errno.
-        Name resolution (``getaddrinfo``) does block.
+        Name resolution (``getaddrinfo``) does block.  Raises ``TypeError``
+        for an address of another shape, ``ValueError`` for a port outside
+        0-65535.
         """
+        address = _address(address)
         if isinstance(address, (str, bytes)):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             target: Any = address
@@ -462,8 +558,27 @@ class Sockets(Transit):
 
     @classmethod
     def from_fd(cls, fd: int) -> Sockets:
-        """A transit over a listening socket's descriptor.  Takes ownership."""
-        return cls._create(fd, lib.TR_INPUT)
+        """A transit over a listening socket's descriptor.  Takes ownership.
+
+        Raises :class:`~traffic.errors.TransitError` with ``ENOTSOCK`` for a
+        descriptor that is not a socket (a pipe, a file), ``EINVAL`` for a
+        socket that is not listening, ``EBADF`` for one that is not open; the
+        caller still owns the descriptor then.
+        """
+        try:
+            return cls._create(fd, lib.TR_INPUT)
+        except TransitError as exc:
+            reasons = {
+                errno.ENOTSOCK: "it is not a socket",
+                errno.EINVAL: "it is not a listening stream socket (listen() first)",
+            }
+            if exc.errno in reasons:
+                raise TransitError(
+                    exc.errno,
+                    f"a Sockets transit accepts on a listening socket: descriptor {fd} "
+                    f"cannot, {reasons[exc.errno]}",
+                ) from None
+            raise
 
     @classmethod
     def wrap(cls, sock: socket.socket) -> Sockets:
@@ -483,8 +598,10 @@ class Sockets(Transit):
         """Listen on a TCP ``(host, port)`` or an AF_UNIX path.
 
         Returns the transit and the bound address (with the port chosen,
-        for port 0).
+        for port 0).  Raises ``TypeError`` for an address of another shape,
+        ``ValueError`` for a port outside 0-65535.
         """
+        address = _address(address)
         if isinstance(address, (str, bytes)):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
@@ -708,9 +825,12 @@ class Traffic:
 
     ``timeout`` (seconds, None: wait until an event or :meth:`wake`) is
     what ``with traffic:`` waits for events; :meth:`cycle` takes its own.
+    A timeout that is not a number raises ``TypeError``, NaN ``ValueError``;
+    a negative one polls.
     """
 
     def __init__(self, timeout: float | None = None) -> None:
+        _timeout_ms(timeout)  # TypeError, ValueError before anything is made
         out = ffi.new("tr_traffic **")
         check(lib.tr_traffic_create(out), "cannot create a Traffic")
         self._c: Any = out[0]
@@ -797,10 +917,7 @@ class Traffic:
 
     def _enter(self, timeout: float | None) -> None:
         self._check_usable()
-        if timeout is None or timeout >= MAX_TIMEOUT:
-            milliseconds = -1
-        else:
-            milliseconds = max(0, int(timeout * 1000 + 0.999))
+        milliseconds = _timeout_ms(timeout)
         rc = lib.tr_cycle_enter(self._c, milliseconds)
         try:
             if rc == -errno.EINVAL:
@@ -958,6 +1075,7 @@ class Traffic:
         a token of the other Traffic: a collision with one of ours would
         unpin a buffer the core still writes into.
         """
+        _transit(transit)
         if transit._traffic is not self:
             if transit._traffic is None and transit.terminated:
                 raise TransitClosedError()
@@ -972,6 +1090,8 @@ class Traffic:
         Nothing is held while the request waits, so thousands of idle
         receivers cost no buffers.  ``data`` is the received bytes for
         ``TR_DONE``; for ``TR_PENDING`` the completion's ``data`` carries them.
+        ``size`` is clamped to :data:`MAX_RECEIVE`; ``TypeError`` for a
+        non-int, ``ValueError`` below 1.
         """
         self._check_usable()
         self._check_mine(transit)
@@ -980,8 +1100,11 @@ class Traffic:
             lib.TR_DESCRIPTORS,
         ):
             raise ValueError("receive() needs an input Octets (or Descriptors) transit")
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"size is an int, not {type(size).__name__}")
         if size < 1:
             raise ValueError("size must be >= 1")
+        size = min(size, MAX_RECEIVE)
         report = self._report
         outcome = lib.tr_request(transit._c, ffi.NULL, size, inline, report)
         if outcome == -errno.EBUSY:
@@ -995,20 +1118,33 @@ class Traffic:
         """Keep ``pin`` (a cffi buffer) alive until the transit's pending
         request completes, is withdrawn, or the Traffic closes: the core may
         write into it from its thread after the requester's frame is gone."""
+        _transit(transit)
         self._pins[transit._token] = (pin, None)
 
     def unpin(self, transit: Transit) -> None:
         """Forget the transit's pin: the core let go of the memory."""
+        _transit(transit)
         self._pins.pop(transit._token, None)
 
     def withdraw(self, transit: Transit) -> tuple[int, int]:
         """Withdraw the transit's request: (TR_WITHDRAWN, transferred), or
         (TR_COMPLETING, 0) when the core is inside the system call for it or
-        already done (the completion then follows through :meth:`collect`)."""
+        already done (the completion then follows through :meth:`collect`).
+
+        Raises :class:`~traffic.errors.TransitError` (``ENOENT``) when no
+        request of the transit is outstanding, ``RuntimeError`` for a
+        synchronous Traffic (it takes no requests),
+        :class:`~traffic.errors.TransitClosedError` once the Traffic is closed.
+        """
         self._check_fork()
         self._check_mine(transit)
         report = self._report
-        outcome = check(lib.tr_withdraw(transit._c, report), "withdraw")
+        rc = lib.tr_withdraw(transit._c, report)
+        if rc == -errno.ENOENT:
+            if not self._closed and lib.tr_traffic_mode(self._c) != lib.TR_MODE_THREADED:
+                raise RuntimeError("requests need a threaded Traffic: call start() first")
+            raise TransitError(errno.ENOENT, "withdraw: no request of this transit is outstanding")
+        outcome = check(rc, "withdraw")
         if outcome == lib.TR_WITHDRAWN:
             self._pins.pop(transit._token, None)
             return outcome, report.stop

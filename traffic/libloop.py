@@ -276,6 +276,8 @@ class Loop:
         :class:`~traffic.errors.TransitClosedError`).  Returns ``transit``.
         """
         self._check_open()
+        if not isinstance(transit, Transit):
+            raise TypeError(f"attach() takes a Transit, not {type(transit).__name__}")
         if transit.terminated:
             raise TransitClosedError("cannot attach a terminated transit")
         self._traffic.acquire(transit)
@@ -294,9 +296,15 @@ class Loop:
         timer scheduled by a callback with no delay runs in the next turn of
         the loop, after the cycle, never in the same pass (so a callback
         rescheduling itself cannot starve the transits).  Returns a
-        cancellable :class:`Timer`.
+        cancellable :class:`Timer`.  Raises ``TypeError`` for a ``callback``
+        that is not callable or a ``delay`` that is not a number,
+        ``ValueError`` for a NaN ``delay``.
         """
         self._check_open()
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool):
+            raise TypeError(f"delay is a number of seconds, not {type(delay).__name__}")
         delay = float(delay)
         if math.isnan(delay):
             raise ValueError("delay is NaN")

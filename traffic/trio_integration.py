@@ -88,6 +88,7 @@ from .libkqueue import (
     Sockets,
     Traffic,
     Transit,
+    check_port,
     descriptor_array,
     take_data,
 )
@@ -115,6 +116,11 @@ DEFAULT_RECEIVE_SIZE = 65536
 
 #: Descriptors one accept request may collect; the rest wait in the kernel.
 ACCEPT_BATCH = 64
+
+#: The most descriptors one :func:`receive_fds` makes room for; a larger
+#: ``maxfds`` is clamped to it.  The core stops receiving once the room is
+#: full, so what it does not take waits in the kernel for the next call.
+MAX_RECEIVE_FDS = 4096
 
 #: Scheduling of each run's cycle thread (see ``Traffic.start``): None
 #: takes ``$TRAFFIC_CYCLE_POLICY``, else ``"normal"``.  Set it before the run.
@@ -353,7 +359,14 @@ async def recv_into(transit: Octets, buffer: Any = None) -> int:
     if another task is receiving on it.  Cancelled, it either received
     nothing, or returns what it received (the cancellation is then raised at
     the next checkpoint): no data is lost.
+
+    Raises ``TypeError`` for a ``transit`` that is not an
+    :class:`~traffic.libkqueue.Octets` (or Descriptors) transit and for a
+    read-only or non-buffer ``buffer``, ``ValueError`` for an output
+    transit.  A transit still in an ended run's Traffic raises
+    ``trio.ClosedResourceError``.
     """
+    _expect(transit, Octets, "recv_into")
     if buffer is None:
         buffer = transit.resource
         if buffer is None:
@@ -388,7 +401,11 @@ async def send_all(transit: Octets, data: Any) -> None:
     terminated by its owner, ``trio.BrokenResourceError`` (from the
     ``OSError``) if the peer is gone.  Cancelled, it may have sent part of
     the data (as trio's ``send_all``); the stream should then be closed.
+    ``TypeError`` for a ``transit`` that is not an Octets (or Descriptors)
+    transit or ``data`` that is not bytes-like, ``ValueError`` for an input
+    transit.
     """
+    _expect(transit, Octets, "send_all")
     if transit.polarity != lib.TR_OUTPUT:
         raise ValueError("send_all() needs an output transit")
     pin, size = _pin(data, writable=False)
@@ -412,8 +429,11 @@ async def accept(transit: Sockets) -> list[int]:
     A checkpoint.  Raises ``OSError`` with EMFILE, ENFILE, ENOBUFS or ENOMEM
     when the process or system is out of resources: the listener is intact,
     back off and call again (:func:`serve_tcp` sleeps 100 ms, as trio's).
-    ``trio.ClosedResourceError`` once the transit is terminated.
+    ``trio.ClosedResourceError`` once the transit is terminated,
+    ``TypeError`` for a transit that is not a
+    :class:`~traffic.libkqueue.Sockets` transit.
     """
+    _expect(transit, Sockets, "accept")
     delivery = _in_run(transit)
     descriptors = array("i", bytes(4 * ACCEPT_BATCH))
     pin = ffi.from_buffer(descriptors)
@@ -425,6 +445,14 @@ async def accept(transit: Sockets) -> list[int]:
     if code == _TERMINATED:
         raise _broken(error or errno.EINVAL, "accept")
     raise trio.ClosedResourceError("the listener was closed while accepting")
+
+
+def _expect(transit: object, kind: type[Transit], doing: str) -> None:
+    """``TypeError`` unless ``transit`` is a ``kind`` transit."""
+    if not isinstance(transit, kind):
+        name = kind.__name__
+        article = "an" if name[0] in "AEIOU" else "a"
+        raise TypeError(f"{doing}() needs {article} {name} transit, not {type(transit).__name__}")
 
 
 def _descriptor_transits(target: Any) -> tuple[Descriptors, Descriptors | None, Any]:
@@ -506,12 +534,16 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
     checkpoint.  Cancelled, it either received nothing, or returns what it
     received (the cancellation is raised at the next checkpoint).  Raises
     ``trio.ClosedResourceError`` if the stream is closed meanwhile (what
-    arrived is then closed).
+    arrived is then closed).  ``msglen`` is clamped to 64 KiB and
+    ``maxfds`` to :data:`MAX_RECEIVE_FDS` (what does not fit waits in the
+    kernel for the next call).
     """
     if not isinstance(msglen, int) or msglen < 1:
         raise ValueError("msglen must be a positive integer (descriptors travel with a byte)")
     if not isinstance(maxfds, int) or maxfds < 1:
         raise ValueError("maxfds must be a positive integer")
+    msglen = min(msglen, DEFAULT_RECEIVE_SIZE)
+    maxfds = min(maxfds, MAX_RECEIVE_FDS)
     transit, _, stream = _descriptor_transits(target)
     if transit.polarity != lib.TR_INPUT:
         raise ValueError("receive_fds() needs an input Descriptors transit")
@@ -625,12 +657,30 @@ def _socket_identity(fd: int) -> tuple[int, int, int]:
         sock.detach()
 
 
-def _detach(sock: Any) -> int:
-    """Take the descriptor out of a stdlib or trio socket object."""
-    if not hasattr(sock, "detach") or not hasattr(sock, "fileno"):
+def _detach(sock: Any, what: str, listening: bool = False) -> int:
+    """Take the descriptor out of a stdlib or trio socket object.
+
+    Checked before it is taken, so that a refused socket stays the
+    caller's, open: ``TypeError`` for a non-socket or a socket that is not
+    ``SOCK_STREAM``, ``ValueError`` for a listener's socket that is not
+    listening, ``trio.ClosedResourceError`` for a closed socket.
+    """
+    # Sockets only: a buffered file has detach() and fileno() too, and
+    # detaching it would take its raw stream.
+    if not isinstance(sock, (_stdlib_socket.socket, trio.socket.SocketType)):
         raise TypeError(f"expected a socket object, not {type(sock).__name__}")
     if sock.fileno() < 0:
         raise trio.ClosedResourceError("the socket is closed")
+    kind = getattr(sock, "type", _stdlib_socket.SOCK_STREAM)
+    if kind != _stdlib_socket.SOCK_STREAM:
+        raise TypeError(f"{what} needs a SOCK_STREAM socket")
+    if listening and hasattr(sock, "getsockopt"):
+        try:
+            accepting = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN)
+        except OSError:
+            accepting = 1  # cannot tell: the core's check decides
+        if not accepting:
+            raise ValueError(f"{what} needs a listening socket: call listen() first")
     return int(sock.detach())
 
 
@@ -651,7 +701,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
     """
 
     def __init__(self, socket: Any) -> None:
-        self._setup(_detach(socket))
+        self._setup(_detach(socket, "TrafficStream"))
 
     @classmethod
     def _from_fd(cls, fd: int, identity: tuple[int, int, int] | None = None) -> TrafficStream:
@@ -795,7 +845,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
     """
 
     def __init__(self, socket: Any) -> None:
-        fd = _detach(socket)
+        fd = _detach(socket, "TrafficListener", listening=True)
         # Ownership moves once, to the transit (see TrafficStream._setup).
         try:
             family, kind, proto = _socket_identity(fd)
@@ -867,7 +917,8 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
 async def open_tcp_stream(host: str | bytes, port: int, **kwargs: Any) -> TrafficStream:
     """Connect to ``host``:``port`` as ``trio.open_tcp_stream`` does (happy
     eyeballs included: trio makes the connection), then hand the socket to
-    traffic."""
+    traffic.  ``ValueError`` for a port outside 0-65535."""
+    check_port(port)
     stream = await trio.open_tcp_stream(host, port, **kwargs)
     return TrafficStream(stream.socket)
 
@@ -882,7 +933,9 @@ async def open_tcp_listeners(
     port: int, *, host: str | bytes | None = None, backlog: int | None = None
 ) -> list[TrafficListener]:
     """Listen on ``port`` as ``trio.open_tcp_listeners`` does (one listener
-    per address family of ``host``)."""
+    per address family of ``host``).  ``TypeError`` for a port that is not
+    an int, ``ValueError`` outside 0-65535 (the resolver would wrap it)."""
+    check_port(port)
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     return [TrafficListener(listener.socket) for listener in listeners]
 
