@@ -69,7 +69,7 @@ class _DatagramSocket(trio.abc.AsyncResource):
         detached and owned by the core).  Must be called inside a trio run."""
         if not isinstance(max_size, int) or max_size < 1:
             raise ValueError("max_size must be a positive integer")
-        fd = _detach(socket)
+        fd = _detach(socket, type(self).__name__, kind=_stdlib_socket.SOCK_DGRAM)
         try:
             family, kind, proto = _socket_identity(fd)
             if kind != _stdlib_socket.SOCK_DGRAM:

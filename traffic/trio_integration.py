@@ -657,13 +657,16 @@ def _socket_identity(fd: int) -> tuple[int, int, int]:
         sock.detach()
 
 
-def _detach(sock: Any, what: str, listening: bool = False) -> int:
+def _detach(
+    sock: Any, what: str, listening: bool = False, kind: int = _stdlib_socket.SOCK_STREAM
+) -> int:
     """Take the descriptor out of a stdlib or trio socket object.
 
     Checked before it is taken, so that a refused socket stays the
     caller's, open: ``TypeError`` for a non-socket or a socket that is not
-    ``SOCK_STREAM``, ``ValueError`` for a listener's socket that is not
-    listening, ``trio.ClosedResourceError`` for a closed socket.
+    of type ``kind`` (``SOCK_STREAM`` unless told), ``ValueError`` for a
+    listener's socket that is not listening, ``trio.ClosedResourceError``
+    for a closed socket.
     """
     # Sockets only: a buffered file has detach() and fileno() too, and
     # detaching it would take its raw stream.
@@ -671,9 +674,8 @@ def _detach(sock: Any, what: str, listening: bool = False) -> int:
         raise TypeError(f"expected a socket object, not {type(sock).__name__}")
     if sock.fileno() < 0:
         raise trio.ClosedResourceError("the socket is closed")
-    kind = getattr(sock, "type", _stdlib_socket.SOCK_STREAM)
-    if kind != _stdlib_socket.SOCK_STREAM:
-        raise TypeError(f"{what} needs a SOCK_STREAM socket")
+    if getattr(sock, "type", kind) != kind:
+        raise TypeError(f"{what} needs a {_stdlib_socket.SocketKind(kind).name} socket")
     if listening and hasattr(sock, "getsockopt"):
         try:
             accepting = sock.getsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_ACCEPTCONN)
