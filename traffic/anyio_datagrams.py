@@ -35,7 +35,7 @@ import anyio.abc
 
 from ._traffic import lib
 from .anyio_backend import RawSocketView, _identity, _Parking, _parking, _take
-from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing
+from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
 from .libkqueue import Completion
 
 __all__ = [
@@ -250,24 +250,6 @@ class TrafficConnectedUNIXDatagramSocket(_Datagrams, anyio.abc.ConnectedUNIXData
 # Making them, with anyio's signatures
 
 
-async def _udp(
-    family: int, local_address: Any, remote_address: Any, reuse_port: bool
-) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if local_address is not None:
-            sock.bind(local_address)
-        if remote_address is not None:
-            sock.connect(remote_address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def _local(family: int, local_host: Any, local_port: int) -> tuple[int, Any]:
     infos = await anyio.getaddrinfo(
         str(local_host),
@@ -295,7 +277,7 @@ async def create_udp_socket(
         local_address = ("::", local_port)
     else:
         local_address = ("0.0.0.0", local_port)
-    sock = await _udp(family, local_address, None, reuse_port)
+    sock = udp_socket(family, local_address, None, reuse_port)
     return TrafficUDPSocket(_take(sock))
 
 
@@ -321,7 +303,7 @@ async def create_connected_udp_socket(
     family, remote_address = infos[0][0], infos[0][-1]
     if local_address is None and local_port:
         local_address = ("::" if family == socket.AF_INET6 else "0.0.0.0", local_port)
-    sock = await _udp(family, local_address, remote_address, reuse_port)
+    sock = udp_socket(family, local_address, remote_address, reuse_port)
     return TrafficConnectedUDPSocket(_take(sock))
 
 
@@ -333,10 +315,10 @@ async def _unix(local_path: Any, local_mode: int | None, remote_path: Any) -> so
             path = os.fspath(local_path)
             # anyio removes a socket left at the path, and nothing else.
             try:
-                if os.path.exists(path) and _is_socket(path):
+                if stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)
             except OSError:
-                pass
+                pass  # nothing there (or not ours to remove): bind() says what is wrong
             sock.bind(path)
             if local_mode is not None:
                 os.chmod(path, local_mode)
@@ -347,10 +329,6 @@ async def _unix(local_path: Any, local_mode: int | None, remote_path: Any) -> so
         raise
     await anyio.lowlevel.checkpoint()
     return sock
-
-
-def _is_socket(path: str | bytes) -> bool:
-    return stat.S_ISSOCK(os.stat(path).st_mode)
 
 
 async def create_unix_datagram_socket(

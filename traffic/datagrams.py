@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from ._traffic import ffi, lib
 from .errors import TransitClosedError, TransitError
-from .libkqueue import Polarity, Transit
+from .libkqueue import Polarity, Transit, wrap_socketpair
 
 __all__ = [
     "Datagram",
@@ -336,19 +336,7 @@ class Datagrams(Transit):
         cls,
     ) -> tuple[tuple[Datagrams, Datagrams], tuple[Datagrams, Datagrams]]:
         """A connected AF_UNIX datagram pair: ((input, output), (input, output))."""
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            first = cls.wrap(a)
-        except BaseException:
-            a.close()
-            b.close()
-            raise
-        try:
-            second = cls.wrap(b)
-        except BaseException:
-            b.close()
-            raise
-        return first, second
+        return wrap_socketpair(cls.wrap, *socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
 
     @property
     def family(self) -> int:
@@ -450,6 +438,26 @@ def outgoing(data: Any, address: Any, family: int) -> tuple[DatagramArray, Any, 
     connected peer), a cffi pin of its buffer, and its size."""
     array = DatagramArray.sending([(data, address)], family)
     return array, ffi.from_buffer(array.buffer), len(array.buffer)
+
+
+def udp_socket(
+    family: int, local_address: Any, remote_address: Any, reuse_port: bool
+) -> socket.socket:
+    """A non-blocking UDP socket, bound to ``local_address`` and connected to
+    ``remote_address`` where given (both numeric: the layers resolve)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if local_address is not None:
+            sock.bind(local_address)
+        if remote_address is not None:
+            sock.connect(remote_address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def is_numeric(family: int, address: Any) -> bool:

@@ -47,7 +47,7 @@ import socket
 import threading
 import weakref
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -201,6 +201,7 @@ def live_objects() -> int:
 
 
 _T = TypeVar("_T", bound="Transit")
+_P = TypeVar("_P")
 
 
 def _transit(transit: object) -> None:
@@ -500,19 +501,7 @@ class Octets(Transit):
         cls, family: int = socket.AF_UNIX
     ) -> tuple[tuple[Octets, Octets], tuple[Octets, Octets]]:
         """A connected pair of sockets: ((input, output), (input, output))."""
-        a, b = socket.socketpair(family)
-        try:
-            first = cls.wrap(a)
-        except BaseException:
-            a.close()
-            b.close()
-            raise
-        try:
-            second = cls.wrap(b)
-        except BaseException:
-            b.close()
-            raise
-        return first, second
+        return wrap_socketpair(cls.wrap, *socket.socketpair(family))
 
     @classmethod
     def connect(cls, address: str | bytes | tuple[Any, ...]) -> tuple[Octets, Octets]:
@@ -544,6 +533,24 @@ class Octets(Transit):
         except BaseException:
             sock.close()
             raise
+
+
+def wrap_socketpair(
+    wrap: Callable[[socket.socket], _P], a: socket.socket, b: socket.socket
+) -> tuple[_P, _P]:
+    """``(wrap(a), wrap(b))``; a socket not taken over is closed if either fails."""
+    try:
+        first = wrap(a)
+    except BaseException:
+        a.close()
+        b.close()
+        raise
+    try:
+        second = wrap(b)
+    except BaseException:
+        b.close()
+        raise
+    return first, second
 
 
 class Sockets(Transit):

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from ._traffic import lib
-from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing
+from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
 from .trio_integration import (
     SocketView,
     _broken,
@@ -238,22 +238,10 @@ async def _udp_socket(
         family = _family_of(local_address)
     elif family == _stdlib_socket.AF_UNSPEC:
         raise ValueError("either the address family or local_host must be given")
-    sock = _stdlib_socket.socket(family, _stdlib_socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if reuse_port:
-            sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_REUSEPORT, 1)
-        if local_address is not None:
-            sock.bind(local_address)
-        elif remote_address is None or local_port:
-            any_host = "::" if family == _stdlib_socket.AF_INET6 else "0.0.0.0"
-            sock.bind((any_host, local_port))
-        if remote_address is not None:
-            sock.connect(remote_address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    elif remote_address is None or local_port:
+        any_host = "::" if family == _stdlib_socket.AF_INET6 else "0.0.0.0"
+        local_address = (any_host, local_port)
+    return udp_socket(family, local_address, remote_address, reuse_port)
 
 
 def _family_of(address: Any) -> int:
