@@ -222,7 +222,6 @@ class Transit:
         "_c",
         "_events",
         "_memory",
-        "_release",
         "_resource",
         "_token",
         "_traffic",
@@ -239,7 +238,6 @@ class Transit:
     _memory: memoryview | None
     _events: int
     _view: memoryview | None
-    _release: weakref.finalize[Any, Any]
 
     def __init__(self) -> None:
         raise TypeError(f"use the constructors of {type(self).__name__}, such as from_fd()")
@@ -256,15 +254,17 @@ class Transit:
             f"cannot make a {cls.__name__} transit of descriptor {fd}",
         )
         self = object.__new__(cls)
-        self._c = out[0]
+        # Dropped by its owner: the core terminates it and frees it when
+        # safe.  ffi.gc rather than weakref.finalize: a connection has two
+        # transits, and a finalizer costs each about 300 bytes and a
+        # microsecond (issue 6, idle and accept).
+        self._c = ffi.gc(out[0], lib.tr_transit_release)
         self._traffic = None
         self._token = 0
         self._resource = None
         self._memory = None
         self._events = 0
         self._view = None
-        # Dropped by its owner: the core terminates it and frees it when safe.
-        self._release = weakref.finalize(self, lib.tr_transit_release, self._c)
         return self
 
     @classmethod
@@ -277,7 +277,7 @@ class Transit:
             sender = cls._create(fd, lib.TR_OUTPUT, receiver)
         except BaseException:
             # The caller still owns fd: free the receiver without closing it.
-            receiver._release.detach()
+            ffi.gc(receiver._c, None)
             lib.tr_transit_forget(receiver._c)
             raise
         sender._polarity = lib.TR_OUTPUT
@@ -826,6 +826,11 @@ class Descriptors(Octets):
 
 _live_traffics: weakref.WeakSet[Traffic] = weakref.WeakSet()
 
+#: How many fork()s this process is from the first one: a Traffic made at an
+#: older generation belongs to a parent.  Cheaper than os.getpid() (a system
+#: call) on every check.
+_generation = 0
+
 
 class Traffic:
     """The cycle owner: a kernel queue and the transits acquired into it.
@@ -843,10 +848,16 @@ class Traffic:
         self._c: Any = out[0]
         self.timeout = timeout
         self._pid = os.getpid()
+        self._generation = _generation
         self._closed = False
+        self._threaded = False
         self._tokens = itertools.count(1)
         # Resources handed to the core, by transit token: (pin, resource).
         self._pins: dict[int, tuple[Any, object]] = {}
+        # The transits a synchronous cycle reports on, by token.  A threaded
+        # Traffic's completions go to their requester instead, and its
+        # transits are not kept here (a weak entry per transit costs ~160
+        # bytes and a microsecond per connection).
         self._transits: weakref.WeakValueDictionary[int, Transit] = weakref.WeakValueDictionary()
         self._seen: list[Transit] = []
         self._cycling: threading.Thread | None = None
@@ -872,7 +883,7 @@ class Traffic:
         return not self._closed and lib.tr_traffic_mode(self._c) == lib.TR_MODE_THREADED
 
     def _check_fork(self) -> None:
-        if self._pid != os.getpid():
+        if self._generation != _generation:
             raise RuntimeError(
                 "this Traffic belongs to the parent process: after fork(), create a new Traffic"
             )
@@ -898,6 +909,8 @@ class Traffic:
         check(rc, "acquire")
         transit._traffic = self
         transit._token = token
+        if self._threaded:
+            return
         self._transits[token] = transit
         recorded = transit._resource
         if recorded is not None and lib.tr_traffic_mode(self._c) != lib.TR_MODE_THREADED:
@@ -1008,6 +1021,7 @@ class Traffic:
             raise RuntimeError("a synchronous Traffic cannot become threaded")
         rc = lib.tr_traffic_start(self._c, policies[policy])
         check(rc, "start")
+        self._threaded = True
 
     def completion_fileno(self) -> int:
         """The descriptor that is readable while completions wait to be collected."""
@@ -1208,11 +1222,14 @@ class Traffic:
             _live_traffics.discard(self)
 
     def __len__(self) -> int:
-        return len(self._transits)
+        """The transits in this Traffic that their owners still hold."""
+        if self._closed:
+            return 0
+        return int(lib.tr_traffic_transits(self._c))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("threaded" if self.threaded else "synchronous")
-        return f"<Traffic {state} transits={len(self._transits)}>"
+        return f"<Traffic {state} transits={len(self)}>"
 
 
 class _Cycle:
@@ -1238,6 +1255,8 @@ class _Cycle:
 
 
 def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
     for traffic in list(_live_traffics):
         traffic._abandon()
 

@@ -1214,6 +1214,19 @@ tr_traffic_mode(tr_traffic *tr)
 	return mode;
 }
 
+long
+tr_traffic_transits(tr_traffic *tr)
+{
+	const struct tr_transit *t;
+	long n = 0;
+
+	pthread_mutex_lock(&tr->lock);
+	for (t = tr->all; t != NULL; t = t->next_all)
+		n += !(t->flags & TF_RELEASED);
+	pthread_mutex_unlock(&tr->lock);
+	return n;
+}
+
 int
 tr_traffic_completion_fd(tr_traffic *tr)
 {

@@ -141,6 +141,8 @@ void tr_traffic_destroy(tr_traffic *traffic);
 void tr_traffic_abandon(tr_traffic *traffic);
 int tr_traffic_wake(tr_traffic *traffic);
 int tr_traffic_mode(tr_traffic *traffic);
+/* Transits in the Traffic that their owner still holds (not released). */
+long tr_traffic_transits(tr_traffic *traffic);
 int tr_traffic_completion_fd(tr_traffic *traffic);
 int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long long token);
 
