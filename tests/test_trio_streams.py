@@ -231,6 +231,23 @@ async def test_socket_options_tcp() -> None:
     assert a.socket.fileno() == -1 or await_closed_view(a)
 
 
+@pytest.mark.trio
+async def test_accepted_streams_have_nodelay() -> None:
+    # The listener sets TCP_NODELAY on itself and checks that the first
+    # accepted connection inherited it; every stream must have it all the same.
+    listeners = await traffic.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    clients = []
+    for _ in range(3):
+        clients.append(await trio.open_tcp_stream("127.0.0.1", port))
+        stream = await listeners[0].accept()
+        assert stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        await stream.aclose()
+    for client in clients:
+        await client.aclose()
+    await listeners[0].aclose()
+
+
 def await_closed_view(stream: TrafficStream) -> bool:
     """True once the view reports EBADF (the core closes asynchronously)."""
     try:

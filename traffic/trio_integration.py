@@ -135,6 +135,13 @@ _CLOSED = lib.TR_CLOSED
 _WITHDRAWN = lib.TR_WITHDRAWN
 _NULL = ffi.NULL
 _from_buffer = ffi.from_buffer
+_tr_request_fds = lib.tr_request_fds
+_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
+_FAILED = trio.lowlevel.Abort.FAILED
+_current_task = trio.lowlevel.current_task
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 
 
 class _Delivery:
@@ -147,9 +154,48 @@ class _Delivery:
 
     def __init__(self, traffic: Traffic) -> None:
         self.traffic = traffic
-        # token -> (task, raise_cancel once its abort failed, else None)
-        self.parked: dict[int, list[Any]] = {}
+        self.parked: dict[int, _Parked] = {}
         self.report = ffi.new("tr_report *")
+
+
+class _Parked:
+    """A task waiting for the completion of its transit's request.
+
+    Registered under the transit's token for the pump to find, and handed
+    to ``wait_task_rescheduled`` as the abort function itself: one small
+    object per parked request, no closure (a parked receive is most of an
+    idle connection's memory).
+    """
+
+    __slots__ = ("delivery", "raise_cancel", "task", "transit")
+
+    def __init__(self, delivery: _Delivery, transit: Transit, keep: object) -> None:
+        self.delivery = delivery
+        self.transit = transit
+        self.task = _current_task()
+        # Set once an abort failed (the core was inside the system call).
+        self.raise_cancel: Any = None
+        token = transit._token
+        delivery.parked[token] = self
+        if keep is not None:
+            # Held by the Traffic too, not only by the requester's frame:
+            # see _request.
+            delivery.traffic._pins[token] = (keep, None)
+
+    def __call__(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        """Withdraw the request (trio's abort function)."""
+        transit = self.transit
+        delivery = self.delivery
+        code = lib.tr_withdraw(transit._c, delivery.report)
+        if code == _WITHDRAWN or code < 0:
+            # Withdrawn; or the Traffic is gone (closed, its thread joined),
+            # so no completion will ever come and the memory is free.
+            delivery.parked.pop(transit._token, None)
+            delivery.traffic._pins.pop(transit._token, None)
+            return _SUCCEEDED
+        # Inside the system call, or done: the completion follows promptly.
+        self.raise_cancel = raise_cancel
+        return _FAILED
 
 
 _DELIVERY: trio.lowlevel.RunVar[_Delivery] = trio.lowlevel.RunVar("traffic")
@@ -197,13 +243,13 @@ async def _pump(delivery: _Delivery) -> None:
                 waiter = parked.pop(completion.token, None)
                 if waiter is None:
                     continue  # a dropped transit's last word
-                task, raise_cancel = waiter
+                raise_cancel = waiter.raise_cancel
                 if raise_cancel is not None and completion.outcome == _WITHDRAWN:
                     # Its abort failed while the core was in the system call,
                     # and nothing was transferred: deliver the cancellation.
-                    reschedule(task, outcome.capture(raise_cancel))
+                    reschedule(waiter.task, outcome.capture(raise_cancel))
                 else:
-                    reschedule(task, outcome.Value(completion))
+                    reschedule(waiter.task, outcome.Value(completion))
     finally:
         # Cancelled at the end of the run: normally no task is parked any
         # more.  Only reschedule() of trio here: a run abandoned mid-way (an
@@ -213,10 +259,10 @@ async def _pump(delivery: _Delivery) -> None:
         # completion can come: a task still parked wakes closed, not never.
         traffic.close()
         while parked:
-            _, (task, _) = parked.popitem()
+            _, waiter = parked.popitem()
             with contextlib.suppress(RuntimeError):  # outside trio: nothing to wake
                 reschedule(
-                    task, outcome.Error(trio.ClosedResourceError("the run's Traffic closed"))
+                    waiter.task, outcome.Error(trio.ClosedResourceError("the run's Traffic closed"))
                 )
 
 
@@ -267,37 +313,18 @@ async def _request(
     collects the completion, when the request is withdrawn, or after its
     cycle thread is joined at close.
     """
-    await trio.lowlevel.checkpoint_if_cancelled()
+    await _checkpoint_if_cancelled()
     report = delivery.report
-    code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
+    code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
     if code != _PENDING:
         if code < 0:
             _raise_request_error(code)
         result = (code, report.error, report.stop, take_data(report), report.fd_stop)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await _cancel_shielded_checkpoint()
         return result
-
-    token = transit._token
-    traffic = delivery.traffic
-    if pin != ffi.NULL or fdpin != ffi.NULL:
-        traffic.pin(transit, keep if keep is not None else pin)
-    parked = delivery.parked
-    waiter = [trio.lowlevel.current_task(), None]
-    parked[token] = waiter
-
-    def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
-        code = lib.tr_withdraw(transit._c, delivery.report)
-        if code == _WITHDRAWN or code < 0:
-            # Withdrawn; or the Traffic is gone (closed, its thread joined),
-            # so no completion will ever come and the memory is free.
-            parked.pop(token, None)
-            traffic.unpin(transit)
-            return trio.lowlevel.Abort.SUCCEEDED
-        # Inside the system call, or done: the completion follows promptly.
-        waiter[1] = raise_cancel
-        return trio.lowlevel.Abort.FAILED
-
-    completion = await trio.lowlevel.wait_task_rescheduled(abort)
+    if keep is None and (pin != _NULL or fdpin != _NULL):
+        keep = pin
+    completion = await _wait_task_rescheduled(_Parked(delivery, transit, keep))
     return (
         completion.outcome,
         completion.error,
@@ -649,6 +676,17 @@ class SocketView:
         return f"<traffic.SocketView fd={self.fileno()} family={self.family!r}>"
 
 
+def _has_nodelay(fd: int) -> bool:
+    """Whether the TCP socket ``fd`` has TCP_NODELAY (False if it cannot tell)."""
+    sock = _stdlib_socket.socket(fileno=fd)
+    try:
+        return bool(sock.getsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY))
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
 def _socket_identity(fd: int) -> tuple[int, int, int]:
     sock = _stdlib_socket.socket(fileno=fd)
     try:
@@ -702,26 +740,46 @@ class TrafficStream(trio.abc.HalfCloseableStream):
     are closed, never leaked.
     """
 
+    # Slots, and the socket view made on first use: ten thousand idle
+    # connections are ten thousand of these (issue 6).
+    __slots__ = (
+        "_closed",
+        "_delivery",
+        "_identity",
+        "_receive_guard",
+        "_receiver",
+        "_send_guard",
+        "_sender",
+        "_view",
+    )
+
     def __init__(self, socket: Any) -> None:
         self._setup(_detach(socket, "TrafficStream"))
 
     @classmethod
-    def _from_fd(cls, fd: int, identity: tuple[int, int, int] | None = None) -> TrafficStream:
+    def _from_fd(
+        cls, fd: int, identity: tuple[int, int, int] | None = None, nodelay: bool = True
+    ) -> TrafficStream:
         """A stream owning ``fd``; closed here if it cannot be made one.
 
         ``identity`` is (family, type, proto) when the caller knows it (an
-        accepted connection has its listener's), sparing the probe."""
+        accepted connection has its listener's), sparing the probe;
+        ``nodelay`` False when the descriptor already has TCP_NODELAY (a
+        connection accepted from a listener that has it inherits it)."""
         self = cls.__new__(cls)
-        self._setup(fd, identity)
+        self._setup(fd, identity, nodelay)
         return self
 
-    def _setup(self, fd: int, identity: tuple[int, int, int] | None = None) -> None:
+    def _setup(
+        self, fd: int, identity: tuple[int, int, int] | None = None, nodelay: bool = True
+    ) -> None:
         # Ownership moves once: until Octets._pair succeeds, fd is ours to
         # close on failure; from then on the transits own it, and closing it
         # here too could close a descriptor number reused meanwhile.
         try:
-            family, kind, proto = identity or _socket_identity(fd)
-            if kind != _stdlib_socket.SOCK_STREAM:
+            identity = identity or _socket_identity(fd)
+            family = identity[0]
+            if identity[1] != _stdlib_socket.SOCK_STREAM:
                 raise TypeError("TrafficStream needs a SOCK_STREAM socket")
             # AF_UNIX: a Descriptors pair, for bytes and descriptors alike
             # (one transit per polarity on a kernel point; see send_fds).
@@ -739,11 +797,21 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._send_guard = _Guard("another task is using this stream for send")
         self._receive_guard = _Guard("another task is using this stream for receive")
-        self.socket = SocketView(receiver, family, kind, proto)
-        if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+        self._identity = identity
+        self._view: SocketView | None = None
+        if nodelay and family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
             # Not TCP after all (SCTP, say): trio ignores the failure too.
             with contextlib.suppress(OSError):
                 self.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, True)
+
+    @property
+    def socket(self) -> SocketView:
+        """A view of the socket: ``getsockname()``, ``getsockopt()``,
+        ``fileno()``... (it never closes the descriptor)."""
+        view = self._view
+        if view is None:
+            view = self._view = SocketView(self._receiver, *self._identity)
+        return view
 
     def setsockopt(self, level: int, option: int, value: Any, length: int | None = None) -> None:
         """Set an option on the underlying socket (see ``socket.setsockopt``)."""
@@ -764,8 +832,24 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             pin, size = _pin(data, writable=False)
-            code, error, _, _, _ = await _request(self._delivery, self._sender, pin, size)
-            _sent(code, error)
+            # _request inlined: this and receive_some are the hot path, and a
+            # coroutine level costs time per call and memory while parked.
+            await _checkpoint_if_cancelled()
+            sender = self._sender
+            delivery = self._delivery
+            report = delivery.report
+            code = _tr_request_fds(sender._c, pin, size, _NULL, 0, 1, report)
+            if code == _PENDING:
+                completion = await _wait_task_rescheduled(_Parked(delivery, sender, pin))
+                code = completion.outcome
+                error = completion.error
+            else:
+                if code < 0:
+                    _raise_request_error(code)
+                error = report.error
+                await _cancel_shielded_checkpoint()
+            if code != _DONE:
+                _sent(code, error)
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket can take more data.  A checkpoint."""
@@ -776,6 +860,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             if fd < 0 or self._sender.terminated:
                 await trio.lowlevel.checkpoint()
                 return
+            self.socket  # noqa: B018  (made, so that aclose notifies trio)
             await trio.lowlevel.wait_writable(fd)
 
     async def send_eof(self) -> None:
@@ -799,23 +884,40 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         """
         with self._receive_guard:
             if max_bytes is None:
-                max_bytes = DEFAULT_RECEIVE_SIZE
+                size = DEFAULT_RECEIVE_SIZE
             elif not isinstance(max_bytes, int):
                 raise TypeError("max_bytes must be an integer")
             elif max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
+            else:
+                size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             # No buffer of the stream's own: the core allocates one when data
             # arrives, so a parked receive holds no memory (idle connections).
-            size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
-            code, error, count, data, _ = await _request(
-                self._delivery, self._receiver, _NULL, size
-            )
+            # _request inlined, as in send_all.
+            await _checkpoint_if_cancelled()
+            receiver = self._receiver
+            delivery = self._delivery
+            report = delivery.report
+            code = _tr_request_fds(receiver._c, _NULL, size, _NULL, 0, 1, report)
+            if code == _PENDING:
+                completion = await _wait_task_rescheduled(_Parked(delivery, receiver, None))
+                code = completion.outcome
+                error = completion.error
+                data = completion.data
+            else:
+                if code < 0:
+                    _raise_request_error(code)
+                error = report.error
+                data = take_data(report)
+                await _cancel_shielded_checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
-            _received(code, error, count, "receive")
-            return data or b""
+            if code == _DONE:
+                return data  # type: ignore[return-value]  # the core allocated it
+            _received(code, error, 0, "receive")
+            return b""
 
     async def aclose(self) -> None:
         """Close the stream: operations parked on it wake with
@@ -823,9 +925,13 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         closes even when cancelled."""
         if not self._closed:
             self._closed = True
-            fd = self._receiver.fileno()
-            if fd >= 0:
-                trio.lowlevel.notify_closing(fd)
+            if self._view is not None:
+                # Its descriptor number went out (fileno()): someone may wait
+                # on it with trio (wait_send_all_might_not_block does).  Only
+                # then: notify_closing costs an epoll_ctl per connection.
+                fd = self._receiver.fileno()
+                if fd >= 0:
+                    trio.lowlevel.notify_closing(fd)
             # Closed as trio's SocketStream closes: no shutdown(2) first (the
             # peer sees the end all the same; a copy of the descriptor in
             # another process keeps the connection, as it would with trio).
@@ -868,6 +974,16 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         self._pin = ffi.from_buffer(self._descriptors)
         self.socket = SocketView(transit, family, kind, proto)
         self._identity = (family, kind, proto)
+        # Whether each accepted stream needs its own setsockopt(TCP_NODELAY).
+        # Set on the listener, the option is inherited by what it accepts on
+        # Linux and the BSDs: the first accepted connection tells.
+        self._nodelay: bool | None = False
+        if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
+            self._nodelay = None
+            try:
+                self.socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+            except OSError:
+                self._nodelay = True  # not TCP after all: each stream tries
 
     async def accept(self) -> TrafficStream:
         """Accept a connection.  A checkpoint.
@@ -898,7 +1014,11 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
                 self._accepted.extend(self._descriptors[: count // 4])
             else:
                 await trio.lowlevel.checkpoint()
-            return TrafficStream._from_fd(self._accepted.popleft(), self._identity)
+            fd = self._accepted.popleft()
+            nodelay = self._nodelay
+            if nodelay is None:
+                nodelay = self._nodelay = not _has_nodelay(fd)
+            return TrafficStream._from_fd(fd, self._identity, nodelay)
 
     async def aclose(self) -> None:
         """Stop listening; connections accepted but not handed out are closed."""
