@@ -254,11 +254,7 @@ class Transit:
             f"cannot make a {cls.__name__} transit of descriptor {fd}",
         )
         self = object.__new__(cls)
-        # Dropped by its owner: the core terminates it and frees it when
-        # safe.  ffi.gc rather than weakref.finalize: a connection has two
-        # transits, and a finalizer costs each about 300 bytes and a
-        # microsecond (issue 6, idle and accept).
-        self._c = ffi.gc(out[0], lib.tr_transit_release)
+        self._c = out[0]
         self._traffic = None
         self._token = 0
         self._resource = None
@@ -266,6 +262,16 @@ class Transit:
         self._events = 0
         self._view = None
         return self
+
+    def __del__(self, _release: Any = lib.tr_transit_release, _null: Any = ffi.NULL) -> None:
+        # Dropped by its owner: the core terminates it and frees it when
+        # safe.  __del__ rather than weakref.finalize or ffi.gc: a connection
+        # has two transits, and a finalizer costs each about 300 bytes and a
+        # microsecond, ffi.gc 120 bytes (issue 6, idle and accept).
+        c = getattr(self, "_c", _null)  # absent if _create failed half-way
+        if c != _null:
+            self._c = _null
+            _release(c)
 
     @classmethod
     def _pair(cls: type[_T], fd: int) -> tuple[_T, _T]:
@@ -277,8 +283,8 @@ class Transit:
             sender = cls._create(fd, lib.TR_OUTPUT, receiver)
         except BaseException:
             # The caller still owns fd: free the receiver without closing it.
-            ffi.gc(receiver._c, None)
-            lib.tr_transit_forget(receiver._c)
+            c, receiver._c = receiver._c, ffi.NULL
+            lib.tr_transit_forget(c)
             raise
         sender._polarity = lib.TR_OUTPUT
         return receiver, sender

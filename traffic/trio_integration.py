@@ -73,7 +73,7 @@ import os
 import socket as _stdlib_socket
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, NoReturn
 
 import outcome
@@ -540,7 +540,7 @@ async def send_fds(target: Any, data: Any, fds: Any) -> None:
         _sent(code, error)
 
     if stream is not None:
-        with stream._send_guard:
+        with _claimed(stream, "send"):
             if stream._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             await go(stream._delivery)
@@ -586,7 +586,7 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
         return code, error, count, nfds
 
     if stream is not None:
-        with stream._receive_guard:
+        with _claimed(stream, "receive"):
             if stream._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             code, error, count, nfds = await go(stream._delivery)
@@ -623,6 +623,24 @@ class _Guard:
 
     def __exit__(self, *exc: object) -> None:
         self._busy = False
+
+
+_BUSY_SEND = "another task is using this stream for send"
+_BUSY_RECEIVE = "another task is using this stream for receive"
+
+
+@contextlib.contextmanager
+def _claimed(stream: TrafficStream, direction: str) -> Iterator[None]:
+    """The stream's ``direction`` ("send" or "receive") for one task: its
+    busy flag, as ``send_all`` and ``receive_some`` take it inline."""
+    flag = "_sending" if direction == "send" else "_receiving"
+    if getattr(stream, flag):
+        raise trio.BusyResourceError(_BUSY_SEND if direction == "send" else _BUSY_RECEIVE)
+    setattr(stream, flag, True)
+    try:
+        yield
+    finally:
+        setattr(stream, flag, False)
 
 
 class SocketView:
@@ -746,10 +764,10 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         "_closed",
         "_delivery",
         "_identity",
-        "_receive_guard",
         "_receiver",
-        "_send_guard",
+        "_receiving",
         "_sender",
+        "_sending",
         "_view",
     )
 
@@ -795,8 +813,10 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         self._receiver = receiver
         self._sender = sender
         self._closed = False
-        self._send_guard = _Guard("another task is using this stream for send")
-        self._receive_guard = _Guard("another task is using this stream for receive")
+        # Busy flags, one task at a time per direction (trio's
+        # ConflictDetector, kept as two booleans: no object per guard).
+        self._sending = False
+        self._receiving = False
         self._identity = identity
         self._view: SocketView | None = None
         if nodelay and family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
@@ -828,7 +848,10 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         sending, ``trio.ClosedResourceError`` after :meth:`aclose` or
         :meth:`send_eof`, ``trio.BrokenResourceError`` if the peer is gone.
         """
-        with self._send_guard:
+        if self._sending:
+            raise trio.BusyResourceError(_BUSY_SEND)
+        self._sending = True
+        try:
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             pin, size = _pin(data, writable=False)
@@ -850,10 +873,12 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 await _cancel_shielded_checkpoint()
             if code != _DONE:
                 _sent(code, error)
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket can take more data.  A checkpoint."""
-        with self._send_guard:
+        with _claimed(self, "send"):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             fd = self._sender.fileno()
@@ -868,7 +893,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
 
         Idempotent.  Raises ``trio.ClosedResourceError`` after :meth:`aclose`.
         """
-        with self._send_guard:
+        with _claimed(self, "send"):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             await trio.lowlevel.checkpoint()
@@ -882,7 +907,10 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         ``trio.ClosedResourceError`` after :meth:`aclose`,
         ``trio.BrokenResourceError`` if the connection broke.
         """
-        with self._receive_guard:
+        if self._receiving:
+            raise trio.BusyResourceError(_BUSY_RECEIVE)
+        self._receiving = True
+        try:
             if max_bytes is None:
                 size = DEFAULT_RECEIVE_SIZE
             elif not isinstance(max_bytes, int):
@@ -918,6 +946,8 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 return data  # type: ignore[return-value]  # the core allocated it
             _received(code, error, 0, "receive")
             return b""
+        finally:
+            self._receiving = False
 
     async def aclose(self) -> None:
         """Close the stream: operations parked on it wake with
