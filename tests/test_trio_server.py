@@ -235,7 +235,7 @@ async def test_serve_tcp_backs_off_on_emfile() -> None:
         async with trio.open_nursery() as server:
             listeners = await server.start(partial(traffic.serve_tcp, echo, 0, host="127.0.0.1"))
             address = listeners[0].socket.getsockname()
-            with MessagesOf("trio.serve_listeners") as messages:
+            with MessagesOf("traffic.serve_listeners") as messages:
                 # Room for exactly two more descriptors: plug the holes below
                 # the highest one (the kernel hands out the lowest free
                 # number), then cap the limit just above it.
@@ -270,3 +270,42 @@ async def test_serve_tcp_backs_off_on_emfile() -> None:
         for sock in clients:
             sock.close()
     assert not echo.errors
+
+
+@pytest.mark.trio
+async def test_serve_listeners_closes_what_the_handler_leaves_open() -> None:
+    """A handler that returns without closing: the client sees the end, and
+    a burst of connections (accepted in batches) is served one task each."""
+    seen: list[TrafficStream] = []
+
+    async def greet(stream: TrafficStream) -> None:
+        seen.append(stream)
+        await stream.send_all(b"hello")
+
+    listeners = await traffic.open_tcp_listeners(0, host="127.0.0.1")
+    async with trio.open_nursery() as server:
+        await server.start(partial(traffic.serve_listeners, greet, listeners))
+        clients = [
+            await trio.testing.open_stream_to_socket_listener(listeners[0]) for _ in range(50)
+        ]
+        for client in clients:
+            assert await receive_exactly(client, 5) == b"hello"
+            await expect_closed_by_server(client)
+            await client.aclose()
+        server.cancel_scope.cancel()
+    assert len(seen) == 50
+    assert all(stream._closed for stream in seen)
+    # The listeners are closed with the server.
+    with pytest.raises(trio.ClosedResourceError):
+        await listeners[0].accept()
+
+
+@pytest.mark.trio
+async def test_serve_listeners_refuses_other_listeners() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        with pytest.raises(TypeError, match="TrafficListener"):
+            await traffic.serve_listeners(Echo(), listeners)  # type: ignore[arg-type]
+    finally:
+        for listener in listeners:
+            await listener.aclose()

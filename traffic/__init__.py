@@ -38,6 +38,7 @@ from .trio_integration import (
     recv_into,
     send_all,
     send_fds,
+    serve_listeners,
     serve_tcp,
     serve_unix,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "recv_into",
     "send_all",
     "send_fds",
+    "serve_listeners",
     "serve_tcp",
     "serve_unix",
 ]
