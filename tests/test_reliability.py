@@ -30,6 +30,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from functools import partial
 
 import pytest
@@ -520,5 +521,41 @@ def test_cycle_thread_blocks_signals() -> None:
         blocked = int(status["SigBlk"].strip(), 16)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
             assert blocked & (1 << (signum - 1)), f"{signum!r} is not blocked in the cycle thread"
+    finally:
+        t.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux scheduling policies")
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (None, os.SCHED_BATCH),  # the default
+        ("batch", os.SCHED_BATCH),
+        ("normal", os.SCHED_OTHER),
+        ("idle", os.SCHED_IDLE),
+    ],
+)
+def test_cycle_thread_runs_its_policy(
+    policy: str | None, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle thread's Linux scheduling policy is the one asked for, and
+    a Traffic started without one takes the default (SCHED_BATCH: edges
+    never preempt the owner's thread, and it cannot starve)."""
+    monkeypatch.delenv("TRAFFIC_CYCLE_POLICY", raising=False)
+    t = Traffic()
+    try:
+        t.start(policy)
+        tasks = cycle_threads()
+        assert len(tasks) == 1
+        # The thread sets its own policy as it starts: poll, bounded.
+        deadline = time.monotonic() + 10
+        while True:
+            with open(f"/proc/self/task/{tasks[0]}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            found = int(fields[38])  # field 41 of stat(5): policy
+            if found == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert found == expected
     finally:
         t.close()

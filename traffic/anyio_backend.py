@@ -148,6 +148,7 @@ from .libkqueue import (
     Traffic,
     Transit,
     check_port,
+    cycle_policy,
     descriptor_array,
     take_data,
 )
@@ -185,7 +186,7 @@ ACCEPT_BATCH = 64
 MAX_RECEIVE_FDS = 4096
 
 #: Scheduling of each asyncio loop's cycle thread (see ``Traffic.start``):
-#: None takes ``$TRAFFIC_CYCLE_POLICY``, else ``"normal"``.  On trio the
+#: None takes ``$TRAFFIC_CYCLE_POLICY``, else ``"batch"`` (see ``Traffic.start``).  On trio the
 #: trio layer's ``CYCLE_POLICY`` applies.
 CYCLE_POLICY: str | None = None
 
@@ -288,7 +289,7 @@ class _AsyncioParking:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         traffic = Traffic()
         try:
-            traffic.start(CYCLE_POLICY or os.environ.get("TRAFFIC_CYCLE_POLICY", "normal"))
+            traffic.start(CYCLE_POLICY or cycle_policy())
             self.fd = traffic.completion_fileno()
             loop.add_reader(self.fd, self._collect)
         except BaseException:

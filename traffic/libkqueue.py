@@ -832,6 +832,17 @@ class Descriptors(Octets):
 
 _live_traffics: weakref.WeakSet[Traffic] = weakref.WeakSet()
 
+#: The cycle thread's scheduling unless told otherwise (see Traffic.start):
+#: measured best on echo and accept (issue 6), and it cannot starve.
+DEFAULT_CYCLE_POLICY = "batch"
+
+
+def cycle_policy() -> str:
+    """The policy a threaded Traffic starts with: ``$TRAFFIC_CYCLE_POLICY``,
+    else :data:`DEFAULT_CYCLE_POLICY`."""
+    return os.environ.get("TRAFFIC_CYCLE_POLICY") or DEFAULT_CYCLE_POLICY
+
+
 #: How many fork()s this process is from the first one: a Traffic made at an
 #: older generation belongs to a parent.  Cheaper than os.getpid() (a system
 #: call) on every check.
@@ -1011,16 +1022,30 @@ class Traffic:
 
     # Threaded use (the trio and anyio layers)
 
-    def start(self, policy: str = "normal") -> None:
+    def start(self, policy: str | None = None) -> None:
         """Run the cycle in the core's own thread, ``traffic-cycle``, from now on.
 
-        ``policy`` is the thread's scheduling: ``"normal"``, or ``"idle"``
-        (Linux ``SCHED_IDLE``: it runs only when its CPU has nothing else to
-        do, so it never preempts the owner's thread and edges batch up; but
-        under outside load it starves).  Starting twice does nothing.
+        ``policy`` is the thread's scheduling (None: :func:`cycle_policy`):
+
+        - ``"batch"`` (Linux ``SCHED_BATCH``, the default): a fair share of
+          the CPU, but a wake-up never preempts the thread running there, so
+          edges batch up while the owner's thread works, and under outside
+          load it does not starve;
+        - ``"normal"``: every edge may preempt the owner's thread;
+        - ``"idle"`` (Linux ``SCHED_IDLE``): it runs only when its CPU has
+          nothing else to do; under outside load it starves.
+
+        Elsewhere than Linux every policy is the normal one.  Starting
+        twice does nothing.
         """
+        if policy is None:
+            policy = cycle_policy()
         self._check_usable()
-        policies = {"normal": lib.TR_CYCLE_NORMAL, "idle": lib.TR_CYCLE_IDLE}
+        policies = {
+            "normal": lib.TR_CYCLE_NORMAL,
+            "idle": lib.TR_CYCLE_IDLE,
+            "batch": lib.TR_CYCLE_BATCH,
+        }
         if policy not in policies:
             raise ValueError(f"policy must be one of {sorted(policies)}, not {policy!r}")
         if lib.tr_traffic_mode(self._c) == lib.TR_MODE_SYNCHRONOUS:

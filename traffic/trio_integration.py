@@ -90,6 +90,7 @@ from .libkqueue import (
     Traffic,
     Transit,
     check_port,
+    cycle_policy,
     descriptor_array,
     take_data,
 )
@@ -125,7 +126,7 @@ ACCEPT_BATCH = 64
 MAX_RECEIVE_FDS = 4096
 
 #: Scheduling of each run's cycle thread (see ``Traffic.start``): None
-#: takes ``$TRAFFIC_CYCLE_POLICY``, else ``"normal"``.  Set it before the run.
+#: takes ``$TRAFFIC_CYCLE_POLICY``, else ``"batch"``.  Set it before the run.
 CYCLE_POLICY: str | None = None
 
 # Outcomes of the core's requests (see traffic.h).
@@ -211,7 +212,7 @@ def _delivery() -> _Delivery:
         pass
     traffic = Traffic()
     try:
-        traffic.start(CYCLE_POLICY or os.environ.get("TRAFFIC_CYCLE_POLICY", "normal"))
+        traffic.start(CYCLE_POLICY or cycle_policy())
         delivery = _Delivery(traffic)
         trio.lowlevel.spawn_system_task(_pump, delivery, name="traffic.pump")
     except BaseException:
@@ -945,7 +946,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
             if code == _DONE:
-                return data  # type: ignore[return-value]  # the core allocated it
+                return data  # type: ignore[no-any-return]  # bytes: the core allocated it
             _received(code, error, 0, "receive")
             return b""
         finally:

@@ -1317,6 +1317,15 @@ cycle_main(void *arg)
 		struct sched_param none = {0};
 
 		pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+	} else if (tr->policy == TR_CYCLE_BATCH) {
+		/*
+		 * A fair share of the CPU, but a wake-up never preempts the
+		 * thread running there: edges batch up while the owner's
+		 * thread works, and under load nothing starves.
+		 */
+		struct sched_param none = {0};
+
+		pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
 	}
 #endif
 	pthread_mutex_lock(&tr->lock);
@@ -1375,7 +1384,7 @@ tr_traffic_start(tr_traffic *tr, int policy)
 		err = TR_ECLOSED;
 	else if (tr->mode == TR_MODE_SYNCHRONOUS)
 		err = -EINVAL;
-	else if (policy != TR_CYCLE_NORMAL && policy != TR_CYCLE_IDLE)
+	else if (policy != TR_CYCLE_NORMAL && policy != TR_CYCLE_IDLE && policy != TR_CYCLE_BATCH)
 		err = -EINVAL;
 	else if (tr->mode == TR_MODE_UNSET) {
 		tr->policy = policy;

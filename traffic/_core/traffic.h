@@ -83,7 +83,7 @@ long tr_datagrams_check(const void *resource, size_t size, int polarity);
 enum tr_polarity { TR_OUTPUT = 0, TR_INPUT = 1 };
 
 /* Scheduling of a threaded Traffic's cycle thread. */
-enum tr_cycle_policy { TR_CYCLE_NORMAL = 0, TR_CYCLE_IDLE = 1 };
+enum tr_cycle_policy { TR_CYCLE_NORMAL = 0, TR_CYCLE_IDLE = 1, TR_CYCLE_BATCH = 2 };
 
 enum tr_mode { TR_MODE_UNSET = 0, TR_MODE_SYNCHRONOUS = 1, TR_MODE_THREADED = 2 };
 

@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..libkqueue import cycle_policy
 from . import build, report, servers, stream, workloads
 from .report import BASELINE, Case
 
@@ -35,11 +36,13 @@ QUICK_ECHO_CONNECTIONS = (1, 100)
 QUICK_IDLE_CONNECTIONS = 2000
 
 #: Rows in table order.  c-epoll is the C reference server (epoll_server.c);
-#: traffic-trio-idle is traffic-trio with its cycle thread at SCHED_IDLE
-#: ($TRAFFIC_CYCLE_POLICY=idle).
+#: traffic-trio-normal and traffic-trio-idle are traffic-trio with its cycle
+#: thread at SCHED_OTHER and SCHED_IDLE ($TRAFFIC_CYCLE_POLICY=normal, idle);
+#: traffic-trio itself runs the default policy.
 ALL_SERVERS = (
     workloads.C_SERVER,
     "traffic-trio",
+    "traffic-trio-normal",
     "traffic-trio-idle",
     "trio",
     "traffic-anyio-trio",
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             "server": sorted(placement.server) if placement.server else None,
             "client": sorted(placement.client) if placement.client else None,
         },
-        "cycle_policy": os.environ.get("TRAFFIC_CYCLE_POLICY", "normal"),
+        "cycle_policy": cycle_policy(),
         "client_bound_threshold": workloads.CLIENT_BOUND,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -6,9 +6,9 @@ on its first line, then serves on 127.0.0.1 until killed.  By default it is
 an echo server (the echo and idle workloads); with ``--accept`` every
 connection is closed as soon as it is accepted (the accept workload).
 
-``traffic-trio`` reads ``$TRAFFIC_CYCLE_POLICY`` ("normal" or "idle") as the
-trio layer does; the driver's ``traffic-trio-idle`` row is this server with
-the variable set to "idle".
+``traffic-trio`` reads ``$TRAFFIC_CYCLE_POLICY`` ("batch", "normal" or
+"idle") as the trio layer does; the driver's ``traffic-trio-normal`` and
+``traffic-trio-idle`` rows are this server with the variable set.
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ def available(name: str) -> str | None:
     return None if found else "not installed"
 
 
-#: Server name -> function(accept_only).  ``traffic-trio-idle`` is the
-#: driver's name for ``traffic-trio`` under TRAFFIC_CYCLE_POLICY=idle.
+#: Server name -> function(accept_only).  ``traffic-trio-normal`` and
+#: ``traffic-trio-idle`` are the driver's names for ``traffic-trio`` under
+#: another TRAFFIC_CYCLE_POLICY.
 SERVERS: dict[str, Callable[[bool], None]] = {
     "traffic-trio": traffic_trio,
     "trio": trio_native,
@@ -201,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m traffic.bench.servers")
     parser.add_argument("name", choices=sorted(SERVERS))
     parser.add_argument("--accept", action="store_true", help="close each connection at once")
-    parser.add_argument("--cycle-policy", choices=["normal", "idle"], help="traffic's cycle thread")
+    parser.add_argument(
+        "--cycle-policy", choices=["normal", "idle", "batch"], help="traffic's cycle thread"
+    )
     args = parser.parse_args(argv)
     if args.cycle_policy:
         os.environ["TRAFFIC_CYCLE_POLICY"] = args.cycle_policy

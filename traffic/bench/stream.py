@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m traffic.bench.stream")
     parser.add_argument("name", choices=sorted(STREAMS))
     parser.add_argument("seconds", type=float)
-    parser.add_argument("--cycle-policy", choices=["normal", "idle"], help="traffic's cycle thread")
+    parser.add_argument(
+        "--cycle-policy", choices=["normal", "idle", "batch"], help="traffic's cycle thread"
+    )
     args = parser.parse_args(argv)
     if args.cycle_policy:
         os.environ["TRAFFIC_CYCLE_POLICY"] = args.cycle_policy

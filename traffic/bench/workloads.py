@@ -46,8 +46,10 @@ CLIENT_BOUND = 0.8
 #: The reference row: a C server (epoll_server.c) rather than servers.py.
 C_SERVER = "c-epoll"
 
-#: The name of the traffic-trio row whose cycle thread runs at SCHED_IDLE.
-IDLE_POLICY_SUFFIX = "-idle"
+#: Row-name suffixes that run a traffic server with another cycle-thread
+#: policy than the default: ``traffic-trio-idle`` is traffic-trio with its
+#: cycle thread at SCHED_IDLE, ``traffic-trio-normal`` at SCHED_OTHER.
+POLICY_SUFFIXES = {"-idle": "idle", "-normal": "normal", "-batch": "batch"}
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -135,16 +137,18 @@ def _env(server: str) -> dict[str, str]:
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = _ROOT + (os.pathsep + path if path else "")
-    if server.endswith(IDLE_POLICY_SUFFIX):
-        env["TRAFFIC_CYCLE_POLICY"] = "idle"
-    elif server.startswith("traffic"):
-        env.setdefault("TRAFFIC_CYCLE_POLICY", "normal")
+    for suffix, policy in POLICY_SUFFIXES.items():
+        if server.startswith("traffic") and server.endswith(suffix):
+            env["TRAFFIC_CYCLE_POLICY"] = policy
     return env
 
 
 def base_name(server: str) -> str:
     """The servers.py name behind a driver row name."""
-    return server.removesuffix(IDLE_POLICY_SUFFIX)
+    for suffix in POLICY_SUFFIXES:
+        if server.startswith("traffic") and server.endswith(suffix):
+            return server.removesuffix(suffix)
+    return server
 
 
 @dataclass
