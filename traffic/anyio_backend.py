@@ -125,7 +125,7 @@ import sys
 import weakref
 from array import array
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from io import IOBase
 from ipaddress import IPv6Address, ip_address
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
@@ -134,7 +134,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import sniffio
-import trio
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
@@ -210,7 +209,7 @@ class _Parking(Protocol):
     #: token -> future of a cancelled request whose completion is on its way.
     late: dict[int, asyncio.Future[Completion]]
 
-    async def transfer(
+    def transfer(
         self,
         transit: Transit,
         pin: Any,
@@ -219,7 +218,7 @@ class _Parking(Protocol):
         fdpin: Any = ffi.NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> tuple[int, int, int, bytes | None, int]: ...
+    ) -> Awaitable[tuple[int, int, int, bytes | None, int]]: ...
 
     async def settle(self, transit: Transit) -> None: ...
 
@@ -242,7 +241,7 @@ class _TrioParking:
     async def settle(self, transit: Transit) -> None:
         """Nothing is ever late on trio."""
 
-    async def transfer(
+    def transfer(
         self,
         transit: Transit,
         pin: Any,
@@ -251,15 +250,12 @@ class _TrioParking:
         fdpin: Any = ffi.NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> tuple[int, int, int, bytes | None, int]:
-        # The trio layer never orphans a completion: an abort that lost the
-        # race waits for the completion and returns it (trio's rule).
-        try:
-            return await _request(self.delivery, transit, pin, size, fdpin, nfds, keep)
-        except trio.ClosedResourceError:
-            raise anyio.ClosedResourceError from None
-        except trio.BusyResourceError:
-            raise anyio.BusyResourceError("transferring on") from None
+    ) -> Awaitable[tuple[int, int, int, bytes | None, int]]:
+        # The trio layer's own request, awaited by the caller directly (a
+        # coroutine level less per transfer), raising anyio's errors.  It
+        # never orphans a completion: an abort that lost the race waits for
+        # the completion and returns it (trio's rule).
+        return _request(self.delivery, transit, pin, size, fdpin, nfds, keep, _raise_request_error)
 
     def wake(self, transit: Transit) -> None:
         """Nothing to do: a task parked on a transit its owner terminated is

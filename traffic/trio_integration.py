@@ -299,8 +299,12 @@ async def _request(
     fdpin: Any = ffi.NULL,
     nfds: int = 0,
     keep: object = None,
+    raise_error: Callable[[int], NoReturn] | None = None,
 ) -> tuple[int, int, int, bytes | None, int]:
     """Perform one request: (outcome, error, transferred, data, descriptors).  A checkpoint.
+
+    ``raise_error`` raises for the core's refusals (negative codes); trio's
+    errors unless told (the anyio layer passes its own).
 
     ``fdpin`` and ``nfds`` are a Descriptors request's descriptor array
     (``keep`` holds every object that must stay alive while it is pending).
@@ -321,7 +325,7 @@ async def _request(
     code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
     if code != _PENDING:
         if code < 0:
-            _raise_request_error(code)
+            (raise_error or _raise_request_error)(code)
         result = (code, report.error, report.stop, take_data(report), report.fd_stop)
         await _cancel_shielded_checkpoint()
         return result
