@@ -775,6 +775,40 @@ class TestTCPListener:
                             await anyio.sleep(0.001)
         assert sorted(served) == [b"n0", b"n1", b"n2"]
 
+    async def test_serve_a_burst(self) -> None:
+        """Connections that arrive together (accepted in one batch) each get
+        their own handler task and a TCP_NODELAY stream, the first as the rest."""
+        served: list[bytes] = []
+        count = 40
+
+        async def handle(stream: SocketStream) -> None:
+            async with stream:
+                raw = stream.extra(SocketAttribute.raw_socket)
+                assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                data = await stream.receive()
+                served.append(data)
+                await stream.send(data)
+
+        listener = await create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(SocketAttribute.local_port)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        try:
+            for i, client in enumerate(clients):
+                client.sendall(b"c%d" % i)
+            async with listener, create_task_group() as tg:
+                tg.start_soon(listener.serve, handle)
+                with fail_after(10):
+                    while len(served) < count:
+                        await anyio.sleep(0.001)
+                for i, client in enumerate(clients):
+                    client.settimeout(10)
+                    assert client.recv(16) == b"c%d" % i
+                tg.cancel_scope.cancel()
+        finally:
+            for client in clients:
+                client.close()
+        assert sorted(served) == sorted(b"c%d" % i for i in range(count))
+
     async def test_from_socket(self) -> None:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))

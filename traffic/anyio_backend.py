@@ -608,10 +608,20 @@ class TrafficSocketStream(anyio.abc.SocketStream):
     _receiver: Octets
     _sender: Octets
 
-    def __init__(self, fd: int) -> None:
-        """Take ownership of the connected stream socket ``fd`` (also on failure)."""
+    def __init__(
+        self,
+        fd: int,
+        identity: tuple[socket.AddressFamily, socket.SocketKind, int] | None = None,
+        nodelay: bool = True,
+    ) -> None:
+        """Take ownership of the connected stream socket ``fd`` (also on failure).
+
+        ``identity`` is (family, type, proto) when the caller knows it (a
+        listener's accepted connections have its own), sparing the probe;
+        ``nodelay`` False when ``fd`` already has TCP_NODELAY (inherited
+        from a listener that has it)."""
         try:
-            family, kind, proto = _identity(fd)
+            family, kind, proto = identity or _identity(fd)
             if kind != socket.SOCK_STREAM:
                 raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {kind.name}")
             parking = _parking()
@@ -634,7 +644,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         # Bytes (and descriptors, AF_UNIX) whose receive was cancelled after they arrived.
         self._pending = bytearray()
         self._pending_fds: list[int] = []
-        if family in (socket.AF_INET, socket.AF_INET6):
+        if nodelay and family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # not TCP after all
                 self._view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -905,7 +915,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
     """A listening stream socket whose accepts traffic's core performs.
 
     ``accept()`` returns :class:`TrafficSocketStream`\\ s (``TCP_NODELAY``
-    set, as anyio does); ``serve()`` is anyio's own.
+    set, as anyio does); ``serve()`` is anyio's, one checkpoint per batch.
     """
 
     _stream_class: type[TrafficSocketStream] = TrafficSocketStream
@@ -925,6 +935,17 @@ class TrafficSocketListener(anyio.abc.SocketListener):
         self._parking = parking
         self._transit = transit
         self._view = RawSocketView(transit, family, kind, proto)
+        self._identity = (family, kind, proto)
+        # Whether each accepted stream needs its own setsockopt(TCP_NODELAY):
+        # set on the listener, the option is inherited by what it accepts on
+        # Linux and the BSDs; the first accepted connection tells (None).
+        self._nodelay: bool | None = False
+        if family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                self._view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._nodelay = None
+            except OSError:
+                self._nodelay = True  # not TCP after all: each stream tries
         self._closed = False
         self._accept_guard = anyio.ResourceGuard("accepting connections from")
         self._accepted: deque[int] = deque()
@@ -967,29 +988,66 @@ class TrafficSocketListener(anyio.abc.SocketListener):
         ended the listening socket.
         """
         with self._accept_guard:
+            await self._fill()
+            return self._stream(self._accepted.popleft())
+
+    async def serve(
+        self,
+        handler: Callable[[anyio.abc.SocketStream], Any],
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        """anyio's ``serve()``: a task running ``handler(stream)`` per
+        connection, in ``task_group`` or an internal one; never returns.
+
+        Every batch of connections the core accepted costs one checkpoint,
+        not one per connection.  The handler closes its stream, as with
+        anyio's own listeners.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            if task_group is None:
+                task_group = await stack.enter_async_context(anyio.create_task_group())
+            while True:
+                with self._accept_guard:
+                    await self._fill()
+                    accepted = self._accepted
+                    streams = []
+                    while accepted:
+                        # One at a time: if making a stream fails, the
+                        # descriptors not taken yet stay queued.
+                        streams.append(self._stream(accepted.popleft()))
+                for stream in streams:
+                    task_group.start_soon(handler, stream)
+
+    async def _fill(self) -> None:
+        """Make sure a connection is queued in ``_accepted``.  A checkpoint."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._accepted:
+            await anyio.lowlevel.checkpoint()
             if self._closed:
                 raise anyio.ClosedResourceError
-            if self._accepted:
-                await anyio.lowlevel.checkpoint()
-                if self._closed:
-                    raise anyio.ClosedResourceError
-            else:
-                size = len(self._descriptors) * 4
-                code, error, count, _, _ = await self._parking.transfer(
-                    self._transit, self._pin, size, self._stash
-                )
-                if code == _DONE:
-                    self._stash(Completion(0, code, error, count))
-                if self._closed:
-                    raise anyio.ClosedResourceError
-                if code == _FAULT:
-                    raise OSError(error, f"accept: {os.strerror(error)}")
-                if code == _TERMINATED:
-                    _broken(error or errno.EINVAL)
-                if code != _DONE:
-                    raise anyio.ClosedResourceError
-            fd = self._accepted.popleft()
-        return self._stream_class(fd)
+            return
+        size = len(self._descriptors) * 4
+        code, error, count, _, _ = await self._parking.transfer(
+            self._transit, self._pin, size, self._stash
+        )
+        if code == _DONE:
+            self._stash(Completion(0, code, error, count))
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if code == _FAULT:
+            raise OSError(error, f"accept: {os.strerror(error)}")
+        if code == _TERMINATED:
+            _broken(error or errno.EINVAL)
+        if code != _DONE:
+            raise anyio.ClosedResourceError
+
+    def _stream(self, fd: int) -> TrafficSocketStream:
+        """The stream of accepted descriptor ``fd`` (closed if that fails)."""
+        nodelay = self._nodelay
+        if nodelay is None:
+            nodelay = self._nodelay = not _has_nodelay(fd)
+        return self._stream_class(fd, self._identity, nodelay)
 
     async def aclose(self) -> None:
         """Stop listening; connections accepted but not handed out are closed.
@@ -1012,6 +1070,17 @@ class TrafficUNIXSocketListener(TrafficSocketListener):
     :class:`TrafficUNIXSocketStream`\\ s."""
 
     _stream_class = TrafficUNIXSocketStream
+
+
+def _has_nodelay(fd: int) -> bool:
+    """Whether the TCP socket ``fd`` has TCP_NODELAY (False if it cannot tell)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    except OSError:
+        return False
+    finally:
+        sock.detach()
 
 
 def _identity_family(fd: int) -> socket.AddressFamily:
