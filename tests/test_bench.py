@@ -62,3 +62,22 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
         assert isinstance(row["client_bound"][0], bool)
     assert case["results"]["trio"]["ratio_to_trio"]["rate"] == 1.0
     assert case["results"]["traffic-trio"]["ratio_to_trio"]["rate"] > 0
+
+
+def test_threads_reports_the_cycle_thread(tmp_path: Path) -> None:
+    """``python -m traffic.bench.threads`` names each server thread with its
+    cost per round trip; traffic's server has its ``traffic-cycle`` thread."""
+    env = dict(os.environ, TRAFFIC_BENCH_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(
+        [sys.executable, "-m", "traffic.bench.threads", "--connections", "4",
+         "--seconds", "0.5", "--pin", "none", "traffic-trio-normal"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("traffic-trio-normal: ")
+    assert any(line.split()[0] == "traffic-cycle" and "us/rt" in line for line in lines[1:])
