@@ -20,13 +20,24 @@ pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C compiler 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_module(module: str, args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the checkout, its C programs built into ``cache``."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=dict(os.environ, TRAFFIC_BENCH_CACHE=str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+
+
 def test_smallest_run_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     pin = "cross" if len(os.sched_getaffinity(0)) >= 2 else "same"
-    env = dict(os.environ, TRAFFIC_BENCH_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run(
+    done = run_module(
+        "traffic.bench",
         [
-            sys.executable, "-m", "traffic.bench",
             "--only", "echo",
             "--servers", "trio,traffic-trio",
             "--connections", "1",
@@ -36,11 +47,7 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
             "--pin", pin,
             "--json", str(out),
         ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
+        tmp_path / "cache",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "echo N=1" in done.stdout
@@ -67,16 +74,11 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
 def test_threads_reports_the_cycle_thread(tmp_path: Path) -> None:
     """``python -m traffic.bench.threads`` names each server thread with its
     cost per round trip; traffic's server has its ``traffic-cycle`` thread."""
-    env = dict(os.environ, TRAFFIC_BENCH_CACHE=str(tmp_path / "cache"))
-    done = subprocess.run(
-        [sys.executable, "-m", "traffic.bench.threads", "--connections", "4",
-         "--seconds", "0.5", "--pin", "none", "traffic-trio-normal"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )  # fmt: skip
+    done = run_module(
+        "traffic.bench.threads",
+        ["--connections", "4", "--seconds", "0.5", "--pin", "none", "traffic-trio-normal"],
+        tmp_path / "cache",
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("traffic-trio-normal: ")

@@ -149,6 +149,7 @@ from .libkqueue import (
     check_port,
     cycle_policy,
     descriptor_array,
+    has_nodelay,
     take_data,
 )
 from .trio_integration import SocketView, _delivery, _request
@@ -1046,7 +1047,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
         """The stream of accepted descriptor ``fd`` (closed if that fails)."""
         nodelay = self._nodelay
         if nodelay is None:
-            nodelay = self._nodelay = not _has_nodelay(fd)
+            nodelay = self._nodelay = not has_nodelay(fd)
         return self._stream_class(fd, self._identity, nodelay)
 
     async def aclose(self) -> None:
@@ -1070,17 +1071,6 @@ class TrafficUNIXSocketListener(TrafficSocketListener):
     :class:`TrafficUNIXSocketStream`\\ s."""
 
     _stream_class = TrafficUNIXSocketStream
-
-
-def _has_nodelay(fd: int) -> bool:
-    """Whether the TCP socket ``fd`` has TCP_NODELAY (False if it cannot tell)."""
-    sock = socket.socket(fileno=fd)
-    try:
-        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    except OSError:
-        return False
-    finally:
-        sock.detach()
 
 
 def _identity_family(fd: int) -> socket.AddressFamily:

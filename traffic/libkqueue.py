@@ -195,6 +195,20 @@ def take_data(report: Any) -> bytes | None:
         lib.tr_free(pointer)
 
 
+def has_nodelay(fd: int) -> bool:
+    """Whether the TCP socket ``fd`` has TCP_NODELAY (False if it cannot
+    tell).  A listener that has it passes it on to the connections it
+    accepts on Linux and the BSDs: the trio and anyio listeners ask their
+    first accepted connection, and set it on each only if it did not."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    except OSError:
+        return False
+    finally:
+        sock.detach()
+
+
 def live_objects() -> int:
     """Core objects (Traffics and transits) alive in C; 0 when nothing leaked."""
     return int(lib.tr_live_objects())

@@ -92,6 +92,7 @@ from .libkqueue import (
     check_port,
     cycle_policy,
     descriptor_array,
+    has_nodelay,
     take_data,
 )
 
@@ -701,17 +702,6 @@ class SocketView:
         return f"<traffic.SocketView fd={self.fileno()} family={self.family!r}>"
 
 
-def _has_nodelay(fd: int) -> bool:
-    """Whether the TCP socket ``fd`` has TCP_NODELAY (False if it cannot tell)."""
-    sock = _stdlib_socket.socket(fileno=fd)
-    try:
-        return bool(sock.getsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY))
-    except OSError:
-        return False
-    finally:
-        sock.detach()
-
-
 def _socket_identity(fd: int) -> tuple[int, int, int]:
     sock = _stdlib_socket.socket(fileno=fd)
     try:
@@ -1078,7 +1068,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         """The stream of accepted descriptor ``fd`` (closed if that fails)."""
         nodelay = self._nodelay
         if nodelay is None:
-            nodelay = self._nodelay = not _has_nodelay(fd)
+            nodelay = self._nodelay = not has_nodelay(fd)
         return TrafficStream._from_fd(fd, self._identity, nodelay)
 
     async def aclose(self) -> None:
