@@ -89,7 +89,7 @@ by its owner (``aclose()``, ``send_eof()``) and the trio layer's
 transit the kernel terminated with an errno (``ECONNRESET``, ``EPIPE``...)
 becomes ``anyio.BrokenResourceError`` chained to the ``OSError``; EOF
 becomes ``anyio.EndOfStream``; a second task using one direction gets
-``anyio.BusyResourceError`` from an ``anyio.ResourceGuard``.
+``anyio.BusyResourceError``, as from anyio's ``ResourceGuard``.
 
 Sockets and ownership
 ---------------------
@@ -125,7 +125,7 @@ import sys
 import weakref
 from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from io import IOBase
 from ipaddress import IPv6Address, ip_address
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
@@ -152,7 +152,7 @@ from .libkqueue import (
     has_nodelay,
     take_data,
 )
-from .trio_integration import SocketView, _delivery, _request
+from .trio_integration import SocketView, _claimed, _delivery, _request
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
@@ -541,13 +541,18 @@ def _broken(error: int) -> NoReturn:
 
 
 def _pin(data: Any) -> tuple[Any, int]:
-    """A cffi view of a bytes-like object, without copying it.
+    """What the core sends from (a ``bytes`` itself, else a cffi view of the
+    object: never a copy), and its size.
 
-    Straight from the object, with no ``memoryview`` in between: a
-    memoryview exporting to a cffi buffer, both caught in a reference cycle
-    (a cancelled coroutine's frame and its traceback), crashes CPython's
-    garbage collector when it clears the memoryview first.
+    A ``bytes`` goes as it is, as in the trio layer's ``_pin``: cffi passes
+    the address of its storage.  Other objects are viewed straight, with no
+    ``memoryview`` in between: a memoryview exporting to a cffi buffer,
+    both caught in a reference cycle (a cancelled coroutine's frame and its
+    traceback), crashes CPython's garbage collector when it clears the
+    memoryview first.
     """
+    if type(data) is bytes:
+        return data, len(data)
     if isinstance(data, str):
         raise TypeError("expected a bytes-like object, not str")
     try:
@@ -640,8 +645,10 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         self._sender = sender
         self._view = RawSocketView(receiver, family, kind, proto)
         self._closed = False
-        self._receive_guard = anyio.ResourceGuard("reading from")
-        self._send_guard = anyio.ResourceGuard("writing to")
+        # One task per direction (anyio's ResourceGuard, as two flags: this
+        # is the hot path, and a guard is two Python calls per transfer).
+        self._receiving = False
+        self._sending = False
         # Bytes (and descriptors, AF_UNIX) whose receive was cancelled after they arrived.
         self._pending = bytearray()
         self._pending_fds: list[int] = []
@@ -669,8 +676,8 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         if completion.outcome == _DONE and not self._closed and completion.data:
             self._pending += completion.data
 
-    async def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> bytes:
-        """Receive at most ``max_bytes`` bytes (at least one).
+    def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> Coroutine[Any, Any, bytes]:
+        """Receive at most ``max_bytes`` bytes (at least one).  Awaited, as anyio's.
 
         Raises ``ValueError`` for ``max_bytes < 1``, ``anyio.EndOfStream``
         once the peer has sent EOF, ``anyio.ClosedResourceError`` after
@@ -680,11 +687,26 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         receiving.  Cancelled after the bytes arrived, it keeps them for the
         next receive.  ``TypeError`` for a ``max_bytes`` that is not an int.
         """
+        # A plain method returning the coroutine, as __anext__ does: the
+        # receive is the hot path, and a coroutine level costs time on every
+        # resumption (anyio's __anext__ awaits receive(), which would await
+        # this).
+        return self._receive(max_bytes, anyio.EndOfStream)
+
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        """The next chunk of ``async for``: :meth:`receive`, ending at EOF."""
+        return self._receive(DEFAULT_RECEIVE_SIZE, StopAsyncIteration)
+
+    async def _receive(self, max_bytes: int, end: type[Exception]) -> bytes:
+        """:meth:`receive`, raising ``end`` at EOF."""
         if not isinstance(max_bytes, int):
             raise TypeError(f"max_bytes must be an integer, not {type(max_bytes).__name__}")
         if max_bytes < 1:
             raise ValueError("max_bytes must be a positive integer")
-        with self._receive_guard:
+        if self._receiving:
+            raise anyio.BusyResourceError("reading from")
+        self._receiving = True
+        try:
             if self._closed:
                 raise anyio.ClosedResourceError
             if self._parking.late:
@@ -713,8 +735,10 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if code == _TERMINATED:
                 if error:
                     _broken(error)
-                raise anyio.EndOfStream
+                raise end
             raise anyio.ClosedResourceError
+        finally:
+            self._receiving = False
 
     async def send(self, item: bytes) -> None:
         """Send all of ``item`` (any bytes-like object; not copied).
@@ -726,7 +750,10 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         bytes-like.  Cancelled, it may have sent part of ``item`` (as
         anyio's own streams may); the stream should then be closed.
         """
-        with self._send_guard:
+        if self._sending:
+            raise anyio.BusyResourceError("writing to")
+        self._sending = True
+        try:
             if self._closed:
                 raise anyio.ClosedResourceError
             pin, size = _pin(item)
@@ -736,6 +763,8 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if self._closed or code != _TERMINATED:
                 raise anyio.ClosedResourceError
             _broken(error or errno.EPIPE)
+        finally:
+            self._sending = False
 
     async def send_eof(self) -> None:
         """Shut down the sending direction (half-close); receiving goes on.
@@ -801,7 +830,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         if not fds:
             raise ValueError("fds must not be empty")
         numbers = descriptor_array(fds)
-        with self._send_guard:
+        with _claimed(self, "send", anyio.BusyResourceError("writing to")):
             if self._closed:
                 raise anyio.ClosedResourceError
             pin, size = _pin(message)
@@ -848,7 +877,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         # Clamped, as receive()'s max_bytes: what does not fit waits in the kernel.
         msglen = min(msglen, DEFAULT_RECEIVE_SIZE)
         maxfds = min(maxfds, MAX_RECEIVE_FDS)
-        with self._receive_guard:
+        with _claimed(self, "receive", anyio.BusyResourceError("reading from")):
             if self._closed:
                 raise anyio.ClosedResourceError
             if self._parking.late:

@@ -138,7 +138,6 @@ _FAULT = lib.TR_FAULT
 _CLOSED = lib.TR_CLOSED
 _WITHDRAWN = lib.TR_WITHDRAWN
 _NULL = ffi.NULL
-_from_buffer = ffi.from_buffer
 _tr_request_fds = lib.tr_request_fds
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 _FAILED = trio.lowlevel.Abort.FAILED
@@ -359,13 +358,18 @@ def _broken(error: int, doing: str) -> trio.BrokenResourceError:
 
 
 def _pin(data: Any, writable: bool) -> tuple[Any, int]:
-    """A cffi view of a bytes-like object, without copying it, and its size.
+    """What the core transfers with (``data`` itself, or a cffi view of it:
+    never a copy), and its size.
 
-    Made from the object itself: a cffi buffer over a temporary memoryview
-    can be torn down by the collector in the wrong order.
+    A ``bytes`` to send is passed as it is: cffi hands a C function the
+    address of a bytes object's own storage, which does not move while the
+    object lives (the pending request holds it), and makes no view object.
+    Anything else gets a view made from the object itself: a cffi buffer
+    over a temporary memoryview can be torn down by the collector in the
+    wrong order.
     """
     if not writable and type(data) is bytes:  # the common send: nothing to check
-        return _from_buffer(data), len(data)
+        return data, len(data)
     try:
         view = memoryview(data)
     except TypeError:
@@ -638,12 +642,16 @@ _BUSY_RECEIVE = "another task is using this stream for receive"
 
 
 @contextlib.contextmanager
-def _claimed(stream: TrafficStream, direction: str) -> Iterator[None]:
+def _claimed(stream: Any, direction: str, busy: BaseException | None = None) -> Iterator[None]:
     """The stream's ``direction`` ("send" or "receive") for one task: its
-    busy flag, as ``send_all`` and ``receive_some`` take it inline."""
+    ``_sending`` or ``_receiving`` flag, as ``send_all`` and
+    ``receive_some`` take it inline.  Raises ``busy`` (default trio's
+    ``BusyResourceError``) if another task has it."""
     flag = "_sending" if direction == "send" else "_receiving"
     if getattr(stream, flag):
-        raise trio.BusyResourceError(_BUSY_SEND if direction == "send" else _BUSY_RECEIVE)
+        if busy is None:
+            busy = trio.BusyResourceError(_BUSY_SEND if direction == "send" else _BUSY_RECEIVE)
+        raise busy
     setattr(stream, flag, True)
     try:
         yield
