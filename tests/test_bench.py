@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from traffic.bench import build
+from traffic.bench import build, instructions
 
 pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C compiler (gcc)")
 
@@ -83,3 +84,34 @@ def test_threads_reports_the_cycle_thread(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("traffic-trio-normal: ")
     assert any(line.split()[0] == "traffic-cycle" and "us/rt" in line for line in lines[1:])
+
+
+@pytest.mark.parametrize("workload", instructions.WORKLOADS)
+@pytest.mark.parametrize("name", instructions.IMPLEMENTATIONS)
+def test_instruction_workloads_transfer_everything(name: str, workload: str) -> None:
+    """Each workload of ``python -m traffic.bench.instructions`` runs on each
+    implementation (its loops check that every byte arrived), and closes
+    what it opened."""
+    before = set(os.listdir("/proc/self/fd"))
+    instructions.work(name, workload, 1)
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="no valgrind")
+def test_instructions_counts_under_valgrind(tmp_path: Path) -> None:
+    """The counter runs its workers under valgrind and reports a positive
+    count per operation, with the ratio to trio."""
+    done = run_module(
+        "traffic.bench.instructions",
+        ["--only", "inline", "--implementations", "trio,trio-floor"],
+        tmp_path / "cache",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {
+        cells[0]: cells[1:]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    assert rows["trio"][1] == "1.00"
+    floor = float(rows["trio-floor"][0].replace(",", ""))
+    assert 0 < floor < float(rows["trio"][0].replace(",", ""))
