@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import trio
 import trio.testing
 from test_trio_support import (
@@ -110,6 +111,28 @@ def test_traffic_is_per_run_and_lazy() -> None:
     two = trio.run(main)
     assert one is not two
     assert one.closed and two.closed
+
+
+def test_run_goes_on_after_its_traffic_is_closed() -> None:
+    """A user who closes the run's Traffic (``current_traffic().close()``)
+    mid-run ends traffic's transfers, not the run: trio goes on through its
+    I/O waits (where traffic collects completions, reading the core's
+    memory), traffic's operations raise ``trio.ClosedResourceError``, and
+    the run ends cleanly."""
+
+    async def main() -> None:
+        a, b = await unix_pair()
+        await a.send_all(b"before")
+        assert await receive_exactly(b, 6) == b"before"
+        traffic.current_traffic().close()
+        for _ in range(20):
+            await trio.sleep(0.001)  # passes of the run loop, each with an I/O wait
+        with pytest.raises(trio.ClosedResourceError):
+            await a.send_all(b"after")
+        with pytest.raises(trio.ClosedResourceError):
+            await b.receive_some()
+
+    trio.run(main)
 
 
 CTRL_C_SCRIPT = """

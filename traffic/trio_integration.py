@@ -145,6 +145,7 @@ _current_task = trio.lowlevel.current_task
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
+_reschedule = trio.lowlevel.reschedule
 
 
 class _Delivery:
@@ -159,6 +160,50 @@ class _Delivery:
         self.traffic = traffic
         self.parked: dict[int, _Parked] = {}
         self.report = ffi.new("tr_report *")
+
+
+def _deliver(delivery: _Delivery) -> None:
+    """Reschedule the tasks whose transfers completed (trio's thread)."""
+    parked = delivery.parked
+    for completion in delivery.traffic.collect():
+        waiter = parked.pop(completion.token, None)
+        if waiter is None:
+            continue  # a dropped transit's last word
+        raise_cancel = waiter.raise_cancel
+        if raise_cancel is not None and completion.outcome == _WITHDRAWN:
+            # Its abort failed while the core was in the system call,
+            # and nothing was transferred: deliver the cancellation.
+            _reschedule(waiter.task, outcome.capture(raise_cancel))
+        else:
+            _reschedule(waiter.task, outcome.Value(completion))
+
+
+class _Collector(trio.abc.Instrument):
+    """Delivers completions right after each of trio's I/O waits.
+
+    The pump alone would cost a woken task a whole extra pass of trio's run
+    loop: trio takes the pump's wake-up from its I/O wait, runs the pump in
+    that pass's batch, and the tasks the pump reschedules wait for the next
+    pass (another I/O poll, deadline check and batch).  Collected here,
+    after the I/O wait and before the batch is taken, they run in the same
+    pass.  The pump stays the one that wakes trio when it sleeps (the
+    completion descriptor is what its I/O wait sees), and finds nothing left
+    to do then.  The core's flag is read without a call or lock: a stale
+    zero only defers the tasks to the pump.
+    """
+
+    __slots__ = ("delivery", "flag", "traffic")
+
+    def __init__(self, delivery: _Delivery) -> None:
+        self.delivery = delivery
+        self.traffic = delivery.traffic
+        self.flag = lib.tr_traffic_signal_flag(delivery.traffic._c)
+
+    def after_io_wait(self, timeout: float) -> None:
+        # Closed (by the pump, or a user of current_traffic()): the flag's
+        # memory is freed.
+        if not self.traffic._closed and self.flag[0]:
+            _deliver(self.delivery)
 
 
 class _Parked:
@@ -214,7 +259,9 @@ def _delivery() -> _Delivery:
     try:
         traffic.start(CYCLE_POLICY or cycle_policy())
         delivery = _Delivery(traffic)
-        trio.lowlevel.spawn_system_task(_pump, delivery, name="traffic.pump")
+        collector = _Collector(delivery)
+        trio.lowlevel.spawn_system_task(_pump, delivery, collector, name="traffic.pump")
+        trio.lowlevel.add_instrument(collector)
     except BaseException:
         traffic.close()
         raise
@@ -228,7 +275,7 @@ def current_traffic() -> Traffic:
 
 
 @trio.lowlevel.enable_ki_protection
-async def _pump(delivery: _Delivery) -> None:
+async def _pump(delivery: _Delivery, collector: _Collector) -> None:
     """Reschedule the tasks whose transfers completed.  Never raises: a crash
     here would kill the run; the Traffic is closed when the run ends.
 
@@ -237,23 +284,15 @@ async def _pump(delivery: _Delivery) -> None:
     """
     traffic = delivery.traffic
     parked = delivery.parked
-    reschedule = trio.lowlevel.reschedule
     try:
         fd = traffic.completion_fileno()
         while True:
             await trio.lowlevel.wait_readable(fd)
-            for completion in traffic.collect():
-                waiter = parked.pop(completion.token, None)
-                if waiter is None:
-                    continue  # a dropped transit's last word
-                raise_cancel = waiter.raise_cancel
-                if raise_cancel is not None and completion.outcome == _WITHDRAWN:
-                    # Its abort failed while the core was in the system call,
-                    # and nothing was transferred: deliver the cancellation.
-                    reschedule(waiter.task, outcome.capture(raise_cancel))
-                else:
-                    reschedule(waiter.task, outcome.Value(completion))
+            _deliver(delivery)
     finally:
+        # The collector reads the core's memory: gone before the Traffic.
+        with contextlib.suppress(KeyError, RuntimeError):  # removed, or outside trio
+            trio.lowlevel.remove_instrument(collector)
         # Cancelled at the end of the run: normally no task is parked any
         # more.  Only reschedule() of trio here: a run abandoned mid-way (an
         # internal error, a guest run dropped) closes this coroutine outside
@@ -264,7 +303,7 @@ async def _pump(delivery: _Delivery) -> None:
         while parked:
             _, waiter = parked.popitem()
             with contextlib.suppress(RuntimeError):  # outside trio: nothing to wake
-                reschedule(
+                _reschedule(
                     waiter.task, outcome.Error(trio.ClosedResourceError("the run's Traffic closed"))
                 )
 

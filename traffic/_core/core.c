@@ -142,6 +142,7 @@ struct tr_traffic {
 	    threaded:1, failed:1, batching:1, signal_due:1;
 	int fatal;                /* errno that stopped the cycle thread */
 	int policy;               /* tr_cycle_policy of the cycle thread */
+	int raised;               /* signalled, for readers without the lock (a hint) */
 	pthread_t thread;
 	struct tr_transit *work, *work_tail;
 	struct tr_transit *reports, *reports_tail;
@@ -210,6 +211,15 @@ pop_work(struct tr_traffic *tr)
 	return t;
 }
 
+/* Tell the collector that completions wait: lock held. */
+static void
+raise_signal(struct tr_traffic *tr)
+{
+	tr->signalled = 1;
+	__atomic_store_n(&tr->raised, 1, __ATOMIC_RELAXED);
+	tr_signal_raise(tr->signal_write);
+}
+
 static void
 push_report(struct tr_traffic *tr, struct tr_transit *t)
 {
@@ -233,8 +243,7 @@ push_report(struct tr_traffic *tr, struct tr_transit *t)
 		if (tr->batching) {
 			tr->signal_due = 1;
 		} else {
-			tr->signalled = 1;
-			tr_signal_raise(tr->signal_write);
+			raise_signal(tr);
 		}
 	}
 }
@@ -1233,6 +1242,12 @@ tr_traffic_completion_fd(tr_traffic *tr)
 	return tr->signal_read;
 }
 
+const int *
+tr_traffic_signal_flag(tr_traffic *tr)
+{
+	return &tr->raised;
+}
+
 int
 tr_traffic_wake(tr_traffic *tr)
 {
@@ -1350,10 +1365,8 @@ cycle_main(void *arg)
 		tr->batching = 0;
 		if (tr->signal_due) {
 			tr->signal_due = 0;
-			if (!tr->signalled && tr->reports != NULL) {
-				tr->signalled = 1;
-				tr_signal_raise(tr->signal_write);
-			}
+			if (!tr->signalled && tr->reports != NULL)
+				raise_signal(tr);
 		}
 		reap(tr);
 	}
@@ -1924,6 +1937,7 @@ tr_collect(tr_traffic *tr, tr_report *reports, int max)
 	}
 	if (tr->reports == NULL && tr->signalled) {
 		tr->signalled = 0;
+		__atomic_store_n(&tr->raised, 0, __ATOMIC_RELAXED);
 		tr_signal_clear(tr->signal_read);
 	}
 	pthread_mutex_unlock(&tr->lock);

@@ -144,6 +144,13 @@ int tr_traffic_mode(tr_traffic *traffic);
 /* Transits in the Traffic that their owner still holds (not released). */
 long tr_traffic_transits(tr_traffic *traffic);
 int tr_traffic_completion_fd(tr_traffic *traffic);
+/*
+ * Nonzero while the completion descriptor is raised, readable without a
+ * call or the lock: a hint for a collector that polls between its own
+ * waits (a stale zero only means the descriptor's wake-up comes instead).
+ * Valid until tr_traffic_destroy.
+ */
+const int *tr_traffic_signal_flag(tr_traffic *traffic);
 int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long long token);
 
 /* Transits */
