@@ -14,11 +14,15 @@ kernel and performs the transfers.  A task that wants to transfer:
 3. otherwise the request stays in the core, and the task parks with
    ``wait_task_rescheduled``.  The cycle thread performs the transfer when
    the kernel allows and queues a completion; the first completion of a
-   batch makes the completion descriptor readable.  One system task per run
-   (the *pump*) waits on that descriptor with ``wait_readable``, collects
-   every waiting completion in one C call, and ``reschedule``\\ s the parked
-   tasks.  The cycle thread never takes the GIL and never calls into trio;
-   ``reschedule`` (not thread-safe) is only ever called by the pump.
+   batch makes the completion descriptor readable.  Right after each of
+   trio's I/O waits, an instrument (``after_io_wait``) looks at a flag of
+   the core; if completions wait, it collects them all in one C call and
+   ``reschedule``\\ s the parked tasks, which then run in that same pass of
+   the run loop.  One system task per run (the *pump*) waits on the
+   descriptor with ``wait_readable``: it is what wakes a sleeping trio, and
+   it collects whatever the instrument did not.  The cycle thread never
+   takes the GIL and never calls into trio; ``reschedule`` (not
+   thread-safe) is only ever called in trio's thread, by those two.
 
 A parked ``receive_some`` holds no buffer: it asks the core to allocate the
 memory when data arrives (``tr_request`` with a NULL resource), and the
