@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import trio
@@ -235,3 +236,40 @@ def test_socket_views_survive_runs() -> None:
         assert view.fileno() == -1
     finally:
         fresh.close()
+
+
+def test_guest_run_inside_asyncio() -> None:
+    """trio as a guest of asyncio (``start_guest_run``): its I/O waits run
+    in a worker thread and its run loop in asyncio's callbacks; transfers
+    still complete and parked receives are still woken."""
+    import asyncio
+
+    async def trio_main() -> int:
+        a, b = socket.socketpair()
+        near, far = traffic.TrafficStream(a), traffic.TrafficStream(b)
+
+        async def echo() -> None:
+            while data := await far.receive_some():
+                await far.send_all(data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(echo)
+            for i in range(200):
+                message = b"ping %d" % i
+                await near.send_all(message)
+                assert await receive_exactly(near, len(message)) == message
+            await near.aclose()
+        await far.aclose()
+        return i
+
+    async def host() -> int:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result,
+        )
+        return (await done).unwrap()
+
+    assert asyncio.run(host()) == 199
