@@ -334,6 +334,49 @@ def test_credentials_beside_the_descriptors_are_ignored(secret_file: str) -> Non
     trio.run(main)
 
 
+def test_bytes_of_two_writers_with_credentials_all_arrive() -> None:
+    """With SO_PASSCRED the kernel never glues two writers' bytes into one
+    read, so a read can come back short with more queued behind it.  The
+    core takes a short read for a drained socket (and waits for the next
+    edge) only when it carried no control data: here the rest arrives with
+    no new edge to announce it."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    async def main() -> None:
+        stream = traffic.TrafficStream(a)
+
+        async def late() -> None:
+            await trio.sleep(0.05)
+            b.send(b"x")
+
+        # A receive that waits: the socket is now subscribed in the kernel.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(late)
+            assert await stream.receive_some() == b"x"
+        # Two writers, this process and a child, while no request is
+        # pending; the cycle thread takes their edge meanwhile (the sleep).
+        b.send(b"a")
+        subprocess.run(
+            [sys.executable, "-c", f"import os; os.write({b.fileno()}, b'b')"],
+            pass_fds=[b.fileno()],
+            check=True,
+            timeout=TIMEOUT,
+        )
+        time.sleep(0.1)
+        got = b""
+        with trio.fail_after(10):
+            while len(got) < 2:
+                got += await stream.receive_some()
+        assert got == b"ab"
+        await stream.aclose()
+
+    try:
+        trio.run(main)
+    finally:
+        b.close()
+
+
 # trio
 
 

@@ -154,6 +154,47 @@ async def test_concurrent_send_and_receive(kind: str) -> None:
 
 
 @pytest.mark.trio
+@pytest.mark.parametrize("first", ["receive", "send"])
+async def test_each_direction_subscribes_when_it_first_waits(kind: str, first: str) -> None:
+    """The core subscribes a socket to the kernel one direction at a time,
+    when a transfer in it first meets EAGAIN; the second direction modifies
+    the first's subscription.  In either order both directions still wake:
+    a receive parked on an empty socket and a send parked on a full one."""
+    a, b = await PAIRS[kind]()
+    data = pseudorandom(4 << 20, seed=2)
+
+    async def wait_to_receive() -> None:
+        async def late() -> None:
+            await trio.sleep(0.05)
+            await b.send_all(b"late")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(late)
+            assert await receive_exactly(a, 4) == b"late"
+
+    async def wait_to_send() -> None:
+        received: list[bytes] = []
+
+        async def drain() -> None:
+            await trio.sleep(0.05)
+            received.append(await receive_exactly(b, len(data)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await a.send_all(data)  # 4 MiB: more than the kernel holds
+        assert digest(received[0]) == digest(data)
+
+    steps = [wait_to_receive, wait_to_send]
+    if first == "send":
+        steps.reverse()
+    with trio.fail_after(30):
+        for step in steps * 2:
+            await step()
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.trio
 async def test_two_receivers_busy(kind: str) -> None:
     a, b = await PAIRS[kind]()
     async with trio.open_nursery() as nursery:

@@ -84,7 +84,9 @@ struct tr_point {
 	int links;          /* transit structs pointing here */
 	int open;           /* transits not yet terminated */
 	int busy;           /* system calls in flight on fd */
-	unsigned registered:1, closed:1, is_socket:1, dead:1;
+	/* The directions (TR_K_READ, TR_K_WRITE) subscribed in the kernel. */
+	unsigned registered:2;
+	unsigned closed:1, is_socket:1, dead:1;
 	/*
 	 * The kernel reported a hang-up or an error.  From then on a short
 	 * transfer no longer proves the kernel was drained: the end (EOF, the
@@ -143,6 +145,14 @@ struct tr_traffic {
 	int fatal;                /* errno that stopped the cycle thread */
 	int policy;               /* tr_cycle_policy of the cycle thread */
 	int raised;               /* signalled, for readers without the lock (a hint) */
+	/*
+	 * The cycle thread writes its batch's signal after dropping the lock
+	 * (the collector it wakes wants the lock).  signal_lock orders that
+	 * write with the collector's clear; write_due says the write is still
+	 * wanted (the collector cancels it when it collected first).
+	 */
+	pthread_mutex_t signal_lock;
+	int write_due;
 	pthread_t thread;
 	struct tr_transit *work, *work_tail;
 	struct tr_transit *reports, *reports_tail;
@@ -211,12 +221,39 @@ pop_work(struct tr_traffic *tr)
 	return t;
 }
 
+/* Mark the signal raised, without the system call: lock held. */
+static void
+mark_signal(struct tr_traffic *tr)
+{
+	tr->signalled = 1;
+	__atomic_store_n(&tr->raised, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * The cycle thread's write of a batch's signal, marked (mark_signal,
+ * write_due) under the lock and written here without it: the collector
+ * woken by it wants the lock at once, and a system call made holding it
+ * puts the collector to sleep on the mutex.  A collector that took the lock
+ * in between collected the batch and cancelled the write (write_due), so
+ * that a signal is never left raised with nothing behind it: the pump would
+ * wake on it forever.
+ */
+static void
+write_signal(struct tr_traffic *tr)
+{
+	pthread_mutex_lock(&tr->signal_lock);
+	if (tr->write_due) {
+		tr->write_due = 0;
+		tr_signal_raise(tr->signal_write);
+	}
+	pthread_mutex_unlock(&tr->signal_lock);
+}
+
 /* Tell the collector that completions wait: lock held. */
 static void
 raise_signal(struct tr_traffic *tr)
 {
-	tr->signalled = 1;
-	__atomic_store_n(&tr->raised, 1, __ATOMIC_RELAXED);
+	mark_signal(tr);
 	tr_signal_raise(tr->signal_write);
 }
 
@@ -731,12 +768,17 @@ transfer_octets(struct tr_transit *t, int drain, int *error)
 
 /*
  * Descriptors: loop one message at a time to EAGAIN, the end of either part
- * of the resource, or the end of the connection.  No short-transfer
- * shortcut: a stream recvmsg stops at each message that carries
- * descriptors, so a short read does not prove the socket drained.
+ * of the resource, or the end of the connection.  The short-transfer
+ * shortcut of transfer_octets holds only for a bare message: a stream
+ * recvmsg stops after a message that carries descriptors, and (with
+ * SO_PASSCRED) before one from another writer, whose credentials then come
+ * as control data; a short read with no control data at all found the
+ * queue empty.  A short send that attached no descriptors found the buffer
+ * full (one that attached some may be short by design: see
+ * tr_fds_send).
  */
 static int
-transfer_descriptors(struct tr_transit *t, int *error)
+transfer_descriptors(struct tr_transit *t, int drain, int *error)
 {
 	struct tr_point *p = t->point;
 
@@ -748,15 +790,18 @@ transfer_descriptors(struct tr_transit *t, int *error)
 			return TX_EXHAUSTED;
 		if (t->polarity == TR_INPUT) {
 			size_t got = 0;
-			int truncated = 0;
+			int truncated = 0, bare = 0;
 
 			if (t->nfds > 0 && t->fdpos == t->nfds)
 				return TX_EXHAUSTED;
 			n = tr_fds_receive(p->fd, t->buf + t->pos, want,
-			    t->fds != NULL ? t->fds + t->fdpos : NULL, t->nfds - t->fdpos, &got, &truncated);
+			    t->fds != NULL ? t->fds + t->fdpos : NULL, t->nfds - t->fdpos, &got, &truncated,
+			    &bare);
 			if (n > 0) {
 				t->pos += (size_t)n;
 				t->fdpos += got;
+				if ((size_t)n < want && bare && !drain)
+					return TX_AGAIN;
 				continue;
 			}
 			if (n == 0)
@@ -772,6 +817,8 @@ transfer_descriptors(struct tr_transit *t, int *error)
 					close(t->fds[t->fdpos + i]);
 				t->fdpos += attached;
 				t->pos += (size_t)n;
+				if ((size_t)n < want && attached == 0 && !drain)
+					return TX_AGAIN;
 				continue;
 			}
 			if (n == 0)
@@ -847,7 +894,7 @@ transfer(struct tr_transit *t, int drain, int *error)
 	if (t->type == TR_SOCKETS)
 		return transfer_sockets(t, error);
 	if (t->type == TR_DESCRIPTORS)
-		return transfer_descriptors(t, error);
+		return transfer_descriptors(t, drain, error);
 	if (t->type == TR_DATAGRAMS)
 		return transfer_datagrams(t, error);
 	return transfer_octets(t, drain, error);
@@ -976,16 +1023,18 @@ wants_transfer(const struct tr_transit *t)
 	return 1;
 }
 
+/* Subscribe the point for the transit's direction, if it is not yet. */
 static int
-ensure_registered(struct tr_traffic *tr, struct tr_point *p)
+ensure_registered(struct tr_traffic *tr, struct tr_point *p, const struct tr_transit *t)
 {
+	unsigned int want = t->polarity == TR_INPUT ? TR_K_READ : TR_K_WRITE;
 	int err;
 
-	if (p->registered || p->closed)
+	if ((p->registered & want) || p->closed)
 		return 0;
-	err = tr_kernel_register(tr->kernel, p->fd, p);
+	err = tr_kernel_register(tr->kernel, p->fd, p, p->registered, want);
 	if (err == 0)
-		p->registered = 1;
+		p->registered |= want;
 	return err;
 }
 
@@ -1086,7 +1135,7 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		switch (rc) {
 		case TX_AGAIN:
 			if (t->edges == edges) {
-				int err = ensure_registered(tr, p);
+				int err = ensure_registered(tr, p, t);
 
 				t->flags &= ~TF_READY;
 				if (err < 0) {
@@ -1207,6 +1256,7 @@ tr_traffic_create(tr_traffic **out)
 		return err;
 	}
 	pthread_mutex_init(&tr->lock, NULL);
+	pthread_mutex_init(&tr->signal_lock, NULL);
 	live(1);
 	*out = tr;
 	return 0;
@@ -1318,6 +1368,7 @@ static void *
 cycle_main(void *arg)
 {
 	struct tr_traffic *tr = arg;
+	int due = 0;   /* a batch's signal to write once the lock is dropped */
 
 	signals_blocked = 1;   /* tr_traffic_start created it with every signal blocked */
 #ifdef __linux__
@@ -1351,6 +1402,10 @@ cycle_main(void *arg)
 		tr->wake_pending = 0;
 		tr->sleeping = timeout != 0;
 		pthread_mutex_unlock(&tr->lock);
+		if (due) {
+			write_signal(tr);
+			due = 0;
+		}
 		n = tr_kernel_wait(tr->kernel, tr->events, TR_BATCH, timeout);
 		pthread_mutex_lock(&tr->lock);
 		tr->sleeping = 0;
@@ -1365,8 +1420,11 @@ cycle_main(void *arg)
 		tr->batching = 0;
 		if (tr->signal_due) {
 			tr->signal_due = 0;
-			if (!tr->signalled && tr->reports != NULL)
-				raise_signal(tr);
+			if (!tr->signalled && tr->reports != NULL) {
+				mark_signal(tr);
+				tr->write_due = 1;   /* see write_signal */
+				due = 1;
+			}
 		}
 		reap(tr);
 	}
@@ -1383,6 +1441,8 @@ cycle_main(void *arg)
 		}
 	}
 	pthread_mutex_unlock(&tr->lock);
+	if (due)
+		write_signal(tr);
 	return NULL;
 }
 
@@ -1463,6 +1523,7 @@ tr_traffic_destroy(tr_traffic *tr)
 	pthread_mutex_unlock(&registry);
 
 	pthread_mutex_destroy(&tr->lock);
+	pthread_mutex_destroy(&tr->signal_lock);
 	tr_signal_close(tr->signal_read, tr->signal_write);
 	tr_kernel_close(tr->kernel);
 	free(tr);
@@ -1938,7 +1999,12 @@ tr_collect(tr_traffic *tr, tr_report *reports, int max)
 	if (tr->reports == NULL && tr->signalled) {
 		tr->signalled = 0;
 		__atomic_store_n(&tr->raised, 0, __ATOMIC_RELAXED);
-		tr_signal_clear(tr->signal_read);
+		pthread_mutex_lock(&tr->signal_lock);
+		if (tr->write_due)
+			tr->write_due = 0;   /* collected before it was written: never write it */
+		else
+			tr_signal_clear(tr->signal_read);
+		pthread_mutex_unlock(&tr->signal_lock);
 	}
 	pthread_mutex_unlock(&tr->lock);
 	return n;

@@ -9,7 +9,10 @@
  *   remain than fit in this message, the message carries exactly one byte,
  *   so that every later message still has a byte to ride on.
  * - tr_fds_receive(): one recvmsg(2), with MSG_CMSG_CLOEXEC where defined
- *   (else FD_CLOEXEC is set on each descriptor at once); 0 is EOF.  Its
+ *   (else FD_CLOEXEC is set on each descriptor at once); 0 is EOF.  It
+ *   says whether the message came bare (no control data at all): only
+ *   then does a short read prove the socket drained (see the core's
+ *   transfer_descriptors).  Its
  *   control buffer has room for TR_FDS_RECEIVE_MAX descriptors, more than
  *   any caller's capacity, so that what a peer sends beyond the capacity
  *   reaches us (and is closed here) rather than being cut by the kernel.
@@ -131,7 +134,8 @@ tr_fds_parse(const void *control, size_t controllen, int *fds, size_t cap,
 }
 
 ssize_t
-tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *got, int *truncated)
+tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *got, int *truncated,
+    int *bare)
 {
 	union {
 		struct cmsghdr align;
@@ -147,6 +151,7 @@ tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *
 
 	*got = 0;
 	*truncated = 0;
+	*bare = 0;
 #ifdef MSG_CMSG_CLOEXEC
 	flags |= MSG_CMSG_CLOEXEC;
 #endif
@@ -171,5 +176,6 @@ tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *
 		close(rejected[i]);
 	*got = parsed.delivered;
 	*truncated = (msg.msg_flags & MSG_CTRUNC) || parsed.truncated || parsed.malformed;
+	*bare = msg.msg_controllen == 0 && !(msg.msg_flags & MSG_CTRUNC);
 	return n;
 }

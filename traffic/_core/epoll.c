@@ -9,8 +9,9 @@
  * - With EPOLLET an event is reported once per edge (new data, new space,
  *   a hang-up), so the core loops every transfer until EAGAIN and keeps a
  *   "kernel ready" bit for transfers it could not finish.
- * - EPOLL_CTL_ADD reports the descriptor's current readiness as an edge, so
- *   registering lazily, at the first EAGAIN, misses nothing.
+ * - EPOLL_CTL_ADD and EPOLL_CTL_MOD report the descriptor's current
+ *   readiness as an edge, so registering lazily, a direction at its first
+ *   EAGAIN (ADD, then MOD for the other), misses nothing.
  * - EPOLLRDHUP arrives while unread input may still be queued: it is only a
  *   hint that reading will reach EOF; the core drains until read() returns 0.
  * - epoll_ctl is safe while another thread sits in epoll_wait on the same
@@ -74,14 +75,17 @@ tr_kernel_close(struct tr_kernel *k)
 }
 
 int
-tr_kernel_register(struct tr_kernel *k, int fd, void *udata)
+tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
 {
-	struct epoll_event ev = {
-		.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-		.data.ptr = udata,
-	};
+	unsigned int directions = had | want;
+	struct epoll_event ev = {.events = EPOLLET, .data.ptr = udata};
 
-	if (epoll_ctl(k->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+	/* EPOLLHUP and EPOLLERR come whatever the mask; EPOLLRDHUP is input's. */
+	if (directions & TR_K_READ)
+		ev.events |= EPOLLIN | EPOLLRDHUP;
+	if (directions & TR_K_WRITE)
+		ev.events |= EPOLLOUT;
+	if (epoll_ctl(k->epfd, had ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
 	return 0;
 }

@@ -5,11 +5,16 @@
  *
  * The backend's contract, in the kqueue(2) model:
  *
- * - tr_kernel_register() subscribes a descriptor once, edge-triggered
- *   (EPOLLET / EV_CLEAR), for both readability and writability, with an
- *   opaque pointer returned in its events.  There is no per-transfer
- *   modification: the core loops each transfer to EAGAIN and waits for the
- *   next edge.  Registering reports the descriptor's current readiness.
+ * - tr_kernel_register() subscribes a descriptor, edge-triggered
+ *   (EPOLLET / EV_CLEAR), for readability and/or writability (TR_K_READ,
+ *   TR_K_WRITE in want) on top of what it already has (had: 0 the first
+ *   time), with an opaque pointer returned in its events.  The core adds a
+ *   direction the first time a transfer in it meets EAGAIN, and never takes
+ *   one away: a direction nobody waits on would wake the cycle for nothing
+ *   (an AF_UNIX socket raises a writable edge every time its peer reads),
+ *   and there is no per-transfer modification: the core loops each transfer
+ *   to EAGAIN and waits for the next edge.  Registering reports the
+ *   descriptor's current readiness in the directions added.
  * - tr_kernel_wait() waits at most timeout_ms (-1: forever) and returns the
  *   number of events stored, or -errno (-EINTR included: a wait entered
  *   from Python must return so that Python's signal handlers run).  A wake
@@ -40,7 +45,8 @@ struct tr_kernel;
 
 int tr_kernel_open(struct tr_kernel **out);
 void tr_kernel_close(struct tr_kernel *kernel);
-int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata);
+int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata, unsigned int had,
+    unsigned int want);
 int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
 int tr_kernel_wait(struct tr_kernel *kernel, struct tr_kevent *events, int max, int timeout_ms);
 int tr_kernel_wake(struct tr_kernel *kernel);
@@ -69,7 +75,8 @@ struct tr_fds_parsed {
 };
 
 ssize_t tr_fds_send(int sock, const char *data, size_t size, const int *fds, size_t nfds, size_t *attached);
-ssize_t tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *got, int *truncated);
+ssize_t tr_fds_receive(int sock, char *data, size_t size, int *fds, size_t cap, size_t *got, int *truncated,
+    int *bare);
 int tr_fds_parse(const void *control, size_t controllen, int *fds, size_t cap,
     int *rejected, size_t rejected_cap, struct tr_fds_parsed *out);
 

@@ -4,9 +4,10 @@
  * Some facts about kqueue this relies on:
  *
  * - A knote is keyed by (descriptor, filter), so a descriptor is registered
- *   as two knotes, EVFILT_READ and EVFILT_WRITE, added once together in a
- *   single kevent() change list.  They are reported separately, so one wait
- *   may yield two tr_kevents with the same udata; the core ORs them.
+ *   as up to two knotes, EVFILT_READ and EVFILT_WRITE, each added the first
+ *   time the core asks for its direction (both in one kevent() change list
+ *   when asked together).  They are reported separately, so one wait may
+ *   yield two tr_kevents with the same udata; the core ORs them.
  * - EV_CLEAR makes a knote edge-triggered: its state is reset when it is
  *   retrieved, so the core loops every transfer until EAGAIN and keeps a
  *   "kernel ready" bit for transfers it could not finish.
@@ -218,20 +219,28 @@ tr_kernel_delete(struct tr_kernel *k, int fd, int filter)
 }
 
 int
-tr_kernel_register(struct tr_kernel *k, int fd, void *udata)
+tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
 {
 	struct kevent changes[2];
-	int err;
+	unsigned int add = want & ~had;
+	int n = 0, err;
 
-	EV_SET(&changes[0], fd, EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0,
-	    TR_UDATA(udata));
-	EV_SET(&changes[1], fd, EVFILT_WRITE, EV_ADD | EV_CLEAR, 0, 0,
-	    TR_UDATA(udata));
-	if (kevent(k->kq, changes, 2, NULL, 0, NULL) < 0) {
+	/* No n++ inside EV_SET: some systems' macro evaluates it more than once. */
+	if (add & TR_K_READ) {
+		EV_SET(&changes[n], fd, EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0, TR_UDATA(udata));
+		++n;
+	}
+	if (add & TR_K_WRITE) {
+		EV_SET(&changes[n], fd, EVFILT_WRITE, EV_ADD | EV_CLEAR, 0, 0, TR_UDATA(udata));
+		++n;
+	}
+	if (n > 0 && kevent(k->kq, changes, n, NULL, 0, NULL) < 0) {
 		err = -errno;
-		/* The change list stops at the failing change: undo the rest. */
-		(void)tr_kernel_delete(k, fd, EVFILT_READ);
-		(void)tr_kernel_delete(k, fd, EVFILT_WRITE);
+		/* The change list stops at the failing change: undo what it added. */
+		if (add & TR_K_READ)
+			(void)tr_kernel_delete(k, fd, EVFILT_READ);
+		if (add & TR_K_WRITE)
+			(void)tr_kernel_delete(k, fd, EVFILT_WRITE);
 		return err;
 	}
 	return 0;
