@@ -137,6 +137,50 @@ def test_input_request_completes_when_data_arrives(ttr: Traffic, inline: bool) -
         assert select.select([ttr.completion_fileno()], [], [], 0)[0] == []
 
 
+def readable(fd: int, timeout: float = 0) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_a_lazy_signal_is_written_only_while_the_collector_may_sleep(ttr: Traffic) -> None:
+    """After tr_traffic_collector_asleep() the completion descriptor is
+    written only between a 1 and the next 0 (the trio layer's collector
+    reads the flag after each I/O wait instead); the flag says completions
+    wait either way, and collecting them clears both."""
+    fd = ttr.completion_fileno()
+    flag = lib.tr_traffic_signal_flag(ttr._c)
+    lib.tr_traffic_collector_asleep(ttr._c, 0)
+    inp, _out, peer = pair(ttr)
+    with peer:
+        buf = bytearray(100)
+        # Awake: a completion raises the flag, not the descriptor.
+        assert ttr.request(inp, buf)[0] == PENDING
+        peer.sendall(b"one")
+        for _ in range(300):
+            if flag[0]:
+                break
+            select.select([], [], [], 0.01)
+        assert flag[0]
+        assert not readable(fd, 0.05)
+        # Going to sleep with completions waiting writes it at once.
+        lib.tr_traffic_collector_asleep(ttr._c, 1)
+        assert readable(fd)
+        lib.tr_traffic_collector_asleep(ttr._c, 0)
+        [c] = ttr.collect()
+        assert (c.outcome, c.transferred, bytes(buf[:3])) == (DONE, 3, b"one")
+        assert not flag[0]
+        assert not readable(fd)
+        # Asleep first: the cycle thread writes it for the new completion.
+        assert ttr.request(inp, buf)[0] == PENDING
+        lib.tr_traffic_collector_asleep(ttr._c, 1)
+        assert not readable(fd)
+        peer.sendall(b"two")
+        assert readable(fd, 30)
+        lib.tr_traffic_collector_asleep(ttr._c, 0)
+        [c] = ttr.collect()
+        assert (c.outcome, c.transferred, bytes(buf[:3])) == (DONE, 3, b"two")
+        assert not readable(fd)
+
+
 @pytest.mark.parametrize("inline", [True, False])
 def test_output_request_larger_than_the_socket_buffer(ttr: Traffic, inline: bool) -> None:
     _inp, out, peer = pair(ttr)

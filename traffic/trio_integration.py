@@ -13,16 +13,18 @@ kernel and performs the transfers.  A task that wants to transfer:
    rule holds and no other thread was involved;
 3. otherwise the request stays in the core, and the task parks with
    ``wait_task_rescheduled``.  The cycle thread performs the transfer when
-   the kernel allows and queues a completion; the first completion of a
-   batch makes the completion descriptor readable.  Right after each of
-   trio's I/O waits, an instrument (``after_io_wait``) looks at a flag of
-   the core; if completions wait, it collects them all in one C call and
-   ``reschedule``\\ s the parked tasks, which then run in that same pass of
-   the run loop.  One system task per run (the *pump*) waits on the
-   descriptor with ``wait_readable``: it is what wakes a sleeping trio, and
-   it collects whatever the instrument did not.  The cycle thread never
-   takes the GIL and never calls into trio; ``reschedule`` (not
-   thread-safe) is only ever called in trio's thread, by those two.
+   the kernel allows and queues a completion, raising a flag of the core
+   for the batch.  Right after each of trio's I/O waits, an instrument
+   (``after_io_wait``) looks at the flag; if completions wait, it collects
+   them all in one C call and ``reschedule``\\ s the parked tasks, which
+   then run in that same pass of the run loop.  One system task per run
+   (the *pump*) waits on the core's completion descriptor with
+   ``wait_readable``: it is what wakes a sleeping trio.  The core writes
+   the descriptor only while trio may be blocked (the instrument tells it
+   before an I/O wait with a timeout and after it), so a busy trio pays no
+   system call and no pump step per batch.  The cycle thread never takes
+   the GIL and never calls into trio; ``reschedule`` (not thread-safe) is
+   only ever called in trio's thread, by those two.
 
 A parked ``receive_some`` holds no buffer: it asks the core to allocate the
 memory when data arrives (``tr_request`` with a NULL resource), and the
@@ -143,6 +145,7 @@ _CLOSED = lib.TR_CLOSED
 _WITHDRAWN = lib.TR_WITHDRAWN
 _NULL = ffi.NULL
 _tr_request_fds = lib.tr_request_fds
+_tr_traffic_collector_asleep = lib.tr_traffic_collector_asleep
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 _FAILED = trio.lowlevel.Abort.FAILED
 _current_task = trio.lowlevel.current_task
@@ -190,23 +193,42 @@ class _Collector(trio.abc.Instrument):
     that pass's batch, and the tasks the pump reschedules wait for the next
     pass (another I/O poll, deadline check and batch).  Collected here,
     after the I/O wait and before the batch is taken, they run in the same
-    pass.  The pump stays the one that wakes trio when it sleeps (the
-    completion descriptor is what its I/O wait sees), and finds nothing left
-    to do then.  The core's flag is read without a call or lock: a stale
-    zero only defers the tasks to the pump.
+    pass.  The core's flag is read without a call or lock: a stale zero only
+    defers the tasks to the pump.
+
+    The pump is what wakes trio when it sleeps (the completion descriptor is
+    what its I/O wait sees), so the core writes the descriptor only then:
+    the collector tells it before an I/O wait that may block (a timeout
+    above zero) and after it.  While trio is busy the cycle thread makes no
+    system call to signal, trio none to clear, and the pump is not woken
+    (each wake-up costs trio a task step, a re-registration of the
+    descriptor and, as often as not, a pass of the run loop).
     """
 
-    __slots__ = ("delivery", "flag", "traffic")
+    __slots__ = ("asleep", "c", "delivery", "flag", "traffic")
 
     def __init__(self, delivery: _Delivery) -> None:
         self.delivery = delivery
         self.traffic = delivery.traffic
-        self.flag = lib.tr_traffic_signal_flag(delivery.traffic._c)
+        self.c = delivery.traffic._c
+        self.flag = lib.tr_traffic_signal_flag(self.c)
+        self.asleep = False
+        _tr_traffic_collector_asleep(self.c, 0)  # lazy from now on
+
+    def before_io_wait(self, timeout: float) -> None:
+        if timeout > 0 and not self.traffic._closed:
+            self.asleep = True
+            _tr_traffic_collector_asleep(self.c, 1)
 
     def after_io_wait(self, timeout: float) -> None:
-        # Closed (by the pump, or a user of current_traffic()): the flag's
+        # Closed (by the pump, or a user of current_traffic()): the core's
         # memory is freed.
-        if not self.traffic._closed and self.flag[0]:
+        if self.traffic._closed:
+            return
+        if self.asleep:
+            self.asleep = False
+            _tr_traffic_collector_asleep(self.c, 0)
+        if self.flag[0]:
             _deliver(self.delivery)
 
 

@@ -146,13 +146,16 @@ struct tr_traffic {
 	int policy;               /* tr_cycle_policy of the cycle thread */
 	int raised;               /* signalled, for readers without the lock (a hint) */
 	/*
-	 * The cycle thread writes its batch's signal after dropping the lock
-	 * (the collector it wakes wants the lock).  signal_lock orders that
-	 * write with the collector's clear; write_due says the write is still
-	 * wanted (the collector cancels it when it collected first).
+	 * The completion descriptor is written outside the lock (the collector
+	 * it wakes wants the lock at once), so it has a lock of its own, taken
+	 * after the main one when both are held: written says the descriptor
+	 * holds a count; lazy that the collector reports when it may block in
+	 * its I/O wait (tr_traffic_collector_asleep), asleep that it may now.
+	 * A lazy signal is written only while the collector may be blocked: an
+	 * awake one reads raised after each of its waits instead.
 	 */
 	pthread_mutex_t signal_lock;
-	int write_due;
+	int written, lazy, asleep;
 	pthread_t thread;
 	struct tr_transit *work, *work_tail;
 	struct tr_transit *reports, *reports_tail;
@@ -230,22 +233,33 @@ mark_signal(struct tr_traffic *tr)
 }
 
 /*
- * The cycle thread's write of a batch's signal, marked (mark_signal,
- * write_due) under the lock and written here without it: the collector
- * woken by it wants the lock at once, and a system call made holding it
- * puts the collector to sleep on the mutex.  A collector that took the lock
- * in between collected the batch and cancelled the write (write_due), so
- * that a signal is never left raised with nothing behind it: the pump would
- * wake on it forever.
+ * Write the completion descriptor if completions wait, nothing was written
+ * for them yet, and the collector may be blocked (always, unless lazy):
+ * signal_lock held.  It reads raised, not signalled: a collector that took
+ * the completions since they were marked cleared it, and a write now would
+ * leave the descriptor readable with nothing behind it (a pump waiting on
+ * it would wake for nothing, forever).
+ */
+static void
+write_signal_locked(struct tr_traffic *tr)
+{
+	if (!tr->written && __atomic_load_n(&tr->raised, __ATOMIC_RELAXED) &&
+	    (tr->asleep || !tr->lazy)) {
+		tr_signal_raise(tr->signal_write);
+		tr->written = 1;
+	}
+}
+
+/*
+ * The cycle thread calls it without the main lock at the end of a batch
+ * that marked the signal (a system call made holding the lock would put the
+ * collector it wakes to sleep on the mutex); others with it.
  */
 static void
 write_signal(struct tr_traffic *tr)
 {
 	pthread_mutex_lock(&tr->signal_lock);
-	if (tr->write_due) {
-		tr->write_due = 0;
-		tr_signal_raise(tr->signal_write);
-	}
+	write_signal_locked(tr);
 	pthread_mutex_unlock(&tr->signal_lock);
 }
 
@@ -254,7 +268,7 @@ static void
 raise_signal(struct tr_traffic *tr)
 {
 	mark_signal(tr);
-	tr_signal_raise(tr->signal_write);
+	write_signal(tr);
 }
 
 static void
@@ -1299,6 +1313,18 @@ tr_traffic_signal_flag(tr_traffic *tr)
 }
 
 int
+tr_traffic_collector_asleep(tr_traffic *tr, int asleep)
+{
+	pthread_mutex_lock(&tr->signal_lock);
+	tr->lazy = 1;
+	tr->asleep = asleep != 0;
+	if (tr->asleep)
+		write_signal_locked(tr);   /* marked while it was awake */
+	pthread_mutex_unlock(&tr->signal_lock);
+	return 0;
+}
+
+int
 tr_traffic_wake(tr_traffic *tr)
 {
 	pthread_mutex_lock(&tr->lock);
@@ -1422,7 +1448,6 @@ cycle_main(void *arg)
 			tr->signal_due = 0;
 			if (!tr->signalled && tr->reports != NULL) {
 				mark_signal(tr);
-				tr->write_due = 1;   /* see write_signal */
 				due = 1;
 			}
 		}
@@ -1996,14 +2021,16 @@ tr_collect(tr_traffic *tr, tr_report *reports, int max)
 		transit_consider_free(t);
 		++n;
 	}
-	if (tr->reports == NULL && tr->signalled) {
-		tr->signalled = 0;
-		__atomic_store_n(&tr->raised, 0, __ATOMIC_RELAXED);
+	if (tr->reports == NULL) {
+		if (tr->signalled) {
+			tr->signalled = 0;
+			__atomic_store_n(&tr->raised, 0, __ATOMIC_RELAXED);
+		}
 		pthread_mutex_lock(&tr->signal_lock);
-		if (tr->write_due)
-			tr->write_due = 0;   /* collected before it was written: never write it */
-		else
+		if (tr->written) {
 			tr_signal_clear(tr->signal_read);
+			tr->written = 0;
+		}
 		pthread_mutex_unlock(&tr->signal_lock);
 	}
 	pthread_mutex_unlock(&tr->lock);

@@ -145,12 +145,21 @@ int tr_traffic_mode(tr_traffic *traffic);
 long tr_traffic_transits(tr_traffic *traffic);
 int tr_traffic_completion_fd(tr_traffic *traffic);
 /*
- * Nonzero while the completion descriptor is raised, readable without a
- * call or the lock: a hint for a collector that polls between its own
- * waits (a stale zero only means the descriptor's wake-up comes instead).
- * Valid until tr_traffic_destroy.
+ * Nonzero while completions wait to be collected, readable without a call
+ * or the lock: a hint for a collector that polls between its own waits (a
+ * stale zero only means the descriptor's wake-up comes instead).  Valid
+ * until tr_traffic_destroy.
  */
 const int *tr_traffic_signal_flag(tr_traffic *traffic);
+/*
+ * A collector that reads the flag after each of its I/O waits can spare
+ * the completion descriptor's system calls while it is awake: it calls
+ * this with 1 just before a wait that may block and with 0 after it.  The
+ * first call makes the signal lazy: from then on the descriptor is written
+ * only between a 1 and the next 0 (at once on the 1 if completions
+ * already wait).  Without a call it is written for every batch.
+ */
+int tr_traffic_collector_asleep(tr_traffic *traffic, int asleep);
 int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long long token);
 
 /* Transits */
