@@ -22,7 +22,7 @@ import pytest
 from test_core_sync import unread
 
 import traffic
-from conftest import cycle_threads, recv_exactly
+from conftest import cycle_threads, cycle_threads_gone, recv_exactly
 from traffic import Completion, Octets, Sockets, Traffic, TransitClosedError
 from traffic._traffic import lib
 
@@ -457,7 +457,7 @@ def test_close_with_pending_requests() -> None:
         assert tr.request(inp, bytearray(10))[0] == PENDING
         assert tr.request(out, os.urandom(8 << 20))[0] == PENDING
         tr.close()
-        assert not cycle_threads()
+        assert cycle_threads_gone()
         assert inp.terminated and out.terminated
         assert inp.fileno() == -1
         peer.settimeout(30)

@@ -28,7 +28,7 @@ from test_trio_support import (
 )
 
 import traffic
-from conftest import cycle_threads, open_fds
+from conftest import cycle_threads, cycle_threads_gone, open_fds
 
 #: Where the traffic under test was imported from, for subprocesses.
 IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
@@ -63,7 +63,7 @@ def test_run_leaves_nothing_behind() -> None:
     gc.collect()
     fds = open_fds()
     objects = traffic.live_objects()
-    assert not cycle_threads()
+    assert cycle_threads_gone()
     trio.run(use_traffic, True)
     # Descriptors are closed synchronously when the run ends; the joined
     # thread may take a moment to leave /proc (see settled()).
