@@ -136,6 +136,48 @@ def test_run_goes_on_after_its_traffic_is_closed() -> None:
     trio.run(main)
 
 
+def test_a_collector_that_raises_leaves_delivery_to_the_pump(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """trio disables an instrument that raises.  traffic's collector tells
+    the core to write the completion descriptor only while trio may sleep;
+    once disabled it tells it nothing more, so on its way out it hands the
+    wake-ups back to the descriptor: parked receives still wake, through the
+    pump."""
+    from traffic import trio_integration
+
+    deliver = trio_integration._deliver
+    broke: list[bool] = []
+
+    def breaks_once_in_the_collector(delivery: Any) -> None:
+        if not broke and sys._getframe(1).f_code.co_name == "after_io_wait":
+            broke.append(True)
+            raise RuntimeError("the collector broke")
+        deliver(delivery)
+
+    monkeypatch.setattr(trio_integration, "_deliver", breaks_once_in_the_collector)
+
+    async def main() -> None:
+        a, b = await unix_pair()
+
+        async def late(message: bytes) -> None:
+            await trio.sleep(0.01)  # the receive parks, trio sleeps
+            await b.send_all(message)
+
+        with trio.fail_after(20):
+            for i in range(10):
+                message = b"%d" % i
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(late, message)
+                    assert await receive_exactly(a, len(message)) == message
+        await a.aclose()
+        await b.aclose()
+
+    trio.run(main)
+    assert broke
+    assert "Instrument has been disabled" in caplog.text
+
+
 CTRL_C_SCRIPT = """
 import socket, sys
 from functools import partial

@@ -225,11 +225,17 @@ class _Collector(trio.abc.Instrument):
         # memory is freed.
         if self.traffic._closed:
             return
-        if self.asleep:
-            self.asleep = False
-            _tr_traffic_collector_asleep(self.c, 0)
-        if self.flag[0]:
-            _deliver(self.delivery)
+        try:
+            if self.asleep:
+                self.asleep = False
+                _tr_traffic_collector_asleep(self.c, 0)
+            if self.flag[0]:
+                _deliver(self.delivery)
+        except BaseException:
+            # trio disables an instrument that raises: from now on the pump
+            # alone delivers, so the descriptor must be written every time.
+            _tr_traffic_collector_asleep(self.c, -1)
+            raise
 
 
 class _Parked:

@@ -1316,7 +1316,7 @@ int
 tr_traffic_collector_asleep(tr_traffic *tr, int asleep)
 {
 	pthread_mutex_lock(&tr->signal_lock);
-	tr->lazy = 1;
+	tr->lazy = asleep >= 0;
 	tr->asleep = asleep != 0;
 	if (tr->asleep)
 		write_signal_locked(tr);   /* marked while it was awake */

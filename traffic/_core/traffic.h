@@ -157,7 +157,8 @@ const int *tr_traffic_signal_flag(tr_traffic *traffic);
  * this with 1 just before a wait that may block and with 0 after it.  The
  * first call makes the signal lazy: from then on the descriptor is written
  * only between a 1 and the next 0 (at once on the 1 if completions
- * already wait).  Without a call it is written for every batch.
+ * already wait).  Without a call, or after a call with -1 (the collector
+ * stops reading the flag), it is written for every batch.
  */
 int tr_traffic_collector_asleep(tr_traffic *traffic, int asleep);
 int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long long token);
