@@ -178,6 +178,51 @@ def test_a_collector_that_raises_leaves_delivery_to_the_pump(
     assert "Instrument has been disabled" in caplog.text
 
 
+def cycle_wakes() -> int:
+    """Times this process's traffic-cycle thread went to sleep (voluntary
+    context switches, from /proc)."""
+    [task] = cycle_threads()
+    with open(f"/proc/self/task/{task}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+def test_data_taken_inline_does_not_wake_the_cycle_thread() -> None:
+    """A socket is subscribed in the kernel only while a request waits on
+    it: data that a receive finds already there (taken inline, in trio's
+    thread) never wakes the cycle thread, which would otherwise run once per
+    message for nothing (a context switch each, on trio's CPU if they share
+    one)."""
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        stream = traffic.TrafficStream(a)
+        try:
+
+            async def late() -> None:
+                await trio.sleep(0.05)
+                b.send(b"x")
+
+            # One receive that waits: the socket has been subscribed once.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(late)
+                assert await stream.receive_some() == b"x"
+            await trio.sleep(0.05)
+            before = cycle_wakes()
+            for i in range(200):
+                b.send(b"%03d" % i)  # there before the receive asks
+                assert await stream.receive_some() == b"%03d" % i
+            await trio.sleep(0.05)
+            assert cycle_wakes() - before < 20
+        finally:
+            await stream.aclose()
+            b.close()
+
+    trio.run(main)
+
+
 CTRL_C_SCRIPT = """
 import socket, sys
 from functools import partial

@@ -195,6 +195,37 @@ async def test_each_direction_subscribes_when_it_first_waits(kind: str, first: s
 
 
 @pytest.mark.trio
+async def test_a_receive_and_a_send_waiting_at_once_both_wake(kind: str) -> None:
+    """A receive waits on an empty socket while a send waits on a full one.
+    The core's one-shot subscription covers both directions of the socket,
+    and on Linux the kernel disarms both when it reports one: the message
+    wakes the receive, and the send, disarmed with it, still completes
+    once the peer drains."""
+    a, b = await PAIRS[kind]()
+    data = pseudorandom(4 << 20, seed=3)
+    received: list[bytes] = []
+
+    async def send() -> None:
+        await a.send_all(data)  # more than the kernel holds: it waits
+
+    async def receive() -> None:
+        received.append(await receive_exactly(a, 5))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            nursery.start_soon(receive)
+            await trio.sleep(0.1)  # both wait now
+            await b.send_all(b"hello")  # the receive's direction fires
+            await trio.sleep(0.1)
+            assert received == [b"hello"]
+            drained = await receive_exactly(b, len(data))
+    assert digest(drained) == digest(data)
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.trio
 async def test_two_receivers_busy(kind: str) -> None:
     a, b = await PAIRS[kind]()
     async with trio.open_nursery() as nursery:

@@ -84,8 +84,13 @@ struct tr_point {
 	int links;          /* transit structs pointing here */
 	int open;           /* transits not yet terminated */
 	int busy;           /* system calls in flight on fd */
-	/* The directions (TR_K_READ, TR_K_WRITE) subscribed in the kernel. */
-	unsigned registered:2;
+	/*
+	 * The directions (TR_K_READ, TR_K_WRITE) subscribed in the kernel:
+	 * for good (synchronous), or in its set at all (threaded: nonzero);
+	 * armed: the directions a threaded Traffic's one-shot subscription
+	 * waits on now (cleared as the kernel reports them).
+	 */
+	unsigned registered:2, armed:2;
 	unsigned closed:1, is_socket:1, dead:1;
 	/*
 	 * The kernel reported a hang-up or an error.  From then on a short
@@ -339,6 +344,7 @@ point_close(struct tr_traffic *tr, struct tr_point *p)
 	p->fd = -1;
 	p->closed = 1;
 	p->registered = 0;
+	p->armed = 0;
 }
 
 /* Close the point if nothing is left to use it; called with the lock held. */
@@ -415,6 +421,7 @@ transit_free(struct tr_transit *t)
 			if (p->registered && !p->closed)
 				tr_kernel_unregister(tr->kernel, p->fd);
 			p->registered = 0;
+			p->armed = 0;
 		}
 	}
 	if (t->fds_owned)
@@ -1053,6 +1060,42 @@ ensure_registered(struct tr_traffic *tr, struct tr_point *p, const struct tr_tra
 }
 
 /*
+ * A threaded Traffic subscribes a descriptor only while a request waits on
+ * it, and once: one-shot and level-triggered, armed for the directions
+ * whose requests wait (the caller's included) at the EAGAIN that makes a
+ * request wait.  The kernel disarms it when it reports.  Permanent
+ * edge-triggered subscriptions woke the cycle thread for every edge,
+ * including those of data the owner's thread had already taken inline: on
+ * a shared CPU that was a context switch per message for nothing, and the
+ * owner's thread found the data only after the cycle thread had run.  The
+ * price is one epoll_ctl per wait, as trio pays, and an input request's
+ * inline attempt always makes its system call (request_locked): with no
+ * subscription while nobody waits, nothing says whether data came.
+ */
+static int
+arm(struct tr_traffic *tr, struct tr_point *p)
+{
+	unsigned int want = 0;
+	int i, err;
+
+	for (i = 0; i < 2; ++i) {
+		struct tr_transit *t = p->io[i];
+
+		if (t != NULL && t->traffic == tr && (t->flags & TF_REQUEST) && !(t->flags & TF_READY))
+			want |= t->polarity == TR_INPUT ? TR_K_READ : TR_K_WRITE;
+	}
+	if (p->closed || (p->armed & want) == want)
+		return 0;
+	want |= p->armed;
+	err = tr_kernel_arm(tr->kernel, p->fd, p, p->registered != 0, want);
+	if (err == 0) {
+		p->registered = TR_K_READ | TR_K_WRITE;   /* in the set: MOD from now on */
+		p->armed = want;
+	}
+	return err;
+}
+
+/*
  * Decide what a threaded request's transfer loop amounts to.  Returns the
  * outcome, or TR_PENDING if the request keeps waiting for an edge.
  */
@@ -1149,9 +1192,13 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		switch (rc) {
 		case TX_AGAIN:
 			if (t->edges == edges) {
-				int err = ensure_registered(tr, p, t);
+				int err = 0;
 
 				t->flags &= ~TF_READY;
+				if (!tr->threaded)
+					err = ensure_registered(tr, p, t);
+				else if (judge_request(t, rc) == TR_PENDING && !(t->flags & TF_WITHDRAW))
+					err = arm(tr, p);   /* it waits: only now */
 				if (err < 0) {
 					rc = TX_ERROR;
 					error = -err;
@@ -1220,6 +1267,29 @@ apply_events(struct tr_traffic *tr, int n)
 			in = NULL;
 		if (out != NULL && out->traffic != tr)
 			out = NULL;
+		if (tr->threaded) {
+			/*
+			 * The one-shot subscription fired.  Where the kernel disarms
+			 * the whole descriptor, a direction still waiting that was not
+			 * reported lost its subscription: it tries again (and re-arms
+			 * at its EAGAIN).
+			 */
+			unsigned int fired = 0;
+
+			if (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))
+				fired |= TR_K_READ;
+			if (f & (TR_K_WRITE | TR_K_ERROR))
+				fired |= TR_K_WRITE;
+			if (tr_kernel_disarms_all) {
+				if (in != NULL && !(fired & TR_K_READ) && (p->armed & TR_K_READ))
+					f |= TR_K_READ;
+				if (out != NULL && !(fired & TR_K_WRITE) && (p->armed & TR_K_WRITE))
+					f |= TR_K_WRITE;
+				p->armed = 0;
+			} else {
+				p->armed &= ~fired;
+			}
+		}
 		if (in != NULL && (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))) {
 			in->edges += 1;
 			in->flags |= TF_READY;
@@ -1965,11 +2035,21 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 		t->flags &= ~TF_EXHAUSTED;
 		if (size == 0 || (t->type == TR_SOCKETS && size < sizeof(int)))
 			outcome = finish_request(tr, t, TR_DONE, report);
-		else if (inline_first)
-			outcome = drive(tr, t, report);
-		else if (t->flags & TF_READY) {
-			push_work(tr, t);
-			wake_cycle(tr);
+		else {
+			/*
+			 * Nothing is subscribed while nobody waits (see arm): an input
+			 * request tries its system call whatever the last one said,
+			 * as trio's sockets do.
+			 */
+			if (t->polarity == TR_INPUT)
+				t->flags |= TF_READY;
+			if (inline_first) {
+				outcome = drive(tr, t, report);
+			} else {
+				t->flags |= TF_READY;   /* the cycle thread tries; it arms at EAGAIN */
+				push_work(tr, t);
+				wake_cycle(tr);
+			}
 		}
 		if (outcome == TR_PENDING) {
 			report->stop = t->pos;   /* a partly done send reports its count */

@@ -16,6 +16,10 @@
  *   hint that reading will reach EOF; the core drains until read() returns 0.
  * - epoll_ctl is safe while another thread sits in epoll_wait on the same
  *   epoll descriptor.
+ * - EPOLLONESHOT (a threaded Traffic's arm) disables the whole descriptor
+ *   after one event, both directions and hang-ups included, until the next
+ *   EPOLL_CTL_MOD; level-triggered, that MOD reports readiness that is
+ *   already there.
  *
  * The wake is an eventfd registered edge-triggered with a NULL udata; the
  * completion signal is a second eventfd that trio or asyncio poll.
@@ -86,6 +90,23 @@ tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, u
 	if (directions & TR_K_WRITE)
 		ev.events |= EPOLLOUT;
 	if (epoll_ctl(k->epfd, had ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0)
+		return -errno;
+	return 0;
+}
+
+/* EPOLLONESHOT is per descriptor. */
+const int tr_kernel_disarms_all = 1;
+
+int
+tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
+{
+	struct epoll_event ev = {.events = EPOLLONESHOT, .data.ptr = udata};
+
+	if (directions & TR_K_READ)
+		ev.events |= EPOLLIN | EPOLLRDHUP;
+	if (directions & TR_K_WRITE)
+		ev.events |= EPOLLOUT;
+	if (epoll_ctl(k->epfd, added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
 	return 0;
 }

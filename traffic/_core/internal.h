@@ -48,6 +48,15 @@ void tr_kernel_close(struct tr_kernel *kernel);
 int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata, unsigned int had,
     unsigned int want);
 int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
+/*
+ * A threaded Traffic subscribes differently (see arm() in core.c): one-shot
+ * and level-triggered, for the directions whose requests wait (TR_K_READ,
+ * TR_K_WRITE in directions; added: the descriptor is in the kernel's set
+ * already).  The kernel reports a direction once and disarms it; with
+ * tr_kernel_disarms_all it disarms every direction of the descriptor.
+ */
+int tr_kernel_arm(struct tr_kernel *kernel, int fd, void *udata, int added, unsigned int directions);
+extern const int tr_kernel_disarms_all;
 int tr_kernel_wait(struct tr_kernel *kernel, struct tr_kevent *events, int max, int timeout_ms);
 int tr_kernel_wake(struct tr_kernel *kernel);
 

@@ -27,6 +27,9 @@
  *   ignores ENOENT (a knote already gone).
  * - kevent() changes are safe while another thread waits in kevent() on
  *   the same kqueue.
+ * - EV_DISPATCH (a threaded Traffic's arm) disables a knote after one
+ *   event, its own direction only; EV_ADD re-enables it, and without
+ *   EV_CLEAR it is level-triggered, so readiness already there is reported.
  *
  * The wake is an EVFILT_USER knote (ident 0, EV_CLEAR) triggered with
  * NOTE_TRIGGER; where EVFILT_USER is missing it is a non-blocking pipe
@@ -243,6 +246,38 @@ tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, u
 			(void)tr_kernel_delete(k, fd, EVFILT_WRITE);
 		return err;
 	}
+	return 0;
+}
+
+/*
+ * Where EV_DISPATCH is missing, EV_ONESHOT does the same for an arm: it
+ * deletes the knote after one event, and the next EV_ADD makes it anew.
+ */
+#ifndef EV_DISPATCH
+#define EV_DISPATCH EV_ONESHOT
+#endif
+
+/* EV_DISPATCH is per knote: per direction. */
+const int tr_kernel_disarms_all = 0;
+
+int
+tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
+{
+	struct kevent changes[2];
+	int n = 0;
+
+	(void)added;   /* EV_ADD adds, or re-enables and modifies what is there */
+	/* Level-triggered (no EV_CLEAR), disabled after one event (EV_DISPATCH). */
+	if (directions & TR_K_READ) {
+		EV_SET(&changes[n], fd, EVFILT_READ, EV_ADD | EV_DISPATCH, 0, 0, TR_UDATA(udata));
+		++n;
+	}
+	if (directions & TR_K_WRITE) {
+		EV_SET(&changes[n], fd, EVFILT_WRITE, EV_ADD | EV_DISPATCH, 0, 0, TR_UDATA(udata));
+		++n;
+	}
+	if (n > 0 && kevent(k->kq, changes, n, NULL, 0, NULL) < 0)
+		return -errno;
 	return 0;
 }
 
