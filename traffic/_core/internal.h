@@ -5,16 +5,19 @@
  *
  * The backend's contract, in the kqueue(2) model:
  *
- * - tr_kernel_register() subscribes a descriptor, edge-triggered
- *   (EPOLLET / EV_CLEAR), for readability and/or writability (TR_K_READ,
- *   TR_K_WRITE in want) on top of what it already has (had: 0 the first
- *   time), with an opaque pointer returned in its events.  The core adds a
- *   direction the first time a transfer in it meets EAGAIN, and never takes
- *   one away: a direction nobody waits on would wake the cycle for nothing
- *   (an AF_UNIX socket raises a writable edge every time its peer reads),
- *   and there is no per-transfer modification: the core loops each transfer
- *   to EAGAIN and waits for the next edge.  Registering reports the
- *   descriptor's current readiness in the directions added.
+ * - tr_kernel_register() (a synchronous Traffic) subscribes a descriptor,
+ *   edge-triggered (EPOLLET / EV_CLEAR), for readability and/or
+ *   writability (TR_K_READ, TR_K_WRITE in want) on top of what it already
+ *   has (had: 0 the first time), with an opaque pointer returned in its
+ *   events.  The core adds a direction the first time a transfer in it
+ *   meets EAGAIN, and never takes one away: a direction nobody waits on
+ *   would wake the cycle for nothing (an AF_UNIX socket raises a writable
+ *   edge every time its peer reads), and there is no per-transfer
+ *   modification: the core loops each transfer to EAGAIN and waits for the
+ *   next edge.  Registering reports the descriptor's current readiness in
+ *   the directions added.
+ * - tr_kernel_arm() (a threaded Traffic) subscribes one-shot instead: see
+ *   below and arm() in core.c.
  * - tr_kernel_wait() waits at most timeout_ms (-1: forever) and returns the
  *   number of events stored, or -errno (-EINTR included: a wait entered
  *   from Python must return so that Python's signal handlers run).  A wake
