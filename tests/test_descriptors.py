@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
+from test_trio_support import receive_after_a_wait
 
 import traffic
 from conftest import open_fds, run_until
@@ -345,15 +346,7 @@ def test_bytes_of_two_writers_with_credentials_all_arrive() -> None:
 
     async def main() -> None:
         stream = traffic.TrafficStream(a)
-
-        async def late() -> None:
-            await trio.sleep(0.05)
-            b.send(b"x")
-
-        # A receive that waits: the socket is now subscribed in the kernel.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(late)
-            assert await stream.receive_some() == b"x"
+        await receive_after_a_wait(stream, b)
         # Two writers, this process and a child, while no request is
         # pending; the cycle thread takes their edge meanwhile (the sleep).
         b.send(b"a")

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 from test_trio_support import (
+    receive_after_a_wait,
     receive_exactly,
     settled,
     tcp_pair,
@@ -200,15 +201,7 @@ def test_data_taken_inline_does_not_wake_the_cycle_thread() -> None:
         a, b = socket.socketpair()
         stream = traffic.TrafficStream(a)
         try:
-
-            async def late() -> None:
-                await trio.sleep(0.05)
-                b.send(b"x")
-
-            # One receive that waits: the socket has been subscribed once.
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(late)
-                assert await stream.receive_some() == b"x"
+            await receive_after_a_wait(stream, b)
             await trio.sleep(0.05)
             before = cycle_wakes()
             for i in range(200):

@@ -149,6 +149,19 @@ async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
     return bytes(out)
 
 
+async def receive_after_a_wait(stream: TrafficStream, peer: socket.socket) -> None:
+    """One receive that has to wait (``peer`` sends a byte a moment later):
+    afterwards the core has subscribed the stream's socket in the kernel."""
+
+    async def late() -> None:
+        await trio.sleep(0.05)
+        peer.send(b"x")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late)
+        assert await stream.receive_some() == b"x"
+
+
 async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
     out = bytearray()
     while chunk := await stream.receive_some():

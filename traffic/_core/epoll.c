@@ -78,29 +78,16 @@ tr_kernel_close(struct tr_kernel *k)
 	free(k);
 }
 
-int
-tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
+/*
+ * One epoll_ctl for directions (TR_K_READ, TR_K_WRITE) in mode (EPOLLET or
+ * EPOLLONESHOT): ADD, or MOD once the descriptor is in the set.  EPOLLHUP
+ * and EPOLLERR come whatever the mask; EPOLLRDHUP is input's.
+ */
+static int
+subscribe(struct tr_kernel *k, int fd, void *udata, uint32_t mode, int added,
+    unsigned int directions)
 {
-	unsigned int directions = had | want;
-	struct epoll_event ev = {.events = EPOLLET, .data.ptr = udata};
-
-	/* EPOLLHUP and EPOLLERR come whatever the mask; EPOLLRDHUP is input's. */
-	if (directions & TR_K_READ)
-		ev.events |= EPOLLIN | EPOLLRDHUP;
-	if (directions & TR_K_WRITE)
-		ev.events |= EPOLLOUT;
-	if (epoll_ctl(k->epfd, had ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0)
-		return -errno;
-	return 0;
-}
-
-/* EPOLLONESHOT is per descriptor. */
-const int tr_kernel_disarms_all = 1;
-
-int
-tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
-{
-	struct epoll_event ev = {.events = EPOLLONESHOT, .data.ptr = udata};
+	struct epoll_event ev = {.events = mode, .data.ptr = udata};
 
 	if (directions & TR_K_READ)
 		ev.events |= EPOLLIN | EPOLLRDHUP;
@@ -109,6 +96,21 @@ tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int 
 	if (epoll_ctl(k->epfd, added ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
 	return 0;
+}
+
+int
+tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
+{
+	return subscribe(k, fd, udata, EPOLLET, had != 0, had | want);
+}
+
+/* EPOLLONESHOT is per descriptor. */
+const int tr_kernel_disarms_all = 1;
+
+int
+tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
+{
+	return subscribe(k, fd, udata, EPOLLONESHOT, added, directions);
 }
 
 int

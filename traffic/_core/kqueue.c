@@ -221,32 +221,41 @@ tr_kernel_delete(struct tr_kernel *k, int fd, int filter)
 	return 0;
 }
 
-int
-tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
+/*
+ * Add (or re-enable) the knotes of directions (TR_K_READ, TR_K_WRITE) with
+ * flags, in one kevent() change list.  On failure the list stopped at the
+ * failing change: what it added is deleted again.
+ */
+static int
+subscribe(struct tr_kernel *k, int fd, void *udata, unsigned short flags, unsigned int directions)
 {
 	struct kevent changes[2];
-	unsigned int add = want & ~had;
 	int n = 0, err;
 
 	/* No n++ inside EV_SET: some systems' macro evaluates it more than once. */
-	if (add & TR_K_READ) {
-		EV_SET(&changes[n], fd, EVFILT_READ, EV_ADD | EV_CLEAR, 0, 0, TR_UDATA(udata));
+	if (directions & TR_K_READ) {
+		EV_SET(&changes[n], fd, EVFILT_READ, EV_ADD | flags, 0, 0, TR_UDATA(udata));
 		++n;
 	}
-	if (add & TR_K_WRITE) {
-		EV_SET(&changes[n], fd, EVFILT_WRITE, EV_ADD | EV_CLEAR, 0, 0, TR_UDATA(udata));
+	if (directions & TR_K_WRITE) {
+		EV_SET(&changes[n], fd, EVFILT_WRITE, EV_ADD | flags, 0, 0, TR_UDATA(udata));
 		++n;
 	}
 	if (n > 0 && kevent(k->kq, changes, n, NULL, 0, NULL) < 0) {
 		err = -errno;
-		/* The change list stops at the failing change: undo what it added. */
-		if (add & TR_K_READ)
+		if (directions & TR_K_READ)
 			(void)tr_kernel_delete(k, fd, EVFILT_READ);
-		if (add & TR_K_WRITE)
+		if (directions & TR_K_WRITE)
 			(void)tr_kernel_delete(k, fd, EVFILT_WRITE);
 		return err;
 	}
 	return 0;
+}
+
+int
+tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
+{
+	return subscribe(k, fd, udata, EV_CLEAR, want & ~had);
 }
 
 /*
@@ -263,22 +272,9 @@ const int tr_kernel_disarms_all = 0;
 int
 tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
 {
-	struct kevent changes[2];
-	int n = 0;
-
 	(void)added;   /* EV_ADD adds, or re-enables and modifies what is there */
 	/* Level-triggered (no EV_CLEAR), disabled after one event (EV_DISPATCH). */
-	if (directions & TR_K_READ) {
-		EV_SET(&changes[n], fd, EVFILT_READ, EV_ADD | EV_DISPATCH, 0, 0, TR_UDATA(udata));
-		++n;
-	}
-	if (directions & TR_K_WRITE) {
-		EV_SET(&changes[n], fd, EVFILT_WRITE, EV_ADD | EV_DISPATCH, 0, 0, TR_UDATA(udata));
-		++n;
-	}
-	if (n > 0 && kevent(k->kq, changes, n, NULL, 0, NULL) < 0)
-		return -errno;
-	return 0;
+	return subscribe(k, fd, udata, EV_DISPATCH, directions);
 }
 
 int
