@@ -2039,14 +2039,14 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 			/*
 			 * Nothing is subscribed while nobody waits (see arm): an input
 			 * request tries its system call whatever the last one said,
-			 * as trio's sockets do.
+			 * as trio's sockets do, and so does the cycle thread for a
+			 * request handed to it (it arms at EAGAIN).
 			 */
-			if (t->polarity == TR_INPUT)
+			if (t->polarity == TR_INPUT || !inline_first)
 				t->flags |= TF_READY;
 			if (inline_first) {
 				outcome = drive(tr, t, report);
 			} else {
-				t->flags |= TF_READY;   /* the cycle thread tries; it arms at EAGAIN */
 				push_work(tr, t);
 				wake_cycle(tr);
 			}
