@@ -74,7 +74,9 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
 
 def test_threads_reports_the_cycle_thread(tmp_path: Path) -> None:
     """``python -m traffic.bench.threads`` names each server thread with its
-    cost per round trip; traffic's server has its ``traffic-cycle`` thread."""
+    cost per round trip, or says it slept throughout (traffic's cycle thread
+    may: a busy trio takes most data inline); traffic's server has its
+    ``traffic-cycle`` thread."""
     done = run_module(
         "traffic.bench.threads",
         ["--connections", "4", "--seconds", "0.5", "--pin", "none", "traffic-trio-normal"],
@@ -83,7 +85,8 @@ def test_threads_reports_the_cycle_thread(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("traffic-trio-normal: ")
-    assert any(line.split()[0] == "traffic-cycle" and "us/rt" in line for line in lines[1:])
+    [cycle] = [line for line in lines[1:] if line.split()[0] == "traffic-cycle"] or [done.stdout]
+    assert "us/rt" in cycle or cycle.endswith("slept throughout")
 
 
 @pytest.mark.parametrize("workload", instructions.WORKLOADS)

@@ -8,6 +8,7 @@
  * driver reads the server's CPU time then), runs for D seconds, then prints
  * one line of JSON with the round trips, latency percentiles and its own CPU
  * use over the measured window, so the benchmark can tell a client-bound run.
+ * Then it ends every connection cleanly (see finish()).
  *
  * usage: echo_client HOST PORT CONNECTIONS SECONDS SIZE [WARMUP]
  */
@@ -23,6 +24,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -68,6 +70,40 @@ percentile(const uint64_t *hist, uint64_t total, double p)
 			return (double)i;
 	}
 	return (double)BUCKETS;
+}
+
+/*
+ * End every connection the way a polite peer does: half-close, take the
+ * echo still in flight, wait for the server's EOF, then close.  Closing with
+ * an echo unread would send a reset instead, and a server whose handler lets
+ * BrokenResourceError out (trio's serve_tcp does, by design) would die with
+ * it, racing the driver's last look at its threads.
+ */
+static void
+finish(int ep, struct conn *conns, int n, char *sink, size_t size)
+{
+	struct epoll_event events[1024];
+	uint64_t deadline = now_ns() + 5000000000u;   /* a hung server: give up */
+	int i, open = n;
+
+	for (i = 0; i < n; ++i)
+		shutdown(conns[i].fd, SHUT_WR);
+	while (open > 0 && now_ns() < deadline) {
+		int k, got = epoll_wait(ep, events, 1024, 100);
+
+		for (k = 0; k < got; ++k) {
+			struct conn *c = events[k].data.ptr;
+
+			if (recv(c->fd, sink, size, 0) > 0)
+				continue;
+			close(c->fd);   /* also leaves the epoll set */
+			c->fd = -1;
+			open -= 1;
+		}
+	}
+	for (i = 0; i < n; ++i)
+		if (conns[i].fd >= 0)
+			close(conns[i].fd);
 }
 
 int
@@ -172,7 +208,6 @@ main(int argc, char **argv)
 	    (unsigned long long)total, seconds, percentile(hist, total, 0.5),
 	    percentile(hist, total, 0.99), cpu_seconds() - cpu_from);
 	fflush(stdout);
-	for (i = 0; i < n; ++i)
-		close(conns[i].fd);
+	finish(ep, conns, n, sink, (size_t)size);
 	return 0;
 }

@@ -83,15 +83,21 @@ def measure(
     tick = 1e6 / workloads.CLK_TCK
     lines = [f"{name}: {trips / result['seconds']:,.0f} round trips/s, p50 {result['p50_us']} us"]
     for tid, end in sorted(after.items()):
-        start = before.get(tid)
-        if start is None or trips == 0:
+        if trips == 0:
             continue
+        # A thread born during the window (traffic starts its cycle thread
+        # with the first transit, which may be after the client said "start")
+        # counts from zero.
+        start = before.get(tid, ThreadTimes(end.name, 0, 0, 0, 0))
         user = (end.user - start.user) * tick / trips
         system = (end.system - start.system) * tick / trips
         voluntary = (end.voluntary - start.voluntary) / trips
         involuntary = (end.involuntary - start.involuntary) / trips
         if user + system + voluntary + involuntary == 0:
-            continue  # a thread that slept throughout
+            # Listed all the same: a cycle thread that never woke is a result
+            # (requests were served inline), not a thread to hide.
+            lines.append(f"  {end.name:<16} slept throughout")
+            continue
         lines.append(
             f"  {end.name:<16} user {user:6.2f} us/rt  system {system:6.2f} us/rt  "
             f"switches {voluntary:5.2f} voluntary + {involuntary:5.2f} preempted per rt"
