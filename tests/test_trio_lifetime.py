@@ -179,6 +179,57 @@ def test_a_collector_that_raises_leaves_delivery_to_the_pump(
     assert "Instrument has been disabled" in caplog.text
 
 
+def test_the_collector_is_installed_only_while_requests_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """trio calls an instrument on every pass of its run loop.  traffic's
+    collector is installed by the first request that parks and steps aside
+    after ``_IDLE_PASSES`` passes with nothing parked, so a program whose
+    transfers all complete inline pays nothing per pass; the next request
+    that parks installs it again, and it still wakes."""
+    from traffic import trio_integration
+
+    hooked: list[float] = []
+    after_io_wait = trio_integration._Collector.after_io_wait
+
+    def counted(self: Any, timeout: float) -> None:
+        hooked.append(timeout)
+        after_io_wait(self, timeout)
+
+    monkeypatch.setattr(trio_integration._Collector, "after_io_wait", counted)
+
+    async def main() -> None:
+        a, b = await unix_pair()
+        delivery = trio_integration._delivery()
+        collector = delivery.collector
+        with trio.fail_after(20):
+            for round_ in range(2):
+                message = b"round %d" % round_
+                async with trio.open_nursery() as nursery:
+
+                    async def late(message: bytes = message) -> None:
+                        await trio.sleep(0.01)  # the receive parks, trio sleeps
+                        await b.send_all(message)
+
+                    nursery.start_soon(late)
+                    assert await receive_exactly(a, len(message)) == message
+                    assert collector.installed
+                # Inline transfers only: the collector leaves, and then no
+                # hook of it runs however many passes trio makes.
+                for _ in range(trio_integration._IDLE_PASSES + 10):
+                    await b.send_all(b"x")
+                    assert await a.receive_some(1) == b"x"
+                assert not collector.installed
+                hooked.clear()
+                for _ in range(100):
+                    await trio.lowlevel.checkpoint()
+                assert hooked == []
+        await a.aclose()
+        await b.aclose()
+
+    trio.run(main)
+
+
 def cycle_wakes() -> int:
     """Times this process's traffic-cycle thread went to sleep (voluntary
     context switches, from /proc)."""

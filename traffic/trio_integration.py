@@ -155,18 +155,24 @@ _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _reschedule = trio.lowlevel.reschedule
 
 
+#: I/O waits of trio's run loop with no request parked after which the
+#: collector uninstalls itself (see _Collector).
+_IDLE_PASSES = 256
+
+
 class _Delivery:
     """The run's Traffic and the tasks parked on it, by transit token.
 
     Only the pump and the tasks of this run touch it (all in trio's thread).
     """
 
-    __slots__ = ("parked", "report", "traffic")
+    __slots__ = ("collector", "parked", "report", "traffic")
 
     def __init__(self, traffic: Traffic) -> None:
         self.traffic = traffic
         self.parked: dict[int, _Parked] = {}
         self.report = ffi.new("tr_report *")
+        self.collector = _Collector(self)
 
 
 def _deliver(delivery: _Delivery) -> None:
@@ -203,9 +209,18 @@ class _Collector(trio.abc.Instrument):
     system call to signal, trio none to clear, and the pump is not woken
     (each wake-up costs trio a task step, a re-registration of the
     descriptor and, as often as not, a pass of the run loop).
+
+    It is installed only while it has work: the first request that parks
+    installs it, and after ``_IDLE_PASSES`` I/O waits with nothing parked it
+    steps aside (handing the wake-ups back to the descriptor).  trio calls
+    an instrument's hooks through a generic dispatcher, about half a
+    microsecond each, twice a pass: for a program whose transfers all
+    complete inline (a stream that never waits) that was a sixth of the
+    instructions of a send and a receive.  Installing costs tens of
+    microseconds, hence the patience before stepping aside.
     """
 
-    __slots__ = ("asleep", "c", "delivery", "flag", "traffic")
+    __slots__ = ("asleep", "c", "delivery", "flag", "idle", "installed", "traffic")
 
     def __init__(self, delivery: _Delivery) -> None:
         self.delivery = delivery
@@ -213,7 +228,25 @@ class _Collector(trio.abc.Instrument):
         self.c = delivery.traffic._c
         self.flag = lib.tr_traffic_signal_flag(self.c)
         self.asleep = False
-        _tr_traffic_collector_asleep(self.c, 0)  # lazy from now on
+        self.installed = False  # the core signals every batch (its default)
+        self.idle = 0  # I/O waits since one found something parked
+
+    def install(self) -> None:
+        """Collect from now on (a request is about to park)."""
+        if self.traffic._closed:
+            return  # the core's memory is freed: nothing parks any more
+        self.installed = True
+        self.idle = 0
+        # Lazy before the hooks run: until the first before_io_wait trio is
+        # awake (it is running this task), and after_io_wait reads the flag.
+        _tr_traffic_collector_asleep(self.c, 0)
+        trio.lowlevel.add_instrument(self)
+
+    def _step_aside(self) -> None:
+        """Nothing parked for a while: leave delivery to the pump."""
+        self.installed = False
+        _tr_traffic_collector_asleep(self.c, -1)  # the descriptor, every batch
+        trio.lowlevel.remove_instrument(self)
 
     def before_io_wait(self, timeout: float) -> None:
         if timeout > 0 and not self.traffic._closed:
@@ -231,9 +264,16 @@ class _Collector(trio.abc.Instrument):
                 _tr_traffic_collector_asleep(self.c, 0)
             if self.flag[0]:
                 _deliver(self.delivery)
+            if self.delivery.parked:
+                self.idle = 0
+            else:
+                self.idle += 1
+                if self.idle >= _IDLE_PASSES:
+                    self._step_aside()
         except BaseException:
             # trio disables an instrument that raises: from now on the pump
             # alone delivers, so the descriptor must be written every time.
+            # (installed stays True: a broken collector is not reinstalled.)
             _tr_traffic_collector_asleep(self.c, -1)
             raise
 
@@ -255,6 +295,8 @@ class _Parked:
         self.task = _current_task()
         # Set once an abort failed (the core was inside the system call).
         self.raise_cancel: Any = None
+        if not delivery.collector.installed:
+            delivery.collector.install()
         token = transit._token
         delivery.parked[token] = self
         if keep is not None:
@@ -291,9 +333,7 @@ def _delivery() -> _Delivery:
     try:
         traffic.start(CYCLE_POLICY or cycle_policy())
         delivery = _Delivery(traffic)
-        collector = _Collector(delivery)
-        trio.lowlevel.spawn_system_task(_pump, delivery, collector, name="traffic.pump")
-        trio.lowlevel.add_instrument(collector)
+        trio.lowlevel.spawn_system_task(_pump, delivery, name="traffic.pump")
     except BaseException:
         traffic.close()
         raise
@@ -307,7 +347,7 @@ def current_traffic() -> Traffic:
 
 
 @trio.lowlevel.enable_ki_protection
-async def _pump(delivery: _Delivery, collector: _Collector) -> None:
+async def _pump(delivery: _Delivery) -> None:
     """Reschedule the tasks whose transfers completed.  Never raises: a crash
     here would kill the run; the Traffic is closed when the run ends.
 
@@ -324,7 +364,7 @@ async def _pump(delivery: _Delivery, collector: _Collector) -> None:
     finally:
         # The collector reads the core's memory: gone before the Traffic.
         with contextlib.suppress(KeyError, RuntimeError):  # removed, or outside trio
-            trio.lowlevel.remove_instrument(collector)
+            trio.lowlevel.remove_instrument(delivery.collector)
         # Cancelled at the end of the run: normally no task is parked any
         # more.  Only reschedule() of trio here: a run abandoned mid-way (an
         # internal error, a guest run dropped) closes this coroutine outside
