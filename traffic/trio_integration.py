@@ -231,16 +231,23 @@ class _Collector(trio.abc.Instrument):
         self.installed = False  # the core signals every batch (its default)
         self.idle = 0  # I/O waits since one found something parked
 
+    # Protected from KeyboardInterrupt (it runs in the parking task): a
+    # lazy core with no collector installed would never signal again.
+    @trio.lowlevel.enable_ki_protection
     def install(self) -> None:
         """Collect from now on (a request is about to park)."""
         if self.traffic._closed:
             return  # the core's memory is freed: nothing parks any more
-        self.installed = True
-        self.idle = 0
         # Lazy before the hooks run: until the first before_io_wait trio is
         # awake (it is running this task), and after_io_wait reads the flag.
         _tr_traffic_collector_asleep(self.c, 0)
-        trio.lowlevel.add_instrument(self)
+        try:
+            trio.lowlevel.add_instrument(self)
+        except BaseException:
+            _tr_traffic_collector_asleep(self.c, -1)
+            raise
+        self.installed = True
+        self.idle = 0
 
     def _step_aside(self) -> None:
         """Nothing parked for a while: leave delivery to the pump."""
