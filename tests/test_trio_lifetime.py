@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -404,3 +405,73 @@ def test_guest_run_inside_asyncio() -> None:
         return (await done).unwrap()
 
     assert asyncio.run(host()) == 199
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive buffer."""
+    import fcntl
+    import termios
+
+    return int.from_bytes(fcntl.ioctl(sock, termios.FIONREAD, bytes(4)), sys.byteorder)
+
+
+async def _receive_with_trio_layer(sock: socket.socket) -> bytes:
+    return await traffic.TrafficStream(sock).receive_some()
+
+
+async def _receive_with_anyio_layer(sock: socket.socket) -> bytes:
+    from traffic.anyio_backend import TrafficSocketStream
+
+    stream = await TrafficSocketStream.from_socket(sock)
+    return await stream.receive()
+
+
+@pytest.mark.parametrize("receive", [_receive_with_trio_layer, _receive_with_anyio_layer])
+def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, receive: Any
+) -> None:
+    """A Ctrl-C that arrives while the core holds a receive request (here:
+    the request waited, and the cycle thread has already read the bytes into
+    it) must not strand those bytes.  The receive is protected from
+    KeyboardInterrupt, so the interrupt reaches the task where it parks; the
+    abort fails (the transfer happened) and the task returns the bytes, and
+    the interrupt comes at its next checkpoint."""
+    from traffic import trio_integration
+
+    a, b = socket.socketpair()
+    kernel_side = a.dup()  # to see what the kernel still holds
+    request = trio_integration._tr_request_fds
+    fired: list[bool] = []
+
+    def request_then_interrupt(*args: Any) -> int:
+        code = request(*args)
+        if code == trio_integration._PENDING and not fired:
+            fired.append(True)
+            b.sendall(b"taken by the core")
+            for _ in range(2000):  # until the cycle thread has read it
+                if _unread(kernel_side) == 0:
+                    break
+                time.sleep(0.001)
+            signal.raise_signal(signal.SIGINT)
+        return int(code)
+
+    monkeypatch.setattr(trio_integration, "_tr_request_fds", request_then_interrupt)
+    got: list[bytes] = []
+
+    async def main() -> None:
+        got.append(await receive(a))
+        await trio.sleep(10)  # the interrupt comes here
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trio.run(main)
+        assert fired
+        kernel_side.setblocking(False)
+        try:
+            left = kernel_side.recv(100)
+        except BlockingIOError:
+            left = b""
+        assert b"".join(got) + left == b"taken by the core"
+    finally:
+        kernel_side.close()
+        b.close()

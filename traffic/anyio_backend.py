@@ -152,7 +152,7 @@ from .libkqueue import (
     has_nodelay,
     take_data,
 )
-from .trio_integration import SocketView, _claimed, _delivery, _request
+from .trio_integration import SocketView, _claimed, _delivery, _protected, _request
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
@@ -697,6 +697,9 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         """The next chunk of ``async for``: :meth:`receive`, ending at EOF."""
         return self._receive(DEFAULT_RECEIVE_SIZE, StopAsyncIteration)
 
+    # _protected: on trio a KeyboardInterrupt waits for the next checkpoint
+    # rather than strand a request in the core (see trio_integration).
+    @_protected
     async def _receive(self, max_bytes: int, end: type[Exception]) -> bytes:
         """:meth:`receive`, raising ``end`` at EOF."""
         if not isinstance(max_bytes, int):
@@ -740,6 +743,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         finally:
             self._receiving = False
 
+    @_protected
     async def send(self, item: bytes) -> None:
         """Send all of ``item`` (any bytes-like object; not copied).
 
@@ -814,6 +818,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
+    @_protected
     async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
         """Send ``message`` with the descriptors ``fds`` (ints or objects with
         ``fileno()``), as anyio's.
@@ -855,6 +860,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 raise anyio.ClosedResourceError
             _broken(error or errno.EPIPE)
 
+    @_protected
     async def receive_fds(self, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
         """Receive up to ``msglen`` bytes and up to ``maxfds`` descriptors, as anyio's.
 
@@ -1048,6 +1054,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
                 for stream in streams:
                     task_group.start_soon(handler, stream)
 
+    @_protected
     async def _fill(self) -> None:
         """Make sure a connection is queued in ``_accepted``.  A checkpoint."""
         if self._closed:

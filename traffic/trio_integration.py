@@ -154,6 +154,13 @@ _cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 _reschedule = trio.lowlevel.reschedule
 
+#: The functions that hand the core a request and take its result are
+#: protected from KeyboardInterrupt (trio defers it to the task's next
+#: checkpoint, where it parks or ends): raised between the two, it would
+#: strand a request in the core, and with it bytes or descriptors the core
+#: has already transferred.  It costs nothing per call (a mark on the code).
+_protected = trio.lowlevel.enable_ki_protection
+
 
 #: I/O waits of trio's run loop with no request parked after which the
 #: collector uninstalls itself (see _Collector).
@@ -233,7 +240,7 @@ class _Collector(trio.abc.Instrument):
 
     # Protected from KeyboardInterrupt (it runs in the parking task): a
     # lazy core with no collector installed would never signal again.
-    @trio.lowlevel.enable_ki_protection
+    @_protected
     def install(self) -> None:
         """Collect from now on (a request is about to park)."""
         if self.traffic._closed:
@@ -353,7 +360,7 @@ def current_traffic() -> Traffic:
     return _delivery().traffic
 
 
-@trio.lowlevel.enable_ki_protection
+@_protected
 async def _pump(delivery: _Delivery) -> None:
     """Reschedule the tasks whose transfers completed.  Never raises: a crash
     here would kill the run; the Traffic is closed when the run ends.
@@ -409,6 +416,7 @@ def _in_run(transit: Transit) -> _Delivery:
     return delivery
 
 
+@_protected
 async def _request(
     delivery: _Delivery,
     transit: Transit,
@@ -506,6 +514,7 @@ def _pin(data: Any, writable: bool) -> tuple[Any, int]:
 # Primitive operations
 
 
+@_protected
 async def recv_into(transit: Octets, buffer: Any = None) -> int:
     """Receive into ``buffer`` (or the transit's acquired resource); return the
     number of bytes received, 0 at EOF.
@@ -551,6 +560,7 @@ def _received(code: int, error: int, count: int, doing: str) -> int:
     raise trio.ClosedResourceError("the transit was terminated while receiving")
 
 
+@_protected
 async def send_all(transit: Octets, data: Any) -> None:
     """Send all of ``data`` (bytes, bytearray, memoryview: not copied).
 
@@ -579,6 +589,7 @@ def _sent(code: int, error: int) -> None:
     raise trio.ClosedResourceError("the transit was terminated while sending")
 
 
+@_protected
 async def accept(transit: Sockets) -> list[int]:
     """Accept at least one connection; return the new descriptors, which the
     caller owns (non-blocking, close-on-exec).
@@ -629,6 +640,7 @@ def _descriptor_transits(target: Any) -> tuple[Descriptors, Descriptors | None, 
     )
 
 
+@_protected
 async def send_fds(target: Any, data: Any, fds: Any) -> None:
     """Send ``data`` with the descriptors ``fds`` over an AF_UNIX stream
     (a :class:`TrafficStream` or an output
@@ -678,6 +690,7 @@ async def send_fds(target: Any, data: Any, fds: Any) -> None:
         await go(_in_run(transit))
 
 
+@_protected
 async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
     """Receive up to ``msglen`` bytes and up to ``maxfds`` descriptors over an
     AF_UNIX stream (a :class:`TrafficStream` or an input
@@ -964,6 +977,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         """Read an option of the underlying socket (see ``socket.getsockopt``)."""
         return self.socket.getsockopt(level, option, buffersize)
 
+    @_protected
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; see :func:`traffic.send_all` for cancellation.
 
@@ -1022,6 +1036,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             self._sender.terminate()
 
+    @_protected
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive at most ``max_bytes`` (default 64 KiB); ``b""`` at EOF.
 
@@ -1143,6 +1158,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
             except OSError:
                 self._nodelay = True  # not TCP after all: each stream tries
 
+    @_protected
     async def accept(self) -> TrafficStream:
         """Accept a connection.  A checkpoint.
 
@@ -1155,6 +1171,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
             await self._fill()
             return self._stream(self._accepted.popleft())
 
+    @_protected
     async def _accept_all(self) -> list[TrafficStream]:
         """Every connection accepted so far, at least one: :meth:`accept`
         for a whole batch with one checkpoint (``serve_listeners``)."""
@@ -1169,6 +1186,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
                 streams.append(self._stream(accepted.popleft()))
             return streams
 
+    @_protected
     async def _fill(self) -> None:
         """Make sure a connection is queued in ``_accepted``.  A checkpoint."""
         if self._closed:
