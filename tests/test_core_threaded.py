@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import threading
+import time
 from array import array
 from collections.abc import Callable
 
@@ -644,3 +645,35 @@ def test_accepted_but_unreported_descriptors_are_closed_with_the_listener(tr: Tr
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_send_after_one_withdrawn_inside_its_system_call_goes_out(ttr: Traffic) -> None:
+    """A send withdrawn while the cycle thread is inside its ``write()``, which
+    then meets EAGAIN, ends without subscribing the socket (nobody waits any
+    more) and leaves its ready bit clear.  The next send, tried inline, makes
+    no system call then: it must subscribe the socket itself, or it waits
+    forever.  Repeated, since the withdrawal has to land inside the system
+    call (it did in about half the runs on an idle machine, and the send
+    then never went out before the fix)."""
+    data = bytes(8 << 20)
+    for _ in range(50):
+        inp, out, peer = pair(ttr)
+        with peer:
+            assert ttr.request(out, data, inline=False)[0] == PENDING
+            # Withdrawn as soon as the first bytes show: the write is
+            # likely still going on.
+            deadline = time.monotonic() + 10
+            while unread(peer.fileno()) == 0 and time.monotonic() < deadline:
+                pass
+            outcome, _ = ttr.withdraw(out)
+            if outcome == COMPLETING:
+                assert one(ttr, out).outcome == WITHDRAWN
+            peer.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while peer.recv(1 << 20):
+                    pass
+            assert ttr.request(out, b"after")[0] in (DONE, PENDING)
+            assert recv_exactly(peer, 5, timeout=10) == b"after"
+            ttr.collect()
+            inp.terminate()
+            out.terminate()

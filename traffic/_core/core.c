@@ -2046,6 +2046,20 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 				t->flags |= TF_READY;
 			if (inline_first) {
 				outcome = drive(tr, t, report);
+				/*
+				 * Waiting without having tried (an output whose last
+				 * transfer met EAGAIN) needs a subscription that this
+				 * EAGAIN may not have made: a withdrawal during that
+				 * system call skips it.  arm() is a no-op if one stands.
+				 */
+				if (outcome == TR_PENDING && !(t->flags & TF_READY)) {
+					int err = arm(tr, t->point);
+
+					if (err < 0) {
+						transit_end(tr, t, -err, 0);
+						outcome = finish_request(tr, t, TR_TERMINATED, report);
+					}
+				}
 			} else {
 				push_work(tr, t);
 				wake_cycle(tr);
