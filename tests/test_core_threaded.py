@@ -25,7 +25,7 @@ from test_core_sync import unread
 import traffic
 from conftest import cycle_threads, cycle_threads_gone, recv_exactly
 from traffic import Completion, Octets, Sockets, Traffic, TransitClosedError
-from traffic._traffic import lib
+from traffic._traffic import ffi, lib
 
 PENDING, DONE, TERMINATED, FAULT, CLOSED, WITHDRAWN, COMPLETING = (
     lib.TR_PENDING,
@@ -645,6 +645,48 @@ def test_accepted_but_unreported_descriptors_are_closed_with_the_listener(tr: Tr
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_receive_done_at_once_lands_in_the_callers_scratch(ttr: Traffic) -> None:
+    """``tr_receive``: bytes already there are read into the caller's
+    scratch (the report points at it; nothing to free), no allocation."""
+    inp, _out, peer = pair(ttr)
+    with peer:
+        peer.sendall(b"at once")
+        scratch = ffi.new("char[]", 64)
+        report = ffi.new("tr_report *")
+        assert lib.tr_receive(inp._c, 64, scratch, report) == DONE
+        assert (report.stop, report.error) == (7, 0)
+        assert report.data == ffi.cast("void *", scratch)
+        assert ffi.buffer(scratch, 7)[:] == b"at once"
+        # At EOF: terminated, nothing received, nothing freed that was not ours.
+        peer.shutdown(socket.SHUT_WR)
+        assert lib.tr_receive(inp._c, 64, scratch, report) == TERMINATED
+        assert (report.stop, report.data) == (0, ffi.NULL)
+
+
+def test_a_receive_that_waits_leaves_the_callers_scratch_alone(ttr: Traffic) -> None:
+    """Left pending, ``tr_receive`` keeps no hold on the scratch: the bytes
+    that arrive later come in memory the core allocates, as with a NULL
+    resource, and the scratch (reused meanwhile) is untouched."""
+    inp, _out, peer = pair(ttr)
+    with peer:
+        scratch = ffi.new("char[]", b"\xaa" * 64)
+        report = ffi.new("tr_report *")
+        assert lib.tr_receive(inp._c, 64, scratch, report) == PENDING
+        peer.sendall(b"later")
+        c = one(ttr, inp)
+        assert (c.outcome, c.transferred, c.data) == (DONE, 5, b"later")
+        assert ffi.buffer(scratch, 64)[:] == b"\xaa" * 64
+
+
+def test_tr_receive_refuses_other_transits_and_no_scratch(ttr: Traffic) -> None:
+    inp, out, peer = pair(ttr)
+    with peer:
+        scratch = ffi.new("char[]", 8)
+        report = ffi.new("tr_report *")
+        assert lib.tr_receive(out._c, 8, scratch, report) == -errno.EINVAL
+        assert lib.tr_receive(inp._c, 8, ffi.NULL, report) == -errno.EINVAL
 
 
 def test_a_send_after_one_withdrawn_inside_its_system_call_goes_out(ttr: Traffic) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -440,22 +441,26 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
 
     a, b = socket.socketpair()
     kernel_side = a.dup()  # to see what the kernel still holds
-    request = trio_integration._tr_request_fds
     fired: list[bool] = []
 
-    def request_then_interrupt(*args: Any) -> int:
-        code = request(*args)
-        if code == trio_integration._PENDING and not fired:
-            fired.append(True)
-            b.sendall(b"taken by the core")
-            for _ in range(2000):  # until the cycle thread has read it
-                if _unread(kernel_side) == 0:
-                    break
-                time.sleep(0.001)
-            signal.raise_signal(signal.SIGINT)
-        return int(code)
+    def then_interrupt(request: Callable[..., int]) -> Callable[..., int]:
+        def request_then_interrupt(*args: Any) -> int:
+            code = request(*args)
+            if code == trio_integration._PENDING and not fired:
+                fired.append(True)
+                b.sendall(b"taken by the core")
+                for _ in range(2000):  # until the cycle thread has read it
+                    if _unread(kernel_side) == 0:
+                        break
+                    time.sleep(0.001)
+                signal.raise_signal(signal.SIGINT)
+            return int(code)
 
-    monkeypatch.setattr(trio_integration, "_tr_request_fds", request_then_interrupt)
+        return request_then_interrupt
+
+    # The trio layer's receive calls the first, the anyio layer's the second.
+    for name in ("_tr_receive", "_tr_request_fds"):
+        monkeypatch.setattr(trio_integration, name, then_interrupt(getattr(trio_integration, name)))
     got: list[bytes] = []
 
     async def main() -> None:

@@ -150,7 +150,6 @@ from .libkqueue import (
     cycle_policy,
     descriptor_array,
     has_nodelay,
-    take_data,
 )
 from .trio_integration import SocketView, _claimed, _delivery, _protected, _request
 
@@ -278,7 +277,9 @@ class _AsyncioParking:
         "late",
         "loop",
         "parked",
+        "received",
         "report",
+        "scratch",
         "traffic",
         "unclaimed",
     )
@@ -296,6 +297,10 @@ class _AsyncioParking:
         self.loop = loop
         self.closed = False
         self.report = ffi.new("tr_report *")
+        # Where a receive that completes at once lands (tr_receive), copied
+        # out at once; the core holds it only during that call.
+        self.scratch = ffi.new("char[]", DEFAULT_RECEIVE_SIZE)
+        self.received = ffi.buffer(self.scratch)
         # token -> (future, pin): the pin keeps the resource alive as long
         # as the core may touch it.
         # A None future: the waiter was woken already (wake()), the
@@ -404,8 +409,9 @@ class _AsyncioParking:
         ``fdpin``/``nfds`` are a Descriptors request's descriptor array;
         ``keep`` what must stay alive while it is pending (default ``pin``).
 
-        ``pin`` is ``ffi.NULL`` for a receive into memory the core allocates
-        when data arrives; ``data`` then holds the bytes.
+        ``pin`` is ``ffi.NULL`` for a receive into memory the core provides
+        (the loop's scratch at once, an allocation when data arrives);
+        ``data`` then holds the bytes.
 
         ``orphan`` receives the completion of a request whose transfer
         happened although the task was cancelled (now, or when it arrives).
@@ -417,11 +423,17 @@ class _AsyncioParking:
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
         report = self.report
-        code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
+        if pin == ffi.NULL:
+            size = min(size, DEFAULT_RECEIVE_SIZE)  # the scratch's room
+            code = lib.tr_receive(transit._c, size, self.scratch, report)
+        else:
+            code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
         if code != _PENDING:
             if code < 0:
                 _raise_request_error(code)
-            result = (code, report.error, report.stop, take_data(report), report.fd_stop)
+            # Out of the scratch before the next await lets another task use it.
+            data = self.received[: report.stop] if pin == ffi.NULL else None
+            result = (code, report.error, report.stop, data, report.fd_stop)
             try:
                 await asyncio.sleep(0)
             except asyncio.CancelledError:

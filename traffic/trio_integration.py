@@ -99,7 +99,6 @@ from .libkqueue import (
     cycle_policy,
     descriptor_array,
     has_nodelay,
-    take_data,
 )
 
 __all__ = [
@@ -145,6 +144,7 @@ _CLOSED = lib.TR_CLOSED
 _WITHDRAWN = lib.TR_WITHDRAWN
 _NULL = ffi.NULL
 _tr_request_fds = lib.tr_request_fds
+_tr_receive = lib.tr_receive
 _tr_traffic_collector_asleep = lib.tr_traffic_collector_asleep
 _SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
 _FAILED = trio.lowlevel.Abort.FAILED
@@ -173,12 +173,17 @@ class _Delivery:
     Only the pump and the tasks of this run touch it (all in trio's thread).
     """
 
-    __slots__ = ("collector", "parked", "report", "traffic")
+    __slots__ = ("collector", "parked", "received", "report", "scratch", "traffic")
 
     def __init__(self, traffic: Traffic) -> None:
         self.traffic = traffic
         self.parked: dict[int, _Parked] = {}
         self.report = ffi.new("tr_report *")
+        # Where a receive that completes at once lands (tr_receive), copied
+        # out at once: no allocation and no free per receive.  The core
+        # holds it only during that call, so one serves the whole run.
+        self.scratch = ffi.new("char[]", DEFAULT_RECEIVE_SIZE)
+        self.received = ffi.buffer(self.scratch)
         self.collector = _Collector(self)
 
 
@@ -436,8 +441,9 @@ async def _request(
     (``keep`` holds every object that must stay alive while it is pending).
 
     ``pin`` (a cffi buffer) is the memory the core transfers with, or
-    ``ffi.NULL`` for a receive into memory the core allocates when data
-    arrives (``data`` then holds what came).  While the
+    ``ffi.NULL`` for a receive into memory the core provides (the run's
+    scratch at once, an allocation when data arrives; ``data`` then holds
+    what came).  While the
     request is pending it is also held by the Traffic (``_pins``, by token),
     not only by this frame: a frame can die before the core is done with the
     memory (a run abandoned by an internal error closes its coroutines, and
@@ -448,11 +454,17 @@ async def _request(
     """
     await _checkpoint_if_cancelled()
     report = delivery.report
-    code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
+    if pin == _NULL:
+        size = min(size, DEFAULT_RECEIVE_SIZE)  # the scratch's room
+        code = _tr_receive(transit._c, size, delivery.scratch, report)
+    else:
+        code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
     if code != _PENDING:
         if code < 0:
             (raise_error or _raise_request_error)(code)
-        result = (code, report.error, report.stop, take_data(report), report.fd_stop)
+        # Out of the scratch before the checkpoint lets another task use it.
+        data = delivery.received[: report.stop] if pin == _NULL else None
+        result = (code, report.error, report.stop, data, report.fd_stop)
         await _cancel_shielded_checkpoint()
         return result
     if keep is None and (pin != _NULL or fdpin != _NULL):
@@ -1059,14 +1071,15 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            # No buffer of the stream's own: the core allocates one when data
+            # No buffer of the stream's own: tried at once into the run's
+            # scratch, and if it waits the core allocates one when data
             # arrives, so a parked receive holds no memory (idle connections).
             # _request inlined, as in send_all.
             await _checkpoint_if_cancelled()
             receiver = self._receiver
             delivery = self._delivery
             report = delivery.report
-            code = _tr_request_fds(receiver._c, _NULL, size, _NULL, 0, 1, report)
+            code = _tr_receive(receiver._c, size, delivery.scratch, report)
             if code == _PENDING:
                 completion = await _wait_task_rescheduled(_Parked(delivery, receiver, None))
                 code = completion.outcome
@@ -1075,8 +1088,9 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             else:
                 if code < 0:
                     _raise_request_error(code)
+                # Copied out before the checkpoint lets another task use it.
+                data = delivery.received[: report.stop]
                 error = report.error
-                data = take_data(report)
                 await _cancel_shielded_checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")

@@ -75,6 +75,7 @@
 #define TF_RELEASED    (1u << 11)  /* the owner dropped its reference */
 #define TF_FAULT       (1u << 12)  /* threaded: a fault waits to be reported */
 #define TF_ALLOC       (1u << 13)  /* threaded: the core allocates the resource on arrival */
+#define TF_SCRATCH     (1u << 14)  /* TF_ALLOC, for now in the caller's scratch (tr_receive) */
 
 /* Outcomes of one transfer loop. */
 enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT };
@@ -979,9 +980,9 @@ release_resource(struct tr_transit *t)
 {
 	discard_accepted(t);
 	fds_release(t);
-	if (t->flags & TF_ALLOC)
+	if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC)
 		free(t->buf);
-	t->flags &= ~TF_ALLOC;
+	t->flags &= ~(TF_ALLOC | TF_SCRATCH);
 	t->buf = NULL;
 	t->size = t->pos = t->mark = 0;
 }
@@ -1007,9 +1008,9 @@ report_request(struct tr_transit *t, tr_report *r)
 		t->mark = t->pos;
 		t->fdmark = t->fdpos;
 		if ((t->flags & TF_ALLOC) && t->pos > 0) {
-			r->data = t->buf;
+			r->data = t->buf;   /* or the caller's scratch: not to be freed */
 			t->buf = NULL;
-			t->flags &= ~TF_ALLOC;
+			t->flags &= ~(TF_ALLOC | TF_SCRATCH);
 		}
 	}
 	release_resource(t);
@@ -1159,9 +1160,12 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		t->flags &= ~TF_IN_SYSCALL;
 		p->busy -= 1;
 		if ((t->flags & TF_ALLOC) && t->pos == 0) {
-			free(t->buf);
+			/* Nothing came: a wait allocates when data arrives. */
+			if (!(t->flags & TF_SCRATCH))
+				free(t->buf);
 			t->buf = NULL;
-		} else if ((t->flags & TF_ALLOC) && t->pos < t->size) {
+			t->flags &= ~TF_SCRATCH;
+		} else if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC && t->pos < t->size) {
 			/*
 			 * Give back what the data did not fill (in place: no copy).
 			 * Otherwise every receive holds a whole fresh allocation
@@ -1970,7 +1974,8 @@ tr_request(tr_transit *t, void *resource, size_t size, int inline_first, tr_repo
 }
 
 static int request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource,
-    size_t size, int *fds, size_t nfds, int **dups, int inline_first, tr_report *report);
+    size_t size, int *fds, size_t nfds, int **dups, int inline_first, void *scratch,
+    tr_report *report);
 
 int
 tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds,
@@ -1992,16 +1997,36 @@ tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds
 		fds_close_all(dups, nfds);
 		return TR_ECLOSED;
 	}
-	outcome = request_locked(tr, t, resource, size, fds, nfds, &dups, inline_first, report);
+	outcome = request_locked(tr, t, resource, size, fds, nfds, &dups, inline_first, NULL, report);
 	pthread_mutex_unlock(&tr->lock);
 	fds_close_all(dups, nfds);   /* not taken: the duplicates go */
+	return outcome;
+}
+
+int
+tr_receive(tr_transit *t, size_t size, void *scratch, tr_report *report)
+{
+	struct tr_traffic *tr;
+	int *dups = NULL;
+	int outcome;
+
+	memset(report, 0, sizeof *report);
+	report->token = t->token;
+	if (t->polarity != TR_INPUT || (t->type != TR_OCTETS && t->type != TR_DESCRIPTORS) ||
+	    scratch == NULL)
+		return -EINVAL;
+	tr = lock_traffic(t);
+	if (tr == NULL)
+		return TR_ECLOSED;
+	outcome = request_locked(tr, t, NULL, size, NULL, 0, &dups, 1, scratch, report);
+	pthread_mutex_unlock(&tr->lock);
 	return outcome;
 }
 
 /* The request proper; lock held, and left held.  Takes *dups if it takes the resource. */
 static int
 request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size_t size,
-    int *fds, size_t nfds, int **dups, int inline_first, tr_report *report)
+    int *fds, size_t nfds, int **dups, int inline_first, void *scratch, tr_report *report)
 {
 	int outcome = TR_PENDING;
 
@@ -2032,6 +2057,11 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 		t->flags |= TF_REQUEST;
 		if (resource == NULL && t->type != TR_SOCKETS && t->polarity == TR_INPUT && size > 0)
 			t->flags |= TF_ALLOC;
+		if ((t->flags & TF_ALLOC) && scratch != NULL && inline_first) {
+			/* Tried at once into the caller's memory: no allocation. */
+			t->buf = scratch;
+			t->flags |= TF_SCRATCH;
+		}
 		t->flags &= ~TF_EXHAUSTED;
 		if (size == 0 || (t->type == TR_SOCKETS && size < sizeof(int)))
 			outcome = finish_request(tr, t, TR_DONE, report);
@@ -2068,6 +2098,11 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 		if (outcome == TR_PENDING) {
 			report->stop = t->pos;   /* a partly done send reports its count */
 			report->fd_stop = t->fdpos;
+			if (t->flags & TF_SCRATCH) {
+				/* Waiting: the scratch is the caller's again. */
+				t->buf = NULL;
+				t->flags &= ~TF_SCRATCH;
+			}
 		}
 	}
 	report->outcome = outcome;

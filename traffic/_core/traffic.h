@@ -185,6 +185,15 @@ void tr_cycle_exit(tr_traffic *traffic);
  */
 int tr_request(tr_transit *transit, void *resource, size_t size, int inline_first, tr_report *report);
 int tr_request_fds(tr_transit *transit, void *resource, size_t size, int *fds, size_t nfds, int inline_first, tr_report *report);
+/*
+ * The receive of an input Octets or Descriptors transit, tried at once into
+ * the caller's scratch (room for size bytes): done at once, the bytes are
+ * there (the report's data points at scratch: copy them out, never free
+ * it); left pending, the core keeps no hold on scratch and allocates when
+ * data arrives, as tr_request with a NULL resource.  -EINVAL for another
+ * transit or a NULL scratch.
+ */
+int tr_receive(tr_transit *transit, size_t size, void *scratch, tr_report *report);
 int tr_withdraw(tr_transit *transit, tr_report *report);
 int tr_collect(tr_traffic *traffic, tr_report *reports, int max);
 void tr_free(void *data);
