@@ -1159,24 +1159,25 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		pthread_mutex_lock(&tr->lock);
 		t->flags &= ~TF_IN_SYSCALL;
 		p->busy -= 1;
-		if ((t->flags & TF_ALLOC) && t->pos == 0) {
-			/* Nothing came: a wait allocates when data arrives. */
-			if (!(t->flags & TF_SCRATCH))
+		/* Memory the core allocated (not the caller's, nor its scratch). */
+		if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC) {
+			if (t->pos == 0) {
 				free(t->buf);
-			t->buf = NULL;
-			t->flags &= ~TF_SCRATCH;
-		} else if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC && t->pos < t->size) {
-			/*
-			 * Give back what the data did not fill (in place: no copy).
-			 * Otherwise every receive holds a whole fresh allocation
-			 * until it is collected, and a batch of them walks the cache
-			 * and the heap's top (page faults, trims) for a few bytes each.
-			 */
-			char *fitted = realloc(t->buf, t->pos);
+				t->buf = NULL;
+			} else if (t->pos < t->size) {
+				/*
+				 * Give back what the data did not fill (in place: no
+				 * copy).  Otherwise every receive holds a whole fresh
+				 * allocation until it is collected, and a batch of them
+				 * walks the cache and the heap's top (page faults,
+				 * trims) for a few bytes each.
+				 */
+				char *fitted = realloc(t->buf, t->pos);
 
-			if (fitted != NULL)
-				t->buf = fitted;
-			t->size = t->pos;
+				if (fitted != NULL)
+					t->buf = fitted;
+				t->size = t->pos;
+			}
 		}
 
 		if (t->flags & TF_TERMINATING) {
