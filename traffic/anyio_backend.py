@@ -150,6 +150,7 @@ from .libkqueue import (
     cycle_policy,
     descriptor_array,
     has_nodelay,
+    receive_scratch,
 )
 from .trio_integration import SocketView, _claimed, _delivery, _protected, _request
 
@@ -297,10 +298,8 @@ class _AsyncioParking:
         self.loop = loop
         self.closed = False
         self.report = ffi.new("tr_report *")
-        # Where a receive that completes at once lands (tr_receive), copied
-        # out at once; the core holds it only during that call.
-        self.scratch = ffi.new("char[]", DEFAULT_RECEIVE_SIZE)
-        self.received = ffi.buffer(self.scratch)
+        # No allocation and no free per receive that completes at once.
+        self.scratch, self.received = receive_scratch(DEFAULT_RECEIVE_SIZE)
         # token -> (future, pin): the pin keeps the resource alive as long
         # as the core may touch it.
         # A None future: the waiter was woken already (wake()), the
@@ -423,7 +422,8 @@ class _AsyncioParking:
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
         report = self.report
-        if pin == ffi.NULL:
+        into_scratch = pin == ffi.NULL
+        if into_scratch:
             size = min(size, DEFAULT_RECEIVE_SIZE)  # the scratch's room
             code = lib.tr_receive(transit._c, size, self.scratch, report)
         else:
@@ -432,7 +432,7 @@ class _AsyncioParking:
             if code < 0:
                 _raise_request_error(code)
             # Out of the scratch before the next await lets another task use it.
-            data = self.received[: report.stop] if pin == ffi.NULL else None
+            data = self.received[: report.stop] if into_scratch else None
             result = (code, report.error, report.stop, data, report.fd_stop)
             try:
                 await asyncio.sleep(0)

@@ -183,6 +183,15 @@ class Completion(NamedTuple):
     descriptors: int = 0
 
 
+def receive_scratch(size: int) -> tuple[Any, Any]:
+    """Memory for receives that complete at once (``tr_receive``): the cdata
+    to pass the core, and a buffer over it to slice the bytes out of.  The
+    core holds it only during that call, so one serves a whole trio run or
+    asyncio loop: copy the bytes out before anything else can receive."""
+    scratch = ffi.new("char[]", size)
+    return scratch, ffi.buffer(scratch)
+
+
 def take_data(report: Any) -> bytes | None:
     """Copy a core-allocated resource out of a report and free it."""
     pointer = report.data

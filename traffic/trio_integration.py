@@ -99,6 +99,7 @@ from .libkqueue import (
     cycle_policy,
     descriptor_array,
     has_nodelay,
+    receive_scratch,
 )
 
 __all__ = [
@@ -179,11 +180,8 @@ class _Delivery:
         self.traffic = traffic
         self.parked: dict[int, _Parked] = {}
         self.report = ffi.new("tr_report *")
-        # Where a receive that completes at once lands (tr_receive), copied
-        # out at once: no allocation and no free per receive.  The core
-        # holds it only during that call, so one serves the whole run.
-        self.scratch = ffi.new("char[]", DEFAULT_RECEIVE_SIZE)
-        self.received = ffi.buffer(self.scratch)
+        # No allocation and no free per receive that completes at once.
+        self.scratch, self.received = receive_scratch(DEFAULT_RECEIVE_SIZE)
         self.collector = _Collector(self)
 
 
@@ -454,7 +452,8 @@ async def _request(
     """
     await _checkpoint_if_cancelled()
     report = delivery.report
-    if pin == _NULL:
+    into_scratch = pin == _NULL
+    if into_scratch:
         size = min(size, DEFAULT_RECEIVE_SIZE)  # the scratch's room
         code = _tr_receive(transit._c, size, delivery.scratch, report)
     else:
@@ -463,7 +462,7 @@ async def _request(
         if code < 0:
             (raise_error or _raise_request_error)(code)
         # Out of the scratch before the checkpoint lets another task use it.
-        data = delivery.received[: report.stop] if pin == _NULL else None
+        data = delivery.received[: report.stop] if into_scratch else None
         result = (code, report.error, report.stop, data, report.fd_stop)
         await _cancel_shielded_checkpoint()
         return result

@@ -82,9 +82,9 @@ def measure(
     trips = result["round_trips"]
     tick = 1e6 / workloads.CLK_TCK
     lines = [f"{name}: {trips / result['seconds']:,.0f} round trips/s, p50 {result['p50_us']} us"]
+    if trips == 0:
+        return lines
     for tid, end in sorted(after.items()):
-        if trips == 0:
-            continue
         # A thread born during the window (traffic starts its cycle thread
         # with the first transit, which may be after the client said "start")
         # counts from zero.
