@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from test_core_sync import unread
 from test_trio_support import (
     receive_after_a_wait,
     receive_exactly,
@@ -408,14 +409,6 @@ def test_guest_run_inside_asyncio() -> None:
     assert asyncio.run(host()) == 199
 
 
-def _unread(sock: socket.socket) -> int:
-    """Bytes waiting in ``sock``'s receive buffer."""
-    import fcntl
-    import termios
-
-    return int.from_bytes(fcntl.ioctl(sock, termios.FIONREAD, bytes(4)), sys.byteorder)
-
-
 async def _receive_with_trio_layer(sock: socket.socket) -> bytes:
     return await traffic.TrafficStream(sock).receive_some()
 
@@ -450,7 +443,7 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
                 fired.append(True)
                 b.sendall(b"taken by the core")
                 for _ in range(2000):  # until the cycle thread has read it
-                    if _unread(kernel_side) == 0:
+                    if unread(kernel_side.fileno()) == 0:
                         break
                     time.sleep(0.001)
                 signal.raise_signal(signal.SIGINT)
