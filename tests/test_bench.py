@@ -40,7 +40,7 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
         "traffic.bench",
         [
             "--only", "echo",
-            "--servers", "trio,traffic-trio",
+            "--servers", "trio,traffic-trio,trio-floor",
             "--connections", "1",
             "--seconds", "0.5",
             "--warmup", "0.1",
@@ -58,7 +58,7 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
     assert results["meta"]["pin"] == pin
     [case] = results["cases"]
     assert (case["workload"], case["param"]) == ("echo", 1)
-    assert set(case["results"]) == {"trio", "traffic-trio"}
+    assert set(case["results"]) == {"trio", "traffic-trio", "trio-floor"}
     for server, row in case["results"].items():
         assert row["status"] == "ok", (server, row)
         assert row["errors"] == [], (server, row["errors"])

@@ -45,6 +45,7 @@ ALL_SERVERS = (
     "traffic-trio-normal",
     "traffic-trio-idle",
     "trio",
+    "trio-floor",
     "traffic-anyio-trio",
     "anyio-trio",
     "traffic-anyio-asyncio",

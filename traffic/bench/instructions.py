@@ -24,8 +24,9 @@ divided by 3 rounds' operations is the cost per operation, with the start-up
 and imports cancelled out.  ``inline`` counts repeat to within 0.1%;
 ``pingpong`` counts move by a few percent between invocations (they depend
 on where the cycle thread's wake-ups fall).  The ``trio-floor`` row is what
-any stream on trio has to do: the socket call and trio's checkpoint (and
-``wait_readable`` when nothing is there), with no stream layer.
+any stream on trio has to do (:mod:`traffic.bench.floor`): the socket call
+and trio's checkpoint (``wait_readable`` when nothing is there), with no
+stream layer.
 
 A profiling aid, not the benchmark: it says nothing of system calls,
 wake-ups or the kernel, which decide the benchmark's echo latency.
@@ -68,38 +69,6 @@ WORKLOADS = ["inline", "pingpong"]
 # --- the worker: one implementation, one workload, some rounds ------------------
 
 
-class _TrioFloor:
-    """A stream with no layer: the socket call, then trio's checkpoint, as
-    trio's own sockets do at the least (``wait_readable`` when empty)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self._sock = sock
-
-    async def send(self, data: bytes) -> None:
-        import trio
-
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._sock.send(data)  # the buffers hold it: no partial send here
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def receive(self, size: int) -> bytes:
-        import trio
-
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                data = self._sock.recv(size)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._sock)
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
-
-    async def aclose(self) -> None:
-        self._sock.close()
-
-
 Send = Callable[[bytes], Awaitable[Any]]
 Receive = Callable[[int], Awaitable[bytes]]
 
@@ -107,8 +76,10 @@ Receive = Callable[[int], Awaitable[bytes]]
 async def _open(name: str, sock: socket.socket) -> tuple[Any, Send, Receive]:
     """The stream of implementation ``name`` over ``sock``, its send and its receive."""
     if name == "trio-floor":
-        floor = _TrioFloor(sock)
-        return floor, floor.send, floor.receive
+        from .floor import FloorStream
+
+        floor = FloorStream(sock)
+        return floor, floor.send_all, floor.receive_some
     if name == "trio":
         import trio
 

@@ -14,6 +14,7 @@ connection is closed as soon as it is accepted (the accept workload).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -70,6 +71,42 @@ def trio_native(accept_only: bool) -> None:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=HOST))
             _announce(listeners[0].socket.getsockname()[1])
+
+    trio.run(main)
+
+
+def trio_floor(accept_only: bool) -> None:
+    """No stream layer (:mod:`traffic.bench.floor`): how far trio's scheduler
+    lets one go.  Connections come from a raw listening socket."""
+    import socket
+
+    import trio
+
+    from .floor import FloorStream
+
+    async def echo(stream: FloorStream) -> None:
+        async with stream:
+            with contextlib.suppress(ConnectionError):
+                while data := await stream.receive_some():
+                    await stream.send_all(data)
+
+    async def close(stream: FloorStream) -> None:
+        await stream.aclose()
+
+    async def main() -> None:
+        handler = close if accept_only else echo
+        listener = socket.create_server((HOST, 0), backlog=1024)
+        listener.setblocking(False)
+        _announce(listener.getsockname()[1])
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.lowlevel.wait_readable(listener)
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(handler, FloorStream(sock))
 
     trio.run(main)
 
@@ -188,6 +225,7 @@ def available(name: str) -> str | None:
 SERVERS: dict[str, Callable[[bool], None]] = {
     "traffic-trio": traffic_trio,
     "trio": trio_native,
+    "trio-floor": trio_floor,
     "asyncio": asyncio_streams,
     "uvloop": uvloop_streams,
     "uvloop-protocol": uvloop_protocol,

@@ -95,6 +95,14 @@ def traffic_trio(seconds: float) -> Window:
     return trio.run(_trio_pair, traffic.TrafficStream, seconds)
 
 
+def trio_floor(seconds: float) -> Window:
+    import trio
+
+    from .floor import FloorStream
+
+    return trio.run(_trio_pair, FloorStream, seconds)
+
+
 def trio_native(seconds: float) -> Window:
     import trio
 
@@ -259,6 +267,7 @@ def _traffic_anyio_run(backend: str, seconds: float) -> Window:
 STREAMS: dict[str, Callable[[float], Window]] = {
     "traffic-trio": traffic_trio,
     "trio": trio_native,
+    "trio-floor": trio_floor,
     "asyncio": asyncio_streams,
     "uvloop": uvloop_streams,
     "uvloop-protocol": uvloop_protocol,
