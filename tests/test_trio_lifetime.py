@@ -451,9 +451,11 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
 
         return request_then_interrupt
 
-    # The trio layer's receive calls the first, the anyio layer's the second.
-    for name in ("_tr_receive", "_tr_request_fds"):
-        monkeypatch.setattr(trio_integration, name, then_interrupt(getattr(trio_integration, name)))
+    # Both layers' receives call the core's tr_receive, each by its own name.
+    from traffic import anyio_backend
+
+    for module in (trio_integration, anyio_backend):
+        monkeypatch.setattr(module, "_tr_receive", then_interrupt(trio_integration._tr_receive))
     got: list[bytes] = []
 
     async def main() -> None:

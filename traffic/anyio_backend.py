@@ -152,7 +152,19 @@ from .libkqueue import (
     has_nodelay,
     receive_scratch,
 )
-from .trio_integration import SocketView, _claimed, _delivery, _protected, _request
+from .trio_integration import (
+    SocketView,
+    _cancel_shielded_checkpoint,
+    _checkpoint_if_cancelled,
+    _claimed,
+    _delivery,
+    _Parked,
+    _protected,
+    _request,
+    _tr_receive,
+    _tr_request_fds,
+    _wait_task_rescheduled,
+)
 
 if sys.version_info < (3, 11):
     from exceptiongroup import ExceptionGroup  # type: ignore[import-not-found, unused-ignore]
@@ -738,15 +750,40 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 chunk = bytes(pending[:max_bytes])
                 del pending[:max_bytes]
                 return chunk
-            # No buffer of the stream's own: the core allocates one when data
+            # No buffer of the stream's own: tried at once into the run's
+            # scratch, and if it waits the core allocates one when data
             # arrives, so a waiting receive holds no memory.
-            code, error, _, data, _ = await self._parking.transfer(
-                self._receiver, ffi.NULL, min(max_bytes, DEFAULT_RECEIVE_SIZE), self._stash
-            )
+            size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
+            parking = self._parking
+            if type(parking) is _TrioParking:
+                # The trio layer's request, inlined as in TrafficStream.
+                # receive_some: a coroutine level (_request) is 5,000
+                # instructions of a 90,000-instruction send + receive.
+                delivery = parking.delivery
+                await _checkpoint_if_cancelled()
+                receiver = self._receiver
+                report = delivery.report
+                code = _tr_receive(receiver._c, size, delivery.scratch, report)
+                if code == _PENDING:
+                    completion = await _wait_task_rescheduled(_Parked(delivery, receiver, None))
+                    code = completion.outcome
+                    error = completion.error
+                    data = completion.data
+                else:
+                    if code < 0:
+                        _raise_request_error(code)
+                    # Copied out before the checkpoint lets another task use it.
+                    data = delivery.received[: report.stop]
+                    error = report.error
+                    await _cancel_shielded_checkpoint()
+            else:
+                code, error, _, data, _ = await parking.transfer(
+                    self._receiver, ffi.NULL, size, self._stash
+                )
             if self._closed:
                 raise anyio.ClosedResourceError
             if code == _DONE and data is not None:
-                return data
+                return data  # type: ignore[no-any-return]  # bytes: the core allocated it
             if code == _TERMINATED:
                 if error:
                     _broken(error)
@@ -773,7 +810,25 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if self._closed:
                 raise anyio.ClosedResourceError
             pin, size = _pin(item)
-            code, error, _, _, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
+            parking = self._parking
+            if type(parking) is _TrioParking:
+                # Inlined as in _receive (and TrafficStream.send_all).
+                delivery = parking.delivery
+                await _checkpoint_if_cancelled()
+                sender = self._sender
+                report = delivery.report
+                code = _tr_request_fds(sender._c, pin, size, ffi.NULL, 0, 1, report)
+                if code == _PENDING:
+                    completion = await _wait_task_rescheduled(_Parked(delivery, sender, pin))
+                    code = completion.outcome
+                    error = completion.error
+                else:
+                    if code < 0:
+                        _raise_request_error(code)
+                    error = report.error
+                    await _cancel_shielded_checkpoint()
+            else:
+                code, error, _, _, _ = await parking.transfer(self._sender, pin, size, _ignore)
             if code == _DONE:
                 return
             if self._closed or code != _TERMINATED:
