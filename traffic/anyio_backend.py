@@ -774,7 +774,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                         _raise_request_error(code)
                     # Copied out before the checkpoint lets another task use it.
                     data = delivery.received[: report.stop]
-                    error = report.error
+                    error = report.error if code != _DONE else 0
                     await _cancel_shielded_checkpoint()
             else:
                 code, error, _, data, _ = await parking.transfer(
@@ -825,7 +825,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 else:
                     if code < 0:
                         _raise_request_error(code)
-                    error = report.error
+                    error = report.error if code != _DONE else 0
                     await _cancel_shielded_checkpoint()
             else:
                 code, error, _, _, _ = await parking.transfer(self._sender, pin, size, _ignore)

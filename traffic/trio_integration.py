@@ -1017,7 +1017,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             else:
                 if code < 0:
                     _raise_request_error(code)
-                error = report.error
+                error = report.error if code != _DONE else 0
                 await _cancel_shielded_checkpoint()
             if code != _DONE:
                 _sent(code, error)
@@ -1089,7 +1089,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                     _raise_request_error(code)
                 # Copied out before the checkpoint lets another task use it.
                 data = delivery.received[: report.stop]
-                error = report.error
+                error = report.error if code != _DONE else 0
                 await _cancel_shielded_checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
