@@ -282,6 +282,8 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
     if not servers or not cases:
         return "nothing to plot"
     width = 0.8 / len(servers)
+    # The default cycle has ten colours: more servers would share them.
+    palette = plt.get_cmap("tab20").colors if len(servers) > 10 else None
     figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(cases) + 2), 5))
     for i, server in enumerate(servers):
         heights = []
@@ -297,6 +299,7 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
             heights,
             width,
             label=server,
+            color=palette[i % len(palette)] if palette else None,
         )
     axes.set_yscale("log")  # the C reference is 10x to 100x off in places
     axes.axhline(1.0, color="black", linewidth=0.8)
