@@ -283,7 +283,7 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
         return "nothing to plot"
     width = 0.8 / len(servers)
     # The default cycle has ten colours: more servers would share them.
-    palette = plt.get_cmap("tab20").colors if len(servers) > 10 else None
+    palette = [plt.get_cmap("tab20")(i) for i in range(20)] if len(servers) > 10 else None
     figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(cases) + 2), 5))
     for i, server in enumerate(servers):
         heights = []
