@@ -421,6 +421,33 @@ async def _receive_with_anyio_layer(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.parametrize("receive", [_receive_with_trio_layer, _receive_with_anyio_layer])
+def test_a_receive_asks_the_core_for_no_more_than_the_runs_scratch_holds(
+    monkeypatch: pytest.MonkeyPatch, receive: Any
+) -> None:
+    """A receive that completes at once lands in the run's scratch, made
+    when the run's Traffic is; the core writes as much as it is told to.
+    Each layer asks for at most the scratch's room, whatever its own
+    default receive size says by then (here: the trio layer's, raised after
+    the scratch was made; anyio's is 64 KiB)."""
+    from traffic import trio_integration
+
+    a, b = socket.socketpair()
+    b.sendall(b"x" * 10_000)
+    monkeypatch.setattr(trio_integration, "DEFAULT_RECEIVE_SIZE", 1024)
+
+    async def main() -> bytes:
+        trio_integration._delivery()  # the run's scratch: 1 KiB
+        monkeypatch.setattr(trio_integration, "DEFAULT_RECEIVE_SIZE", 65536)
+        return await receive(a)
+
+    try:
+        got = trio.run(main)
+    finally:
+        b.close()
+    assert got == b"x" * 1024
+
+
+@pytest.mark.parametrize("receive", [_receive_with_trio_layer, _receive_with_anyio_layer])
 def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
     monkeypatch: pytest.MonkeyPatch, receive: Any
 ) -> None:

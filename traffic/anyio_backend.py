@@ -760,6 +760,8 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 # receive_some: a coroutine level (_request) is 5,000
                 # instructions of a 90,000-instruction send + receive.
                 delivery = parking.delivery
+                if size > delivery.room:  # the run's scratch is the trio layer's
+                    size = delivery.room
                 await _checkpoint_if_cancelled()
                 receiver = self._receiver
                 report = delivery.report

@@ -174,14 +174,16 @@ class _Delivery:
     Only the pump and the tasks of this run touch it (all in trio's thread).
     """
 
-    __slots__ = ("collector", "parked", "received", "report", "scratch", "traffic")
+    __slots__ = ("collector", "parked", "received", "report", "room", "scratch", "traffic")
 
     def __init__(self, traffic: Traffic) -> None:
         self.traffic = traffic
         self.parked: dict[int, _Parked] = {}
         self.report = ffi.new("tr_report *")
         # No allocation and no free per receive that completes at once.
-        self.scratch, self.received = receive_scratch(DEFAULT_RECEIVE_SIZE)
+        # room: the most a receive into the scratch may ask for.
+        self.room = DEFAULT_RECEIVE_SIZE
+        self.scratch, self.received = receive_scratch(self.room)
         self.collector = _Collector(self)
 
 
@@ -454,7 +456,7 @@ async def _request(
     report = delivery.report
     into_scratch = pin == _NULL
     if into_scratch:
-        size = min(size, DEFAULT_RECEIVE_SIZE)  # the scratch's room
+        size = min(size, delivery.room)
         code = _tr_receive(transit._c, size, delivery.scratch, report)
     else:
         code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
@@ -1077,6 +1079,8 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             await _checkpoint_if_cancelled()
             receiver = self._receiver
             delivery = self._delivery
+            if size > delivery.room:
+                size = delivery.room
             report = delivery.report
             code = _tr_receive(receiver._c, size, delivery.scratch, report)
             if code == _PENDING:
