@@ -785,7 +785,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if self._closed:
                 raise anyio.ClosedResourceError
             if code == _DONE and data is not None:
-                return data  # type: ignore[no-any-return]  # bytes: the core allocated it
+                return data  # type: ignore[no-any-return]  # bytes, from the scratch or the core
             if code == _TERMINATED:
                 if error:
                     _broken(error)
