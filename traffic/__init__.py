@@ -16,6 +16,7 @@ from .libkqueue import (
     Sockets,
     Traffic,
     Transit,
+    backend,
     live_objects,
 )
 from .trio_datagrams import (
@@ -64,6 +65,7 @@ __all__ = [
     "TransitClosedError",
     "TransitError",
     "accept",
+    "backend",
     "current_traffic",
     "live_objects",
     "open_connected_udp_socket",

@@ -10,9 +10,14 @@ Why it looks like this:
   written in cdef's subset (no preprocessor lines, opaque structures, enums
   for constants), and the C sources include the very same file, so the
   declarations Python sees and the ones C compiles cannot drift apart.
-- Exactly one kernel event backend is compiled: ``epoll.c`` on Linux, which
-  has no kqueue(2); ``kqueue.c`` where ``<sys/event.h>`` exists (the BSDs and
-  macOS). Both implement the narrow interface in ``internal.h``.
+- Exactly one kernel event backend is compiled: by default ``epoll.c`` on
+  Linux, which has no kqueue(2), and ``kqueue.c`` where ``<sys/event.h>``
+  exists (the BSDs and macOS). Both implement the narrow interface in
+  ``internal.h``. On Linux, ``kqueue.c`` can be built against libkqueue (a
+  user-space kqueue over epoll), which is how its tests run there.
+- libkqueue is linked statically, by the archive's path: its prefix also
+  holds a ``libkqueue.so``, and a module linked against that (``-lkqueue``)
+  would not import without ``LD_LIBRARY_PATH``.
 - Paths are resolved against this file's directory, then made relative to
   the current directory when they lie under it: setuptools runs this script
   from the project root (``setup.py``'s ``cffi_modules``) and refuses
@@ -25,6 +30,13 @@ Environment (read at build time, for CI):
     ``-fsanitize=address,undefined -fno-omit-frame-pointer -g -O1``.
 ``TRAFFIC_LDFLAGS``
     Extra linker flags, e.g. ``-fsanitize=address,undefined``.
+``TRAFFIC_BACKEND``
+    ``epoll`` or ``kqueue``: the kernel event backend to compile instead of
+    the platform's. ``traffic.backend`` says at run time which one was.
+``TRAFFIC_LIBKQUEUE``
+    A libkqueue installation prefix (``PREFIX/include/kqueue/sys/event.h``,
+    ``PREFIX/lib/libkqueue.a``) to build the kqueue backend against; it
+    implies ``TRAFFIC_BACKEND=kqueue``.
 
 Run directly (``python traffic/_ffi_build.py``, from any directory) it
 compiles the module in place, into ``traffic/`` beside this script, for a
@@ -40,6 +52,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Callable
+from typing import NamedTuple
 
 import cffi
 
@@ -87,17 +100,69 @@ def _has_header(header: str) -> bool:
     return result.returncode == 0
 
 
-def backend_source() -> str:
-    """The kernel event backend for this platform: epoll.c or kqueue.c."""
+class _Backend(NamedTuple):
+    """The kernel event backend to compile, and what building it takes."""
+
+    name: str
+    source: str
+    include_dirs: list[str]
+    extra_objects: list[str]
+    libraries: list[str]
+
+
+BACKENDS = ("epoll", "kqueue")
+
+
+def _platform_backend() -> str:
     if sys.platform.startswith("linux"):
-        return os.path.join(CORE, "epoll.c")
+        return "epoll"
     if sys.platform.startswith(KQUEUE_PLATFORMS) or _has_header("sys/event.h"):
-        return os.path.join(CORE, "kqueue.c")
+        return "kqueue"
     raise RuntimeError(
         f"traffic: no kernel event backend for platform {sys.platform!r}: "
         "the C core needs epoll(7) (Linux) or kqueue(2) (<sys/event.h>, "
         "BSD and macOS), and this platform has neither"
     )
+
+
+def _libkqueue(prefix: str) -> tuple[str, str]:
+    """The include directory and static archive of libkqueue under ``prefix``."""
+    include = os.path.join(prefix, "include", "kqueue")
+    archive = os.path.join(prefix, "lib", "libkqueue.a")
+    for path in (os.path.join(include, "sys", "event.h"), archive):
+        if not os.path.exists(path):
+            raise RuntimeError(
+                f"traffic: TRAFFIC_LIBKQUEUE={prefix!r} has no {path}: it names the "
+                "prefix libkqueue was installed into (cmake --install)"
+            )
+    return os.path.abspath(include), os.path.abspath(archive)
+
+
+def backend() -> _Backend:
+    """The backend chosen by ``TRAFFIC_BACKEND`` and ``TRAFFIC_LIBKQUEUE``."""
+    name = os.environ.get("TRAFFIC_BACKEND", "").strip()
+    prefix = os.environ.get("TRAFFIC_LIBKQUEUE", "").strip()
+    if name and name not in BACKENDS:
+        raise RuntimeError(
+            f"traffic: TRAFFIC_BACKEND={name!r} is not a backend: use one of {BACKENDS}"
+        )
+    if prefix and name == "epoll":
+        raise RuntimeError("traffic: TRAFFIC_LIBKQUEUE builds the kqueue backend, not epoll")
+    if not name:
+        name = "kqueue" if prefix else _platform_backend()
+    source = os.path.join(CORE, f"{name}.c")
+    if name == "epoll":
+        return _Backend(name, source, [], [], [])
+    if prefix:
+        include, archive = _libkqueue(prefix)
+        # librt: libkqueue's Libs.private (pkg-config), for glibc before 2.34.
+        return _Backend(name, source, [include], [archive], ["rt"])
+    if not _has_header("sys/event.h"):
+        raise RuntimeError(
+            "traffic: TRAFFIC_BACKEND=kqueue, but the C compiler finds no <sys/event.h>; "
+            "on Linux, set TRAFFIC_LIBKQUEUE to a libkqueue installation prefix"
+        )
+    return _Backend(name, source, [], [], [])
 
 
 def _env_flags(name: str) -> list[str]:
@@ -109,11 +174,13 @@ def _read(path: str) -> str:
         return f.read()
 
 
+BACKEND = backend()
+
 SOURCES = [
     os.path.join(CORE, "core.c"),
     os.path.join(CORE, "descriptors.c"),
     os.path.join(CORE, "datagrams.c"),
-    backend_source(),
+    BACKEND.source,
 ]
 
 for _source in (API_HEADER, *SOURCES):
@@ -129,8 +196,10 @@ def _make_ffibuilder(place: Callable[[str], str]) -> cffi.FFI:
         MODULE,
         '#include "traffic.h"',
         sources=[place(source) for source in SOURCES],
-        include_dirs=[place(CORE)],
+        include_dirs=[place(CORE), *BACKEND.include_dirs],
         depends=[place(os.path.join(CORE, name)) for name in ("traffic.h", "internal.h")],
+        extra_objects=BACKEND.extra_objects,
+        libraries=BACKEND.libraries,
         extra_compile_args=CFLAGS + _env_flags("TRAFFIC_CFLAGS"),
         extra_link_args=LDFLAGS + _env_flags("TRAFFIC_LDFLAGS"),
     )
@@ -164,4 +233,4 @@ def build_in_place() -> str:
 
 
 if __name__ == "__main__":
-    print(f"built {build_in_place()}")
+    print(f"built {build_in_place()} (backend: {BACKEND.name})")

@@ -62,6 +62,7 @@ __all__ = [
     "Sockets",
     "Traffic",
     "Transit",
+    "backend",
     "live_objects",
 ]
 
@@ -216,6 +217,11 @@ def has_nodelay(fd: int) -> bool:
         return False
     finally:
         sock.detach()
+
+
+#: The kernel event backend the core was compiled with: ``"epoll"`` or
+#: ``"kqueue"`` (chosen at build time; see ``TRAFFIC_BACKEND``).
+backend: str = ffi.string(lib.tr_backend()).decode("ascii")
 
 
 def live_objects() -> int:

@@ -100,6 +100,12 @@ struct tr_point {
 	 * so transfers go on to the system call that reports it.
 	 */
 	unsigned hup:1;
+	/*
+	 * The error the kernel reported with an event on this socket (see
+	 * struct tr_kevent): where the kernel hands it over only there, the
+	 * system call after it reports a plain end (EOF, EPIPE) instead.
+	 */
+	int error;
 	struct tr_transit *io[2];   /* by polarity */
 	/*
 	 * The Traffic one of its transits entered first; the point belongs to
@@ -1088,9 +1094,9 @@ arm(struct tr_traffic *tr, struct tr_point *p)
 	if (p->closed || (p->armed & want) == want)
 		return 0;
 	want |= p->armed;
-	err = tr_kernel_arm(tr->kernel, p->fd, p, p->registered != 0, want);
+	err = tr_kernel_arm(tr->kernel, p->fd, p, p->registered, p->armed, want);
 	if (err == 0) {
-		p->registered = TR_K_READ | TR_K_WRITE;   /* in the set: MOD from now on */
+		p->registered |= want;
 		p->armed = want;
 	}
 	return err;
@@ -1159,6 +1165,14 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		pthread_mutex_lock(&tr->lock);
 		t->flags &= ~TF_IN_SYSCALL;
 		p->busy -= 1;
+		/*
+		 * The end the system call saw was caused by the error the kernel
+		 * reported with an event: the error is the transit's.
+		 */
+		if (p->error != 0 && (rc == TX_EOF || (rc == TX_ERROR && error == EPIPE))) {
+			rc = TX_ERROR;
+			error = p->error;
+		}
 		/* Memory the core allocated (not the caller's, nor its scratch). */
 		if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC) {
 			if (t->pos == 0) {
@@ -1265,6 +1279,8 @@ apply_events(struct tr_traffic *tr, int n)
 			continue;
 		if (f & (TR_K_HUP | TR_K_ERROR))
 			p->hup = 1;
+		if (tr->events[i].error != 0 && p->is_socket && p->error == 0)
+			p->error = tr->events[i].error;
 		in = p->io[TR_INPUT];
 		out = p->io[TR_OUTPUT];
 		/* A sibling that never entered this Traffic is not its to drive. */

@@ -36,6 +36,12 @@
 
 #define TR_EPOLL_BATCH 256
 
+const char *
+tr_backend(void)
+{
+	return "epoll";
+}
+
 struct tr_kernel {
 	int epfd;
 	int wakefd;
@@ -108,9 +114,11 @@ tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, u
 const int tr_kernel_disarms_all = 1;
 
 int
-tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
+tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int armed,
+    unsigned int want)
 {
-	return subscribe(k, fd, udata, EPOLLONESHOT, added, directions);
+	(void)armed;   /* one MOD sets the whole mask */
+	return subscribe(k, fd, udata, EPOLLONESHOT, had != 0, want);
 }
 
 int
@@ -158,6 +166,7 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 			flags |= TR_K_ERROR | TR_K_READ | TR_K_WRITE;
 		events[stored].udata = k->events[i].data.ptr;
 		events[stored].flags = flags;
+		events[stored].error = 0;   /* pending on the socket: the next call returns it */
 		++stored;
 	}
 	return stored;

@@ -18,6 +18,12 @@
  *   the directions added.
  * - tr_kernel_arm() (a threaded Traffic) subscribes one-shot instead: see
  *   below and arm() in core.c.
+ * - An event carries the error the kernel reported with it (error: an
+ *   errno, 0 for none), where the kernel hands it over in the event
+ *   itself: kqueue's EV_EOF carries the socket's pending error in fflags,
+ *   and libkqueue takes it off the socket (SO_ERROR) to put it there, so
+ *   no later system call reports it.  epoll reports only that an error
+ *   is pending (error 0, TR_K_ERROR): the next system call returns it.
  * - tr_kernel_wait() waits at most timeout_ms (-1: forever) and returns the
  *   number of events stored, or -errno (-EINTR included: a wait entered
  *   from Python must return so that Python's signal handlers run).  A wake
@@ -42,6 +48,7 @@
 struct tr_kevent {
 	void *udata;
 	unsigned int flags;
+	int error;
 };
 
 struct tr_kernel;
@@ -54,11 +61,13 @@ int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
 /*
  * A threaded Traffic subscribes differently (see arm() in core.c): one-shot
  * and level-triggered, for the directions whose requests wait (TR_K_READ,
- * TR_K_WRITE in directions; added: the descriptor is in the kernel's set
- * already).  The kernel reports a direction once and disarms it; with
+ * TR_K_WRITE in want).  had: the directions armed on the descriptor before
+ * (0 the first time); armed: those of them still armed, not reported since.
+ * The kernel reports a direction once and disarms it; with
  * tr_kernel_disarms_all it disarms every direction of the descriptor.
  */
-int tr_kernel_arm(struct tr_kernel *kernel, int fd, void *udata, int added, unsigned int directions);
+int tr_kernel_arm(struct tr_kernel *kernel, int fd, void *udata, unsigned int had,
+    unsigned int armed, unsigned int want);
 extern const int tr_kernel_disarms_all;
 int tr_kernel_wait(struct tr_kernel *kernel, struct tr_kevent *events, int max, int timeout_ms);
 int tr_kernel_wake(struct tr_kernel *kernel);

@@ -54,6 +54,12 @@
 
 #define TR_KQUEUE_BATCH 256
 
+const char *
+tr_backend(void)
+{
+	return "kqueue";
+}
+
 /* pipe2(2): not on macOS; override with -DTR_HAVE_PIPE2=0 or 1. */
 #if !defined(TR_HAVE_PIPE2)
 #if defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__) || \
@@ -62,6 +68,16 @@
 #else
 #define TR_HAVE_PIPE2 0
 #endif
+#endif
+
+/*
+ * libkqueue, kqueue(2) in user space over epoll (the Linux build), frees a
+ * closed kqueue's own descriptors later, from its monitoring thread, unless
+ * asked to do it now.  It exports this without declaring it.
+ */
+#if defined(__linux__)
+#define TR_LIBKQUEUE 1
+void libkqueue_drain_pending_close(void);
 #endif
 
 /* NetBSD before 10 declares kevent.udata as intptr_t, the others as void *. */
@@ -206,6 +222,10 @@ tr_kernel_close(struct tr_kernel *k)
 	close(k->wake_wfd);
 #endif
 	close(k->kq);
+#ifdef TR_LIBKQUEUE
+	/* The kqueue's own descriptors go with it, not later. */
+	libkqueue_drain_pending_close();
+#endif
 	free(k);
 }
 
@@ -222,31 +242,42 @@ tr_kernel_delete(struct tr_kernel *k, int fd, int filter)
 }
 
 /*
- * Add (or re-enable) the knotes of directions (TR_K_READ, TR_K_WRITE) with
- * flags, in one kevent() change list.  On failure the list stopped at the
- * failing change: what it added is deleted again.
+ * One kevent() change list for fd: the knotes of the directions in add
+ * (TR_K_READ, TR_K_WRITE) are added with EV_ADD | mode, those in enable are
+ * re-enabled (EV_ENABLE: they exist already, and keep the mode they were
+ * added with).  On failure the list stopped at the failing change: the
+ * knotes it added are deleted again.
  */
 static int
-subscribe(struct tr_kernel *k, int fd, void *udata, unsigned short flags, unsigned int directions)
+subscribe(struct tr_kernel *k, int fd, void *udata, unsigned short mode, unsigned int add,
+    unsigned int enable)
 {
+	static const struct { unsigned int direction; short filter; } filters[2] = {
+		{TR_K_READ, EVFILT_READ},
+		{TR_K_WRITE, EVFILT_WRITE},
+	};
 	struct kevent changes[2];
-	int n = 0, err;
+	int i, n = 0, err;
 
-	/* No n++ inside EV_SET: some systems' macro evaluates it more than once. */
-	if (directions & TR_K_READ) {
-		EV_SET(&changes[n], fd, EVFILT_READ, EV_ADD | flags, 0, 0, TR_UDATA(udata));
-		++n;
-	}
-	if (directions & TR_K_WRITE) {
-		EV_SET(&changes[n], fd, EVFILT_WRITE, EV_ADD | flags, 0, 0, TR_UDATA(udata));
+	for (i = 0; i < 2; ++i) {
+		unsigned short flags;
+
+		if (add & filters[i].direction)
+			flags = EV_ADD | mode;
+		else if (enable & filters[i].direction)
+			flags = EV_ENABLE;
+		else
+			continue;
+		/* No n++ inside EV_SET: some systems' macro evaluates it more than once. */
+		EV_SET(&changes[n], fd, filters[i].filter, flags, 0, 0, TR_UDATA(udata));
 		++n;
 	}
 	if (n > 0 && kevent(k->kq, changes, n, NULL, 0, NULL) < 0) {
 		err = -errno;
-		if (directions & TR_K_READ)
-			(void)tr_kernel_delete(k, fd, EVFILT_READ);
-		if (directions & TR_K_WRITE)
-			(void)tr_kernel_delete(k, fd, EVFILT_WRITE);
+		for (i = 0; i < 2; ++i) {
+			if (add & filters[i].direction)
+				(void)tr_kernel_delete(k, fd, filters[i].filter);
+		}
 		return err;
 	}
 	return 0;
@@ -255,26 +286,41 @@ subscribe(struct tr_kernel *k, int fd, void *udata, unsigned short flags, unsign
 int
 tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int want)
 {
-	return subscribe(k, fd, udata, EV_CLEAR, want & ~had);
+	return subscribe(k, fd, udata, EV_CLEAR, want & ~had, 0);
 }
 
 /*
  * Where EV_DISPATCH is missing, EV_ONESHOT does the same for an arm: it
  * deletes the knote after one event, and the next EV_ADD makes it anew.
  */
-#ifndef EV_DISPATCH
+#ifdef EV_DISPATCH
+#define TR_ARM_DELETES 0
+#else
 #define EV_DISPATCH EV_ONESHOT
+#define TR_ARM_DELETES 1
 #endif
 
 /* EV_DISPATCH is per knote: per direction. */
 const int tr_kernel_disarms_all = 0;
 
+/*
+ * Level-triggered (no EV_CLEAR), disabled after one event (EV_DISPATCH).
+ * A direction's first arm adds its knote; later arms re-enable it with
+ * EV_ENABLE, the only flag that clears a dispatched knote's disabled
+ * state (EV_ADD on an existing knote updates it and leaves it disabled).
+ * Directions still armed are left alone.  With EV_ONESHOT for EV_DISPATCH
+ * the knote was deleted when it fired, so every arm adds.
+ */
 int
-tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, int added, unsigned int directions)
+tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int armed,
+    unsigned int want)
 {
-	(void)added;   /* EV_ADD adds, or re-enables and modifies what is there */
-	/* Level-triggered (no EV_CLEAR), disabled after one event (EV_DISPATCH). */
-	return subscribe(k, fd, udata, EV_DISPATCH, directions);
+	unsigned int rearm = want & ~armed;
+
+#if TR_ARM_DELETES
+	had = 0;
+#endif
+	return subscribe(k, fd, udata, EV_DISPATCH, rearm & ~had, rearm & had);
 }
 
 int
@@ -309,6 +355,7 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 	for (i = 0; i < n; ++i) {
 		const struct kevent *e = &k->events[i];
 		unsigned int flags = 0;
+		int error = 0;
 
 #ifdef EVFILT_USER
 		if (e->filter == EVFILT_USER)
@@ -321,6 +368,7 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 #endif
 		if (e->flags & EV_ERROR) {
 			flags |= TR_K_ERROR | TR_K_READ | TR_K_WRITE;
+			error = (int)e->data;
 		} else if (e->filter == EVFILT_READ) {
 			flags |= TR_K_READ;
 			if (e->flags & EV_EOF)
@@ -333,14 +381,20 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 			continue;  /* no other filter is registered */
 		}
 		/*
-		 * With EV_EOF, fflags carries the socket's pending error
-		 * (so_error): what epoll reports as EPOLLERR.  Both directions
-		 * then learn of it from their next system call.
+		 * With EV_EOF, a socket's fflags carry its pending error
+		 * (so_error): what epoll reports as EPOLLERR.  The error is the
+		 * event's: FreeBSD leaves it on the socket for the next system
+		 * call too, but libkqueue reads it with SO_ERROR, which clears
+		 * it, so the next read() sees a plain end.  The core keeps it
+		 * (for sockets: the man page gives fflags no meaning elsewhere).
 		 */
-		if ((e->flags & EV_EOF) && e->fflags != 0)
+		if ((e->flags & EV_EOF) && e->fflags != 0) {
 			flags |= TR_K_ERROR | TR_K_READ | TR_K_WRITE;
+			error = (int)e->fflags;
+		}
 		events[stored].udata = (void *)e->udata;
 		events[stored].flags = flags;
+		events[stored].error = error;
 		++stored;
 	}
 	return stored;

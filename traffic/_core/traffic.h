@@ -134,6 +134,9 @@ typedef struct {
 /* Core objects alive (Traffics and transits), for leak checks in tests. */
 long tr_live_objects(void);
 
+/* The kernel event backend compiled in: "epoll" or "kqueue". */
+const char *tr_backend(void);
+
 /* Traffic */
 int tr_traffic_create(tr_traffic **out);
 int tr_traffic_start(tr_traffic *traffic, int policy);
