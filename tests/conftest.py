@@ -92,6 +92,16 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"traffic {traffic.__version__}: {traffic.backend} backend, core {_traffic.__file__}"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``TRAFFIC_EXPECT_BACKEND`` set (CI does), refuse to test another core."""
+    expected = os.environ.get("TRAFFIC_EXPECT_BACKEND")
+    if expected and traffic.backend != expected:
+        raise pytest.UsageError(
+            f"TRAFFIC_EXPECT_BACKEND={expected}, but the traffic imported was built "
+            f"with the {traffic.backend} backend"
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _process_resources() -> None:
     """Let the kqueue backend's libkqueue make its process-wide resources first.

@@ -94,6 +94,14 @@ struct tr_point {
 	unsigned registered:2, armed:2;
 	unsigned closed:1, is_socket:1, dead:1;
 	/*
+	 * A regular file or a directory: always "ready", so no kernel event
+	 * ever says it can transfer again.  epoll refuses to subscribe it
+	 * (EPERM); kqueue accepts it and never reports a file's end.  The core
+	 * refuses it the same way on both: a transfer that would wait on it
+	 * terminates with EPERM.
+	 */
+	unsigned is_file:1;
+	/*
 	 * The kernel reported a hang-up or an error.  From then on a short
 	 * transfer no longer proves the kernel was drained: the end (EOF, the
 	 * error) is already queued behind the data and raises no further edge,
@@ -567,6 +575,7 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 			return -ENOMEM;
 		p->fd = fd;
 		p->is_socket = S_ISSOCK(st.st_mode) ? 1 : 0;
+		p->is_file = S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ? 1 : 0;
 	}
 
 	t = calloc(1, sizeof *t);
@@ -1060,6 +1069,8 @@ ensure_registered(struct tr_traffic *tr, struct tr_point *p, const struct tr_tra
 
 	if ((p->registered & want) || p->closed)
 		return 0;
+	if (p->is_file)
+		return -EPERM;
 	err = tr_kernel_register(tr->kernel, p->fd, p, p->registered, want);
 	if (err == 0)
 		p->registered |= want;
@@ -1093,6 +1104,8 @@ arm(struct tr_traffic *tr, struct tr_point *p)
 	}
 	if (p->closed || (p->armed & want) == want)
 		return 0;
+	if (p->is_file)
+		return -EPERM;
 	want |= p->armed;
 	err = tr_kernel_arm(tr->kernel, p->fd, p, p->registered, p->armed, want);
 	if (err == 0) {
@@ -1132,6 +1145,30 @@ judge_request(struct tr_transit *t, int rc)
 }
 
 /*
+ * The error the kernel reported with an event on the transit's socket
+ * (struct tr_kevent), where the system call after it no longer returns it:
+ * the cause of the stream's end the call saw (EOF, EPIPE: the error is the
+ * transit's termination), or a datagram socket's fault, reported once, by
+ * the first transfer that finds nothing to do.  Lock held.
+ */
+static int
+take_event_error(struct tr_point *p, const struct tr_transit *t, int rc, int *error)
+{
+	if (t->type == TR_DATAGRAMS) {
+		if (rc != TX_AGAIN)
+			return rc;
+		*error = p->error;
+		p->error = 0;
+		return TX_FAULT;
+	}
+	if (rc == TX_EOF || (rc == TX_ERROR && *error == EPIPE)) {
+		*error = p->error;
+		return TX_ERROR;
+	}
+	return rc;
+}
+
+/*
  * Transfer for a transit until it has nothing to do, then settle: events
  * (synchronous) or the request's outcome (threaded).  Lock held on entry and
  * exit, dropped around the system calls.  report is non-NULL for an inline
@@ -1165,14 +1202,8 @@ drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		pthread_mutex_lock(&tr->lock);
 		t->flags &= ~TF_IN_SYSCALL;
 		p->busy -= 1;
-		/*
-		 * The end the system call saw was caused by the error the kernel
-		 * reported with an event: the error is the transit's.
-		 */
-		if (p->error != 0 && (rc == TX_EOF || (rc == TX_ERROR && error == EPIPE))) {
-			rc = TX_ERROR;
-			error = p->error;
-		}
+		if (p->error != 0)
+			rc = take_event_error(p, t, rc, &error);
 		/* Memory the core allocated (not the caller's, nor its scratch). */
 		if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC) {
 			if (t->pos == 0) {
@@ -1681,7 +1712,7 @@ tr_traffic_abandon(tr_traffic *tr)
 	}
 	tr->points = NULL;
 	tr_signal_close(tr->signal_read, tr->signal_write);
-	tr_kernel_close(tr->kernel);
+	tr_kernel_abandon(tr->kernel);
 }
 
 /* Transit operations */

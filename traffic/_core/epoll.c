@@ -84,6 +84,13 @@ tr_kernel_close(struct tr_kernel *k)
 	free(k);
 }
 
+/* An epoll set and an eventfd are inherited: the child closes its copies. */
+void
+tr_kernel_abandon(struct tr_kernel *k)
+{
+	tr_kernel_close(k);
+}
+
 /*
  * One epoll_ctl for directions (TR_K_READ, TR_K_WRITE) in mode (EPOLLET or
  * EPOLLONESHOT): ADD, or MOD once the descriptor is in the set.  EPOLLHUP

@@ -55,6 +55,12 @@ struct tr_kernel;
 
 int tr_kernel_open(struct tr_kernel **out);
 void tr_kernel_close(struct tr_kernel *kernel);
+/*
+ * After fork(), in the child: release the parent's kernel queue, closing
+ * only the descriptors the child inherited (a kqueue is not inherited, and
+ * its number may belong to another descriptor by now).
+ */
+void tr_kernel_abandon(struct tr_kernel *kernel);
 int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata, unsigned int had,
     unsigned int want);
 int tr_kernel_unregister(struct tr_kernel *kernel, int fd);

@@ -229,6 +229,22 @@ tr_kernel_close(struct tr_kernel *k)
 	free(k);
 }
 
+/*
+ * kqueue(2): "The queue is not inherited by a child created with fork(2)."
+ * (libkqueue closes the child's copy itself.)  Its number is free in the
+ * child, or already another descriptor's: never close it.  The wake pipe,
+ * where there is one, was inherited.
+ */
+void
+tr_kernel_abandon(struct tr_kernel *k)
+{
+#ifndef EVFILT_USER
+	close(k->wake_rfd);
+	close(k->wake_wfd);
+#endif
+	free(k);
+}
+
 /* Delete one filter of fd; ENOENT (never added, or already gone) is fine. */
 static int
 tr_kernel_delete(struct tr_kernel *k, int fd, int filter)
