@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import traffic
 from traffic.bench import build, instructions
 
 pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C compiler (gcc)")
@@ -52,10 +53,12 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "echo N=1" in done.stdout
+    assert f"({traffic.backend} backend)" in done.stdout
 
     results = json.loads(out.read_text())
     assert results["meta"]["repeat"] == 1
     assert results["meta"]["pin"] == pin
+    assert results["meta"]["backend"] == traffic.backend
     [case] = results["cases"]
     assert (case["workload"], case["param"]) == ("echo", 1)
     assert set(case["results"]) == {"trio", "traffic-trio", "trio-floor"}

@@ -19,17 +19,24 @@
  * - EV_EOF on EVFILT_READ means the peer hung up while unread input may
  *   still be queued (TR_K_HUP | TR_K_READ: the core drains until read()
  *   returns 0); on EVFILT_WRITE it means nothing more can be written
- *   (TR_K_WRITE | TR_K_HUP: the write reports the error).  An EV_ERROR
- *   entry in the event list is an error on the knote itself, reported as
- *   TR_K_ERROR | TR_K_READ | TR_K_WRITE so that both directions find it.
+ *   (TR_K_WRITE | TR_K_HUP: the write reports the error).  On a socket,
+ *   fflags then holds its pending error, which the event hands over (see
+ *   tr_kernel_wait).  An EV_ERROR entry in the event list is an error on
+ *   the knote itself, reported as TR_K_ERROR | TR_K_READ | TR_K_WRITE so
+ *   that both directions find it.
  * - Closing a descriptor removes its knotes, but the core unregisters
  *   before it closes all the same; unregistering deletes each filter and
  *   ignores ENOENT (a knote already gone).
  * - kevent() changes are safe while another thread waits in kevent() on
  *   the same kqueue.
  * - EV_DISPATCH (a threaded Traffic's arm) disables a knote after one
- *   event, its own direction only; EV_ADD re-enables it, and without
- *   EV_CLEAR it is level-triggered, so readiness already there is reported.
+ *   event, its own direction only; EV_ENABLE re-enables it (EV_ADD of an
+ *   existing knote does not), and without EV_CLEAR it is level-triggered,
+ *   so readiness already there is reported.
+ * - A kqueue is not inherited by fork(2): a child never closes its number.
+ * - Built on Linux, this is libkqueue, kqueue(2) in user space over epoll;
+ *   where it departs from the manual pages this file follows the manual
+ *   pages and docs/platforms.rst says what differs.
  *
  * The wake is an EVFILT_USER knote (ident 0, EV_CLEAR) triggered with
  * NOTE_TRIGGER; where EVFILT_USER is missing it is a non-blocking pipe

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..libkqueue import cycle_policy
+from ..libkqueue import backend, cycle_policy
 from . import build, report, servers, stream, workloads
 from .report import BASELINE, Case
 
@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             "server": sorted(placement.server) if placement.server else None,
             "client": sorted(placement.client) if placement.client else None,
         },
+        "backend": backend,
         "cycle_policy": cycle_policy(),
         "client_bound_threshold": workloads.CLIENT_BOUND,
         "python": platform.python_version(),

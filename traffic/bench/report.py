@@ -211,7 +211,8 @@ def _short(key: str) -> str:
 
 def render(cases: list[Case], meta: dict[str, Any]) -> str:
     parts = [
-        f"traffic benchmark: pin={meta['pin']}, {meta['repeat']} repeat(s), "
+        f"traffic benchmark ({meta['backend']} backend): pin={meta['pin']}, "
+        f"{meta['repeat']} repeat(s), "
         f"{meta['seconds']} s per measurement; cells are median [min-max]; "
         f"'x trio' is the median of ratios to trio taken within each repeat.",
     ]
