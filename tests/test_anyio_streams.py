@@ -2,7 +2,13 @@
 
 The cases of anyio's ``tests/test_sockets.py`` for TCP and UNIX streams and
 listeners (``TestTCPStream``, ``TestTCPListener``, ``TestUNIXStream``,
-``TestUNIXListener``), with ``connect_tcp``, ``create_tcp_listener``,
+``TestUNIXListener``), ported from anyio 4.8.0's ``tests/test_sockets.py``.
+They follow that release's text (4.7.0's differs from it only in what the
+port leaves out; 4.4.0's is older, and from 4.9.0 on anyio changed some of
+them, e.g. ``test_connection_refused`` takes the ``free_tcp_port``
+fixture); they run against the anyio installed (4.16.0 when this was
+checked).  Cases not in that file are traffic's own.  They use
+``connect_tcp``, ``create_tcp_listener``,
 ``connect_unix`` and ``create_unix_listener`` taken from
 :mod:`traffic.anyio_backend`.  Each runs on asyncio and on trio (the
 ``anyio_backend`` fixture).  Adaptations are noted where they are made:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.testing
-from test_trio_support import receive_after_a_wait
+from trio_support import receive_after_a_wait
 
 import traffic
 from conftest import open_fds, run_until

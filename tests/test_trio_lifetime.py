@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 from test_core_sync import unread
-from test_trio_support import (
+from trio_support import (
     receive_after_a_wait,
     receive_exactly,
     settled,
@@ -148,9 +148,9 @@ def test_a_collector_that_raises_leaves_delivery_to_the_pump(
     once disabled it tells it nothing more, so on its way out it hands the
     wake-ups back to the descriptor: parked receives still wake, through the
     pump."""
-    from traffic import trio_integration
+    from traffic import _trio_parking
 
-    deliver = trio_integration._deliver
+    deliver = _trio_parking.deliver
     broke: list[bool] = []
 
     def breaks_once_in_the_collector(delivery: Any) -> None:
@@ -159,7 +159,7 @@ def test_a_collector_that_raises_leaves_delivery_to_the_pump(
             raise RuntimeError("the collector broke")
         deliver(delivery)
 
-    monkeypatch.setattr(trio_integration, "_deliver", breaks_once_in_the_collector)
+    monkeypatch.setattr(_trio_parking, "deliver", breaks_once_in_the_collector)
 
     async def main() -> None:
         a, b = await unix_pair()
@@ -190,20 +190,20 @@ def test_the_collector_is_installed_only_while_requests_wait(
     after ``_IDLE_PASSES`` passes with nothing parked, so a program whose
     transfers all complete inline pays nothing per pass; the next request
     that parks installs it again, and it still wakes."""
-    from traffic import trio_integration
+    from traffic import _trio_parking
 
     hooked: list[float] = []
-    after_io_wait = trio_integration._Collector.after_io_wait
+    after_io_wait = _trio_parking.Collector.after_io_wait
 
     def counted(self: Any, timeout: float) -> None:
         hooked.append(timeout)
         after_io_wait(self, timeout)
 
-    monkeypatch.setattr(trio_integration._Collector, "after_io_wait", counted)
+    monkeypatch.setattr(_trio_parking.Collector, "after_io_wait", counted)
 
     async def main() -> None:
         a, b = await unix_pair()
-        delivery = trio_integration._delivery()
+        delivery = _trio_parking.delivery()
         collector = delivery.collector
         with trio.fail_after(20):
             for round_ in range(2):
@@ -219,7 +219,7 @@ def test_the_collector_is_installed_only_while_requests_wait(
                     assert collector.installed
                 # Inline transfers only: the collector leaves, and then no
                 # hook of it runs however many passes trio makes.
-                for _ in range(trio_integration._IDLE_PASSES + 10):
+                for _ in range(_trio_parking.IDLE_PASSES + 10):
                     await b.send_all(b"x")
                     assert await a.receive_some(1) == b"x"
                 assert not collector.installed
@@ -429,15 +429,15 @@ def test_a_receive_asks_the_core_for_no_more_than_the_runs_scratch_holds(
     Each layer asks for at most the scratch's room, whatever its own
     default receive size says by then (here: the trio layer's, raised after
     the scratch was made; anyio's is 64 KiB)."""
-    from traffic import trio_integration
+    from traffic import _sockets, _trio_parking
 
     a, b = socket.socketpair()
     b.sendall(b"x" * 10_000)
-    monkeypatch.setattr(trio_integration, "DEFAULT_RECEIVE_SIZE", 1024)
+    monkeypatch.setattr(_sockets, "DEFAULT_RECEIVE_SIZE", 1024)
 
     async def main() -> bytes:
-        trio_integration._delivery()  # the run's scratch: 1 KiB
-        monkeypatch.setattr(trio_integration, "DEFAULT_RECEIVE_SIZE", 65536)
+        _trio_parking.delivery()  # the run's scratch: 1 KiB
+        monkeypatch.setattr(_sockets, "DEFAULT_RECEIVE_SIZE", 65536)
         return await receive(a)
 
     try:
@@ -457,16 +457,16 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
     KeyboardInterrupt, so the interrupt reaches the task where it parks; the
     abort fails (the transfer happened) and the task returns the bytes, and
     the interrupt comes at its next checkpoint."""
-    from traffic import trio_integration
+    from traffic._requests import Requests
 
     a, b = socket.socketpair()
     kernel_side = a.dup()  # to see what the kernel still holds
     fired: list[bool] = []
 
-    def then_interrupt(request: Callable[..., int]) -> Callable[..., int]:
-        def request_then_interrupt(*args: Any) -> int:
-            code = request(*args)
-            if code == trio_integration._PENDING and not fired:
+    def then_interrupt(request: Callable[..., Any]) -> Callable[..., Any]:
+        def request_then_interrupt(*args: Any) -> Any:
+            done = request(*args)
+            if done is None and not fired:  # the request waits in the core
                 fired.append(True)
                 b.sendall(b"taken by the core")
                 for _ in range(2000):  # until the cycle thread has read it
@@ -474,15 +474,13 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
                         break
                     time.sleep(0.001)
                 signal.raise_signal(signal.SIGINT)
-            return int(code)
+            return done
 
         return request_then_interrupt
 
-    # Both layers' receives call the core's tr_receive, each by its own name.
-    from traffic import anyio_backend
-
-    for module in (trio_integration, anyio_backend):
-        monkeypatch.setattr(module, "_tr_receive", then_interrupt(trio_integration._tr_receive))
+    # Both layers' receives hand the core their request through the one
+    # request module.
+    monkeypatch.setattr(Requests, "receive", then_interrupt(Requests.receive))
     got: list[bytes] = []
 
     async def main() -> None:

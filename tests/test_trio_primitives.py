@@ -15,7 +15,7 @@ from array import array
 import pytest
 import trio
 import trio.testing
-from test_trio_support import digest, pseudorandom
+from trio_support import digest, pseudorandom
 
 import traffic
 from traffic import Octets, Sockets

@@ -17,7 +17,7 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
-from test_trio_support import receive_exactly, wait_for
+from trio_support import receive_exactly, wait_for
 
 import traffic
 from conftest import open_fds

@@ -16,7 +16,7 @@ import socket
 import pytest
 import trio
 import trio.testing
-from test_trio_support import (
+from trio_support import (
     clog,
     clogged_tcp_pair,
     clogged_unix_pair,

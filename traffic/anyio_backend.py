@@ -27,8 +27,10 @@ Which event loop
 The backend is chosen when a stream is made, with
 ``sniffio.current_async_library()``; a stream stays with that run.
 
-- **trio**: the trio layer's per-run Traffic and its parking are reused
-  (:mod:`traffic.trio_integration`): one pump task per run reschedules the
+- **trio**: the per-run Traffic and parking the trio layer uses are reused
+  (:mod:`traffic._trio_parking`, imported only when a stream is made on
+  trio: an asyncio program never imports trio): one pump task per run
+  reschedules the
   tasks whose transfers completed, a withdrawn request that lost the race
   against the system call still delivers its data, and the run's end
   closes the Traffic.  A stream made with this module and a
@@ -124,7 +126,6 @@ import stat
 import sys
 import weakref
 from array import array
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from io import IOBase
 from ipaddress import IPv6Address, ip_address
@@ -137,33 +138,45 @@ import sniffio
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
-from ._traffic import ffi, lib
-from .libkqueue import (
-    FDS_PER_MESSAGE,
+from ._requests import (
+    CLOSED,
+    COMPLETING,
+    DONE,
+    FAULT,
+    NULL,
+    TERMINATED,
     Completion,
+    Refusal,
+    Refusals,
+    Requests,
+    bad_descriptor,
+    os_error,
+    pin_buffer,
+    pin_descriptors,
+    protected,
+)
+from ._sockets import (
+    ACCEPT_BATCH,
+    DEFAULT_RECEIVE_SIZE,
+    MAX_RECEIVE_FDS,
+    AcceptQueue,
+    Guard,
+    SocketView,
+    claimed,
+    set_nodelay,
+    socket_identity,
+    wants_nodelay,
+)
+from .libkqueue import (
     Descriptors,
     Octets,
     Sockets,
     Traffic,
     Transit,
+    check_descriptor_message,
     check_port,
     cycle_policy,
     descriptor_array,
-    has_nodelay,
-    receive_scratch,
-)
-from .trio_integration import (
-    SocketView,
-    _cancel_shielded_checkpoint,
-    _checkpoint_if_cancelled,
-    _claimed,
-    _delivery,
-    _Parked,
-    _protected,
-    _request,
-    _tr_receive,
-    _tr_request_fds,
-    _wait_task_rescheduled,
 )
 
 if sys.version_info < (3, 11):
@@ -172,7 +185,11 @@ if sys.version_info < (3, 11):
 if TYPE_CHECKING:
     from anyio.abc import IPAddressType, IPSockAddrType
 
+
 __all__ = [
+    "ACCEPT_BATCH",
+    "DEFAULT_RECEIVE_SIZE",
+    "MAX_RECEIVE_FDS",
     "RawSocketView",
     "TrafficSocketListener",
     "TrafficSocketStream",
@@ -186,30 +203,20 @@ __all__ = [
     "current_traffic",
 ]
 
-#: What ``receive()`` asks for by default; also the size of each stream's
-#: receive buffer (anyio's default ``max_bytes``).
-DEFAULT_RECEIVE_SIZE = 65536
-
-#: Descriptors one accept request may collect; the rest wait in the kernel.
-ACCEPT_BATCH = 64
-
-#: The most descriptors one ``receive_fds()`` makes room for (larger
-#: ``maxfds`` are clamped; the rest wait in the kernel).
-MAX_RECEIVE_FDS = 4096
-
 #: Scheduling of each asyncio loop's cycle thread (see ``Traffic.start``):
-#: None takes ``$TRAFFIC_CYCLE_POLICY``, else ``"batch"`` (see ``Traffic.start``).  On trio the
+#: None takes ``$TRAFFIC_CYCLE_POLICY``, else ``"batch"``.  On trio the
 #: trio layer's ``CYCLE_POLICY`` applies.
 CYCLE_POLICY: str | None = None
 
 IPPROTO_IPV6 = getattr(socket, "IPPROTO_IPV6", 41)
 
-_PENDING = lib.TR_PENDING
-_DONE = lib.TR_DONE
-_TERMINATED = lib.TR_TERMINATED
-_FAULT = lib.TR_FAULT
-_CLOSED = lib.TR_CLOSED
-_WITHDRAWN = lib.TR_WITHDRAWN
+# The core's refusals of a request, as anyio's exceptions (see _requests).
+_REFUSALS: Refusals = {
+    Refusal.CLOSED: lambda _: anyio.ClosedResourceError(),
+    Refusal.BUSY: lambda _: anyio.BusyResourceError("transferring on"),
+    Refusal.BAD_DESCRIPTOR: bad_descriptor,
+    Refusal.OS_ERROR: os_error,
+}
 
 # A completion the owner never sees: called with it, now or when it arrives.
 _Orphan = Callable[[Completion], None]
@@ -219,6 +226,13 @@ class _Parking(Protocol):
     """How a task waits for its transfer on one backend."""
 
     traffic: Traffic
+    requests: Requests
+
+    @property
+    def trio(self) -> _TrioParking | None:
+        """On trio, the parking the stream's hot path parks with inline
+        (see TrafficSocketStream._receive); None elsewhere."""
+
     #: token -> future of a cancelled request whose completion is on its way.
     late: dict[int, asyncio.Future[Completion]]
 
@@ -228,28 +242,50 @@ class _Parking(Protocol):
         pin: Any,
         size: int,
         orphan: _Orphan,
-        fdpin: Any = ffi.NULL,
+        fdpin: Any = NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> Awaitable[tuple[int, int, int, bytes | None, int]]: ...
+    ) -> Awaitable[Completion]: ...
 
     async def settle(self, transit: Transit) -> None: ...
 
     def wake(self, transit: Transit) -> None: ...
 
 
-# trio: the trio layer's parking
+# trio: the parking of the trio run (traffic._trio_parking)
 
 
 class _TrioParking:
-    """The trio run's delivery (:func:`traffic.trio_integration._delivery`)."""
+    """The trio run's delivery, and the trio functions the hot path parks
+    with: taken from :mod:`traffic._trio_parking` when the first stream is
+    made on trio, so that this module never imports trio itself."""
 
-    __slots__ = ("delivery", "late", "traffic")
+    __slots__ = (
+        "Parked",
+        "_transfer",
+        "cancel_shielded_checkpoint",
+        "checkpoint_if_cancelled",
+        "delivery",
+        "late",
+        "requests",
+        "traffic",
+        "trio",
+        "wait_task_rescheduled",
+    )
 
     def __init__(self) -> None:
-        self.delivery = _delivery()
+        from . import _trio_parking as parking
+
+        self.delivery = parking.delivery()
         self.traffic = self.delivery.traffic
+        self.requests = self.delivery.requests
+        self.trio = self
         self.late: dict[int, asyncio.Future[Completion]] = {}  # always empty
+        self.checkpoint_if_cancelled = parking.checkpoint_if_cancelled
+        self.cancel_shielded_checkpoint = parking.cancel_shielded_checkpoint
+        self.wait_task_rescheduled = parking.wait_task_rescheduled
+        self.Parked = parking.Parked
+        self._transfer = parking.transfer
 
     async def settle(self, transit: Transit) -> None:
         """Nothing is ever late on trio."""
@@ -260,15 +296,15 @@ class _TrioParking:
         pin: Any,
         size: int,
         orphan: _Orphan,
-        fdpin: Any = ffi.NULL,
+        fdpin: Any = NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> Awaitable[tuple[int, int, int, bytes | None, int]]:
-        # The trio layer's own request, awaited by the caller directly (a
+    ) -> Awaitable[Completion]:
+        # The trio parking's own sequence, awaited by the caller directly (a
         # coroutine level less per transfer), raising anyio's errors.  It
         # never orphans a completion: an abort that lost the race waits for
         # the completion and returns it (trio's rule).
-        return _request(self.delivery, transit, pin, size, fdpin, nfds, keep, _raise_request_error)
+        return self._transfer(self.delivery, transit, pin, size, _REFUSALS, fdpin, nfds, keep)
 
     def wake(self, transit: Transit) -> None:
         """Nothing to do: a task parked on a transit its owner terminated is
@@ -290,12 +326,13 @@ class _AsyncioParking:
         "late",
         "loop",
         "parked",
-        "received",
-        "report",
-        "scratch",
+        "requests",
         "traffic",
         "unclaimed",
     )
+
+    #: No trio here: every transfer goes through :meth:`transfer`.
+    trio = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         traffic = Traffic()
@@ -307,16 +344,14 @@ class _AsyncioParking:
             traffic.close()
             raise
         self.traffic = traffic
+        self.requests = traffic.requests
+        self.requests.reserve_scratch(DEFAULT_RECEIVE_SIZE)
         self.loop = loop
         self.closed = False
-        self.report = ffi.new("tr_report *")
-        # No allocation and no free per receive that completes at once.
-        self.scratch, self.received = receive_scratch(DEFAULT_RECEIVE_SIZE)
-        # token -> (future, pin): the pin keeps the resource alive as long
-        # as the core may touch it.
-        # A None future: the waiter was woken already (wake()), the
-        # completion only unpins.
-        self.parked: dict[int, tuple[asyncio.Future[Completion] | None, Any]] = {}
+        # token -> the future its task awaits; None: the waiter was woken
+        # already (wake()), the completion only unpins.  What the core may
+        # touch meanwhile is pinned by the requests.
+        self.parked: dict[int, asyncio.Future[Completion] | None] = {}
         # token -> completion collected after its waiter was cancelled.
         self.unclaimed: dict[int, Completion] = {}
         # token -> future of a withdrawn request whose completion follows.
@@ -355,13 +390,10 @@ class _AsyncioParking:
     def _collect(self) -> None:
         """The loop's reader callback: every completion waiting, in one C call."""
         parked = self.parked
-        for completion in self.traffic.collect():
-            entry = parked.pop(completion.token, None)
-            if entry is None:
-                continue  # a dropped transit's last word
-            future = entry[0]
+        for completion in self.requests.collect():
+            future = parked.pop(completion.token, None)
             if future is None:
-                continue
+                continue  # a dropped transit's last word, or a waiter woken already
             if future.done():
                 # Its task was cancelled before this arrived: its cancel
                 # handler claims it (and keeps the data).
@@ -380,9 +412,9 @@ class _AsyncioParking:
         if not self.loop.is_closed():
             self.loop.remove_reader(self.fd)
         parked, self.parked = self.parked, {}
-        for token, (future, _pin) in parked.items():
+        for token, future in parked.items():
             if future is not None and not future.done() and not self.loop.is_closed():
-                future.set_result(Completion(token, _CLOSED, 0, 0))
+                future.set_result(Completion(token, CLOSED, 0, 0))
         self.traffic.close()
         if (
             not self.keeper.done()
@@ -396,14 +428,11 @@ class _AsyncioParking:
         with a closed outcome now, without waiting for the core's report;
         the resource stays pinned until that report arrives."""
         token = transit._token
-        entry = self.parked.get(token)
-        if entry is None:
-            return
-        future, pin = entry
+        future = self.parked.get(token)
         if future is not None:
-            self.parked[token] = (None, pin)
+            self.parked[token] = None
             if not future.done():
-                future.set_result(Completion(token, _CLOSED, 0, 0))
+                future.set_result(Completion(token, CLOSED, 0, 0))
 
     async def transfer(
         self,
@@ -411,18 +440,18 @@ class _AsyncioParking:
         pin: Any,
         size: int,
         orphan: _Orphan,
-        fdpin: Any = ffi.NULL,
+        fdpin: Any = NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> tuple[int, int, int, bytes | None, int]:
-        """One request: (outcome, error, transferred, data, descriptors).  A checkpoint.
+    ) -> Completion:
+        """One request, and its completion.  A checkpoint.
 
         ``fdpin``/``nfds`` are a Descriptors request's descriptor array;
         ``keep`` what must stay alive while it is pending (default ``pin``).
 
-        ``pin`` is ``ffi.NULL`` for a receive into memory the core provides
+        ``pin`` is ``NULL`` for a receive into memory the core provides
         (the loop's scratch at once, an allocation when data arrives);
-        ``data`` then holds the bytes.
+        the completion's ``data`` then holds the bytes.
 
         ``orphan`` receives the completion of a request whose transfer
         happened although the task was cancelled (now, or when it arrives).
@@ -433,42 +462,28 @@ class _AsyncioParking:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
-        report = self.report
-        into_scratch = pin == ffi.NULL
-        if into_scratch:
-            size = min(size, DEFAULT_RECEIVE_SIZE)  # the scratch's room
-            code = lib.tr_receive(transit._c, size, self.scratch, report)
+        if pin is NULL:
+            done = self.requests.receive(transit, size, _REFUSALS)
         else:
-            code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
-        if code != _PENDING:
-            if code < 0:
-                _raise_request_error(code)
-            # Out of the scratch before the next await lets another task use it.
-            data = self.received[: report.stop] if into_scratch else None
-            result = (code, report.error, report.stop, data, report.fd_stop)
+            done = self.requests.submit(transit, pin, size, _REFUSALS, fdpin, nfds)
+        if done is not None:
             try:
                 await asyncio.sleep(0)
             except asyncio.CancelledError:
-                orphan(Completion(token, *result))
+                orphan(done)
                 raise
-            return result
+            return done
 
         future: asyncio.Future[Completion] = self.loop.create_future()
         if keep is None:
             keep = pin
-        self.parked[token] = (future, keep)
+        self.parked[token] = future
+        self.requests.pin(token, keep)
         try:
-            completion = await future
+            return await future
         except asyncio.CancelledError:
-            self._cancelled(transit, future, keep, orphan)
+            self._cancelled(transit, future, orphan)
             raise
-        return (
-            completion.outcome,
-            completion.error,
-            completion.transferred,
-            completion.data,
-            completion.descriptors,
-        )
 
     async def settle(self, transit: Transit) -> None:
         """Wait until the completion of ``transit``'s cancelled request has
@@ -480,7 +495,7 @@ class _AsyncioParking:
             await asyncio.wait((late,))
 
     def _cancelled(
-        self, transit: Transit, future: asyncio.Future[Completion], pin: Any, orphan: _Orphan
+        self, transit: Transit, future: asyncio.Future[Completion], orphan: _Orphan
     ) -> None:
         token = transit._token
         if future.done() and not future.cancelled():
@@ -490,15 +505,16 @@ class _AsyncioParking:
         if completion is not None:
             orphan(completion)  # collected after the cancellation
             return
-        code = lib.tr_withdraw(transit._c, self.report)
-        if code != lib.TR_COMPLETING:
+        code, _ = self.requests.withdraw(transit)
+        if code != COMPLETING:
             # Withdrawn (nothing more will happen), or the Traffic is gone.
             self.parked.pop(token, None)
             return
-        # Inside the system call, or done and not yet collected: keep the
-        # resource pinned and hand the completion to ``orphan`` on arrival.
+        # Inside the system call, or done and not yet collected: the
+        # resource stays pinned, and the completion goes to ``orphan`` on
+        # arrival.
         late: asyncio.Future[Completion] = self.loop.create_future()
-        self.parked[token] = (late, pin)
+        self.parked[token] = late
         self.late[token] = late
 
         def arrived(done: asyncio.Future[Completion]) -> None:
@@ -550,40 +566,16 @@ def close_traffic(loop: asyncio.AbstractEventLoop | None = None) -> None:
 # Errors
 
 
-def _raise_request_error(code: int) -> NoReturn:
-    if code == lib.TR_ECLOSED:
-        raise anyio.ClosedResourceError
-    if code == -errno.EBUSY:
-        raise anyio.BusyResourceError("transferring on")
-    if code == -errno.EBADF:
-        raise OSError(errno.EBADF, "cannot send descriptors: one of them is not an open descriptor")
-    raise OSError(-code, os.strerror(-code))
-
-
 def _broken(error: int) -> NoReturn:
     raise anyio.BrokenResourceError from OSError(error, os.strerror(error))
 
 
-def _pin(data: Any) -> tuple[Any, int]:
-    """What the core sends from (a ``bytes`` itself, else a cffi view of the
-    object: never a copy), and its size.
+def _busy_send() -> anyio.BusyResourceError:
+    return anyio.BusyResourceError("writing to")
 
-    A ``bytes`` goes as it is, as in the trio layer's ``_pin``: cffi passes
-    the address of its storage.  Other objects are viewed straight, with no
-    ``memoryview`` in between: a memoryview exporting to a cffi buffer,
-    both caught in a reference cycle (a cancelled coroutine's frame and its
-    traceback), crashes CPython's garbage collector when it clears the
-    memoryview first.
-    """
-    if type(data) is bytes:
-        return data, len(data)
-    if isinstance(data, str):
-        raise TypeError("expected a bytes-like object, not str")
-    try:
-        pin = ffi.from_buffer(data)
-    except TypeError:
-        raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
-    return pin, len(pin)
+
+def _busy_receive() -> anyio.BusyResourceError:
+    return anyio.BusyResourceError("reading from")
 
 
 # Sockets
@@ -605,14 +597,6 @@ class RawSocketView(SocketView):
 
     def getblocking(self) -> bool:
         return False
-
-
-def _identity(fd: int) -> tuple[socket.AddressFamily, socket.SocketKind, int]:
-    sock = socket.socket(fileno=fd)
-    try:
-        return sock.family, sock.type, sock.proto
-    finally:
-        sock.detach()
 
 
 def _take(sock_or_fd: socket.socket | int) -> int:
@@ -651,7 +635,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         ``nodelay`` False when ``fd`` already has TCP_NODELAY (inherited
         from a listener that has it)."""
         try:
-            family, kind, proto = identity or _identity(fd)
+            family, kind, proto = identity or socket_identity(fd)
             if kind != socket.SOCK_STREAM:
                 raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {kind.name}")
             parking = _parking()
@@ -669,16 +653,16 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         self._sender = sender
         self._view = RawSocketView(receiver, family, kind, proto)
         self._closed = False
-        # One task per direction (anyio's ResourceGuard, as two flags: this
-        # is the hot path, and a guard is two Python calls per transfer).
+        # One task per direction (anyio's ResourceGuard), kept as two bare
+        # flags: send and receive test and set them inline (the hot path),
+        # where a guard would be two Python calls per transfer.
         self._receiving = False
         self._sending = False
         # Bytes (and descriptors, AF_UNIX) whose receive was cancelled after they arrived.
         self._pending = bytearray()
         self._pending_fds: list[int] = []
-        if nodelay and family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):  # not TCP after all
-                self._view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if nodelay and wants_nodelay(family):
+            set_nodelay(self._view)
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficSocketStream:
@@ -697,7 +681,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
 
     def _stash(self, completion: Completion) -> None:
         """Keep the bytes of a receive that was cancelled after it happened."""
-        if completion.outcome == _DONE and not self._closed and completion.data:
+        if completion.outcome == DONE and not self._closed and completion.data:
             self._pending += completion.data
 
     def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> Coroutine[Any, Any, bytes]:
@@ -721,9 +705,9 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         """The next chunk of ``async for``: :meth:`receive`, ending at EOF."""
         return self._receive(DEFAULT_RECEIVE_SIZE, StopAsyncIteration)
 
-    # _protected: on trio a KeyboardInterrupt waits for the next checkpoint
-    # rather than strand a request in the core (see trio_integration).
-    @_protected
+    # protected: on trio a KeyboardInterrupt waits for the next checkpoint
+    # rather than strand a request in the core (see _requests.protected).
+    @protected
     async def _receive(self, max_bytes: int, end: type[Exception]) -> bytes:
         """:meth:`receive`, raising ``end`` at EOF."""
         if not isinstance(max_bytes, int):
@@ -731,7 +715,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         if max_bytes < 1:
             raise ValueError("max_bytes must be a positive integer")
         if self._receiving:
-            raise anyio.BusyResourceError("reading from")
+            raise _busy_receive()
         self._receiving = True
         try:
             if self._closed:
@@ -755,46 +739,35 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             # arrives, so a waiting receive holds no memory.
             size = min(max_bytes, DEFAULT_RECEIVE_SIZE)
             parking = self._parking
-            if type(parking) is _TrioParking:
-                # The trio layer's request, inlined as in TrafficStream.
-                # receive_some: a coroutine level (_request) is 5,000
-                # instructions of a 90,000-instruction send + receive.
-                delivery = parking.delivery
-                if size > delivery.room:  # the run's scratch is the trio layer's
-                    size = delivery.room
-                await _checkpoint_if_cancelled()
+            on_trio = parking.trio
+            if on_trio is not None:
+                # The park sequence of the trio parking's transfer, spelled
+                # out as in TrafficStream.receive_some: a coroutine level is
+                # time on every receive (docs/benchmark.rst).
+                await on_trio.checkpoint_if_cancelled()
                 receiver = self._receiver
-                report = delivery.report
-                code = _tr_receive(receiver._c, size, delivery.scratch, report)
-                if code == _PENDING:
-                    completion = await _wait_task_rescheduled(_Parked(delivery, receiver, None))
-                    code = completion.outcome
-                    error = completion.error
-                    data = completion.data
+                done = on_trio.requests.receive(receiver, size, _REFUSALS)
+                if done is None:
+                    done = await on_trio.wait_task_rescheduled(
+                        on_trio.Parked(on_trio.delivery, receiver, None)
+                    )
                 else:
-                    if code < 0:
-                        _raise_request_error(code)
-                    # Copied out before the checkpoint lets another task use it.
-                    data = delivery.received[: report.stop]
-                    error = report.error if code != _DONE else 0
-                    await _cancel_shielded_checkpoint()
+                    await on_trio.cancel_shielded_checkpoint()
             else:
-                code, error, _, data, _ = await parking.transfer(
-                    self._receiver, ffi.NULL, size, self._stash
-                )
+                done = await parking.transfer(self._receiver, NULL, size, self._stash)
             if self._closed:
                 raise anyio.ClosedResourceError
-            if code == _DONE and data is not None:
-                return data  # type: ignore[no-any-return]  # bytes, from the scratch or the core
-            if code == _TERMINATED:
-                if error:
-                    _broken(error)
+            if done.outcome == DONE and done.data is not None:
+                return done.data  # bytes, from the scratch or the core
+            if done.outcome == TERMINATED:
+                if done.error:
+                    _broken(done.error)
                 raise end
             raise anyio.ClosedResourceError
         finally:
             self._receiving = False
 
-    @_protected
+    @protected
     async def send(self, item: bytes) -> None:
         """Send all of ``item`` (any bytes-like object; not copied).
 
@@ -806,36 +779,32 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         anyio's own streams may); the stream should then be closed.
         """
         if self._sending:
-            raise anyio.BusyResourceError("writing to")
+            raise _busy_send()
         self._sending = True
         try:
             if self._closed:
                 raise anyio.ClosedResourceError
-            pin, size = _pin(item)
+            pin, size = pin_buffer(item, writable=False)
             parking = self._parking
-            if type(parking) is _TrioParking:
-                # Inlined as in _receive (and TrafficStream.send_all).
-                delivery = parking.delivery
-                await _checkpoint_if_cancelled()
+            on_trio = parking.trio
+            if on_trio is not None:
+                # Spelled out as in _receive (and TrafficStream.send_all).
+                await on_trio.checkpoint_if_cancelled()
                 sender = self._sender
-                report = delivery.report
-                code = _tr_request_fds(sender._c, pin, size, ffi.NULL, 0, 1, report)
-                if code == _PENDING:
-                    completion = await _wait_task_rescheduled(_Parked(delivery, sender, pin))
-                    code = completion.outcome
-                    error = completion.error
+                done = on_trio.requests.submit(sender, pin, size, _REFUSALS)
+                if done is None:
+                    done = await on_trio.wait_task_rescheduled(
+                        on_trio.Parked(on_trio.delivery, sender, pin)
+                    )
                 else:
-                    if code < 0:
-                        _raise_request_error(code)
-                    error = report.error if code != _DONE else 0
-                    await _cancel_shielded_checkpoint()
+                    await on_trio.cancel_shielded_checkpoint()
             else:
-                code, error, _, _, _ = await parking.transfer(self._sender, pin, size, _ignore)
-            if code == _DONE:
+                done = await parking.transfer(self._sender, pin, size, _ignore)
+            if done.outcome == DONE:
                 return
-            if self._closed or code != _TERMINATED:
+            if self._closed or done.outcome != TERMINATED:
                 raise anyio.ClosedResourceError
-            _broken(error or errno.EPIPE)
+            _broken(done.error or errno.EPIPE)
         finally:
             self._sending = False
 
@@ -887,7 +856,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
-    @_protected
+    @protected
     async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
         """Send ``message`` with the descriptors ``fds`` (ints or objects with
         ``fileno()``), as anyio's.
@@ -904,17 +873,13 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         if not fds:
             raise ValueError("fds must not be empty")
         numbers = descriptor_array(fds)
-        with _claimed(self, "send", anyio.BusyResourceError("writing to")):
+        with claimed(self, "_sending", _busy_send):
             if self._closed:
                 raise anyio.ClosedResourceError
-            pin, size = _pin(message)
-            if size < -(-len(numbers) // FDS_PER_MESSAGE):
-                raise ValueError(
-                    f"{len(numbers)} descriptors need at least "
-                    f"{-(-len(numbers) // FDS_PER_MESSAGE)} bytes of message to travel with"
-                )
-            fdpin = ffi.from_buffer("int[]", numbers)
-            code, error, _, _, _ = await self._parking.transfer(
+            pin, size = pin_buffer(message, writable=False)
+            check_descriptor_message(size, len(numbers))
+            fdpin = pin_descriptors(numbers, writable=False)
+            done = await self._parking.transfer(
                 self._sender,
                 pin,
                 size,
@@ -923,13 +888,13 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 len(numbers),
                 (pin, fdpin, message, numbers),
             )
-            if code == _DONE:
+            if done.outcome == DONE:
                 return
-            if self._closed or code != _TERMINATED:
+            if self._closed or done.outcome != TERMINATED:
                 raise anyio.ClosedResourceError
-            _broken(error or errno.EPIPE)
+            _broken(done.error or errno.EPIPE)
 
-    @_protected
+    @protected
     async def receive_fds(self, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
         """Receive up to ``msglen`` bytes and up to ``maxfds`` descriptors, as anyio's.
 
@@ -952,7 +917,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         # Clamped, as receive()'s max_bytes: what does not fit waits in the kernel.
         msglen = min(msglen, DEFAULT_RECEIVE_SIZE)
         maxfds = min(maxfds, MAX_RECEIVE_FDS)
-        with _claimed(self, "receive", anyio.BusyResourceError("reading from")):
+        with claimed(self, "_receiving", _busy_receive):
             if self._closed:
                 raise anyio.ClosedResourceError
             if self._parking.late:
@@ -970,12 +935,12 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 return chunk, taken
             buffer = bytearray(msglen)
             numbers = array("i", bytes(4 * maxfds))
-            pin = ffi.from_buffer(buffer, require_writable=True)
-            fdpin = ffi.from_buffer("int[]", numbers, require_writable=True)
+            pin, _ = pin_buffer(buffer, writable=True)
+            fdpin = pin_descriptors(numbers, writable=True)
 
             def keep(completion: Completion) -> None:
                 # A cancelled receive whose transfer happened: nothing is lost.
-                if completion.outcome != _DONE:
+                if completion.outcome != DONE:
                     return
                 received = numbers[: completion.descriptors].tolist()
                 if self._closed:
@@ -985,7 +950,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 self._pending += buffer[: completion.transferred]
                 self._pending_fds.extend(received)
 
-            code, error, count, _, nfds = await self._parking.transfer(
+            done = await self._parking.transfer(
                 self._receiver,
                 pin,
                 msglen,
@@ -995,15 +960,15 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 (pin, fdpin, buffer, numbers),
             )
             if self._closed:
-                if code == _DONE:
-                    for fd in numbers[:nfds]:
+                if done.outcome == DONE:
+                    for fd in numbers[: done.descriptors]:
                         os.close(fd)
                 raise anyio.ClosedResourceError
-            if code == _DONE:
-                return bytes(buffer[:count]), numbers[:nfds].tolist()
-            if code == _TERMINATED:
-                if error:
-                    _broken(error)
+            if done.outcome == DONE:
+                return bytes(buffer[: done.transferred]), numbers[: done.descriptors].tolist()
+            if done.outcome == TERMINATED:
+                if done.error:
+                    _broken(done.error)
                 raise anyio.EndOfStream
             raise anyio.ClosedResourceError
 
@@ -1028,7 +993,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
     def __init__(self, fd: int) -> None:
         """Take ownership of the listening socket ``fd`` (also on failure)."""
         try:
-            family, kind, proto = _identity(fd)
+            family, kind, proto = socket_identity(fd)
             if kind != socket.SOCK_STREAM:
                 raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {kind.name}")
             parking = _parking()
@@ -1041,21 +1006,9 @@ class TrafficSocketListener(anyio.abc.SocketListener):
         self._transit = transit
         self._view = RawSocketView(transit, family, kind, proto)
         self._identity = (family, kind, proto)
-        # Whether each accepted stream needs its own setsockopt(TCP_NODELAY):
-        # set on the listener, the option is inherited by what it accepts on
-        # Linux and the BSDs; the first accepted connection tells (None).
-        self._nodelay: bool | None = False
-        if family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                self._view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._nodelay = None
-            except OSError:
-                self._nodelay = True  # not TCP after all: each stream tries
         self._closed = False
-        self._accept_guard = anyio.ResourceGuard("accepting connections from")
-        self._accepted: deque[int] = deque()
-        self._descriptors = array("i", bytes(4 * ACCEPT_BATCH))
-        self._pin = ffi.from_buffer(self._descriptors)
+        self._accept_guard = Guard(lambda: anyio.BusyResourceError("accepting connections from"))
+        self._accepted = AcceptQueue(self._view)
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficSocketListener:
@@ -1073,13 +1026,11 @@ class TrafficSocketListener(anyio.abc.SocketListener):
 
     def _stash(self, completion: Completion) -> None:
         """Keep the connections of an accept that was cancelled after it happened."""
-        if completion.outcome == _DONE:
-            accepted = self._descriptors[: completion.transferred // 4]
+        if completion.outcome == DONE:
             if self._closed:
-                for fd in accepted:
-                    os.close(fd)
+                self._accepted.discard(completion.transferred)
             else:
-                self._accepted.extend(accepted)
+                self._accepted.accepted(completion.transferred)
 
     async def accept(self) -> TrafficSocketStream:
         """Accept a connection.
@@ -1094,7 +1045,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
         """
         with self._accept_guard:
             await self._fill()
-            return self._stream(self._accepted.popleft())
+            return self._stream()
 
     async def serve(
         self,
@@ -1114,45 +1065,40 @@ class TrafficSocketListener(anyio.abc.SocketListener):
             while True:
                 with self._accept_guard:
                     await self._fill()
-                    accepted = self._accepted
                     streams = []
-                    while accepted:
+                    while self._accepted:
                         # One at a time: if making a stream fails, the
                         # descriptors not taken yet stay queued.
-                        streams.append(self._stream(accepted.popleft()))
+                        streams.append(self._stream())
                 for stream in streams:
                     task_group.start_soon(handler, stream)
 
-    @_protected
+    @protected
     async def _fill(self) -> None:
         """Make sure a connection is queued in ``_accepted``.  A checkpoint."""
         if self._closed:
             raise anyio.ClosedResourceError
-        if self._accepted:
+        queue = self._accepted
+        if queue:
             await anyio.lowlevel.checkpoint()
             if self._closed:
                 raise anyio.ClosedResourceError
             return
-        size = len(self._descriptors) * 4
-        code, error, count, _, _ = await self._parking.transfer(
-            self._transit, self._pin, size, self._stash
-        )
-        if code == _DONE:
-            self._stash(Completion(0, code, error, count))
+        done = await self._parking.transfer(self._transit, queue.pin, queue.size, self._stash)
+        if done.outcome == DONE:
+            self._stash(done)
         if self._closed:
             raise anyio.ClosedResourceError
-        if code == _FAULT:
-            raise OSError(error, f"accept: {os.strerror(error)}")
-        if code == _TERMINATED:
-            _broken(error or errno.EINVAL)
-        if code != _DONE:
+        if done.outcome == FAULT:
+            raise OSError(done.error, f"accept: {os.strerror(done.error)}")
+        if done.outcome == TERMINATED:
+            _broken(done.error or errno.EINVAL)
+        if done.outcome != DONE:
             raise anyio.ClosedResourceError
 
-    def _stream(self, fd: int) -> TrafficSocketStream:
-        """The stream of accepted descriptor ``fd`` (closed if that fails)."""
-        nodelay = self._nodelay
-        if nodelay is None:
-            nodelay = self._nodelay = not has_nodelay(fd)
+    def _stream(self) -> TrafficSocketStream:
+        """The stream of the next accepted descriptor (closed if that fails)."""
+        fd, nodelay = self._accepted.popleft()
         return self._stream_class(fd, self._identity, nodelay)
 
     async def aclose(self) -> None:
@@ -1162,8 +1108,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
             self._closed = True
             self._transit.terminate()
             self._parking.wake(self._transit)
-            while self._accepted:
-                os.close(self._accepted.popleft())
+            self._accepted.close()
         await anyio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:
@@ -1179,7 +1124,7 @@ class TrafficUNIXSocketListener(TrafficSocketListener):
 
 
 def _identity_family(fd: int) -> socket.AddressFamily:
-    return _identity(fd)[0]
+    return socket_identity(fd)[0]
 
 
 def _check_socket(

@@ -33,10 +33,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._traffic import lib
-from .anyio_backend import RawSocketView, _identity, _Parking, _parking, _take
+from ._requests import DONE, FAULT, TERMINATED, Completion
+from ._sockets import socket_identity
+from .anyio_backend import RawSocketView, _Parking, _parking, _take
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
-from .libkqueue import Completion
 
 __all__ = [
     "TrafficConnectedUDPSocket",
@@ -61,7 +61,7 @@ class _Datagrams:
     def __init__(self, fd: int) -> None:
         """Take ownership of the datagram socket ``fd`` (also on failure)."""
         try:
-            family, kind, proto = _identity(fd)
+            family, kind, proto = socket_identity(fd)
             if kind != socket.SOCK_DGRAM:
                 raise ValueError(f"socket type mismatch: expected SOCK_DGRAM, got {kind.name}")
             parking = _parking()
@@ -88,7 +88,7 @@ class _Datagrams:
 
     def _stash(self, completion: Completion) -> None:
         """Keep the datagrams of a receive that was cancelled after they arrived."""
-        if completion.outcome == lib.TR_DONE and not self._closed:
+        if completion.outcome == DONE and not self._closed:
             self._inbox.deliver(completion.transferred)
 
     async def _receive(self) -> tuple[bytes, Any]:
@@ -103,13 +103,13 @@ class _Datagrams:
                 await anyio.lowlevel.checkpoint()
             else:
                 array, pin, size = inbox.memory()
-                code, error, count, _, _ = await self._parking.transfer(
+                done = await self._parking.transfer(
                     self._receiver, pin, size, self._stash, keep=(pin, array)
                 )
-                if code == lib.TR_DONE and not self._closed:
-                    inbox.deliver(count)
+                if done.outcome == DONE and not self._closed:
+                    inbox.deliver(done.transferred)
                 elif not self._closed:
-                    _failed(code, error)
+                    _failed(done)
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
@@ -128,11 +128,11 @@ class _Datagrams:
                 )
                 address = infos[0][4]
             _, pin, size = outgoing(data, address, self._family)
-            code, error, _, _, _ = await self._parking.transfer(self._sender, pin, size, _ignore)
+            done = await self._parking.transfer(self._sender, pin, size, _ignore)
             if self._closed:
                 raise anyio.ClosedResourceError
-            if code != lib.TR_DONE:
-                _failed(code, error)
+            if done.outcome != DONE:
+                _failed(done)
 
     async def aclose(self) -> None:
         """Close the socket; operations waiting on it raise
@@ -155,9 +155,9 @@ def _ignore(completion: Completion) -> None:
     """A cancelled send's completion: the datagram went, or did not."""
 
 
-def _failed(code: int, error: int) -> None:
-    if code in (lib.TR_FAULT, lib.TR_TERMINATED) and error:
-        raise anyio.BrokenResourceError from OSError(error, os.strerror(error))
+def _failed(done: Completion) -> None:
+    if done.outcome in (FAULT, TERMINATED) and done.error:
+        raise anyio.BrokenResourceError from OSError(done.error, os.strerror(done.error))
     raise anyio.ClosedResourceError
 
 

@@ -49,8 +49,10 @@ import weakref
 from array import array
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from . import _requests
+from ._requests import Completion, Refusal, Requests
 from ._traffic import ffi, lib
 from .errors import TransitClosedError, TransitError, check
 
@@ -65,10 +67,6 @@ __all__ = [
     "backend",
     "live_objects",
 ]
-
-#: Reports collected per C call in a threaded Traffic; more simply take
-#: another call.
-COLLECT_BATCH = 256
 
 #: Timeouts from this many seconds on wait without limit (the kernel takes
 #: an int of milliseconds: 2**31 ms is almost 25 days).
@@ -163,60 +161,6 @@ class Polarity(enum.IntEnum):
 
     OUTPUT = lib.TR_OUTPUT
     INPUT = lib.TR_INPUT
-
-
-class Completion(NamedTuple):
-    """A finished request of a threaded Traffic, as :meth:`Traffic.collect` gives it.
-
-    ``outcome`` is one of the core's ``TR_*`` outcomes; ``transferred`` counts
-    bytes (for :class:`Sockets`, bytes of the ``array('i')`` resource).
-    ``data`` holds what a :meth:`Traffic.receive` request received, else None.
-    ``descriptors`` counts the descriptors a :class:`Descriptors` request
-    sent, or received into its array (for an outcome other than
-    ``TR_CLOSED``: the core closed those of a closed request).
-    """
-
-    token: int
-    outcome: int
-    error: int
-    transferred: int
-    data: bytes | None = None
-    descriptors: int = 0
-
-
-def receive_scratch(size: int) -> tuple[Any, Any]:
-    """Memory for receives that complete at once (``tr_receive``): the cdata
-    to pass the core, and a buffer over it to slice the bytes out of.  The
-    core holds it only during that call, so one serves a whole trio run or
-    asyncio loop: copy the bytes out before anything else can receive."""
-    scratch = ffi.new("char[]", size)
-    return scratch, ffi.buffer(scratch)
-
-
-def take_data(report: Any) -> bytes | None:
-    """Copy a core-allocated resource out of a report and free it."""
-    pointer = report.data
-    if pointer == ffi.NULL:
-        return None
-    try:
-        data: bytes = ffi.buffer(pointer, report.stop)[:]
-        return data
-    finally:
-        lib.tr_free(pointer)
-
-
-def has_nodelay(fd: int) -> bool:
-    """Whether the TCP socket ``fd`` has TCP_NODELAY (False if it cannot
-    tell).  A listener that has it passes it on to the connections it
-    accepts on Linux and the BSDs: the trio and anyio listeners ask their
-    first accepted connection, and set it on each only if it did not."""
-    sock = socket.socket(fileno=fd)
-    try:
-        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    except OSError:
-        return False
-    finally:
-        sock.detach()
 
 
 #: The kernel event backend the core was compiled with: ``"epoll"`` or
@@ -673,6 +617,17 @@ class Sockets(Transit):
 FDS_PER_MESSAGE = int(lib.TR_FDS_PER_MESSAGE)
 
 
+def check_descriptor_message(size: int, count: int) -> None:
+    """``ValueError`` unless ``size`` bytes can carry ``count`` descriptors:
+    at most :data:`FDS_PER_MESSAGE` travel per message, with a byte each."""
+    needed = -(-count // FDS_PER_MESSAGE)
+    if size < needed:
+        raise ValueError(
+            f"{count} descriptors need at least {needed} data byte(s) to travel with "
+            f"(one per message of at most {FDS_PER_MESSAGE}); got {size}"
+        )
+
+
 def descriptor_array(fds: object) -> array[int]:
     """An ``array('i')`` of the descriptors to send: ints (not bools) or
     objects with ``fileno()`` (files, sockets), as anyio's ``send_fds`` takes.
@@ -717,9 +672,7 @@ def _fds_pin(fds: array[int], writable: bool) -> Any:
 def _fds_error(rc: int) -> None:
     """Raise the clear exception for a descriptor the core could not duplicate."""
     if rc == -errno.EBADF:
-        raise TransitError(
-            errno.EBADF, "cannot send descriptors: one of them is not an open descriptor"
-        )
+        raise TransitError(errno.EBADF, _requests.bad_descriptor(errno.EBADF).strerror)
 
 
 class Descriptors(Octets):
@@ -803,12 +756,7 @@ class Descriptors(Octets):
                 raise TypeError("an input Descriptors resource receives into an array('i')")
             return data, fds, size
         numbers = descriptor_array(fds)
-        if numbers and size < -(-len(numbers) // FDS_PER_MESSAGE):
-            raise ValueError(
-                f"{len(numbers)} descriptors need at least "
-                f"{-(-len(numbers) // FDS_PER_MESSAGE)} data byte(s) to travel with "
-                f"(one per message of at most {FDS_PER_MESSAGE}); got {size}"
-            )
+        check_descriptor_message(size, len(numbers))
         return data, numbers, size
 
     def acquire(self, resource: object) -> None:
@@ -878,6 +826,23 @@ def cycle_policy() -> str:
 _generation = 0
 
 
+def _refused_os_error(error: int) -> BaseException:
+    if error == errno.EINVAL:
+        return RuntimeError("requests need a threaded Traffic: call start() first")
+    return TransitError(error, f"request: {os.strerror(error)}")
+
+
+# The request methods' exceptions for the core's refusals (see _requests).
+_REFUSALS: _requests.Refusals = {
+    Refusal.CLOSED: lambda _: TransitClosedError("request: transit is terminated"),
+    Refusal.BUSY: lambda _: RuntimeError("another request of this transit is outstanding"),
+    Refusal.BAD_DESCRIPTOR: lambda error: TransitError(
+        error, _requests.bad_descriptor(error).strerror
+    ),
+    Refusal.OS_ERROR: _refused_os_error,
+}
+
+
 class Traffic:
     """The cycle owner: a kernel queue and the transits acquired into it.
 
@@ -898,8 +863,12 @@ class Traffic:
         self._closed = False
         self._threaded = False
         self._tokens = itertools.count(1)
-        # Resources handed to the core, by transit token: (pin, resource).
-        self._pins: dict[int, tuple[Any, object]] = {}
+        #: The threaded Traffic's requests (the trio and anyio layers' way
+        #: into the core; see :mod:`traffic._requests`).
+        self.requests = Requests(self._c)
+        # Resources handed to the core, by transit token (also a synchronous
+        # cycle's): the requests' pins, one dictionary.
+        self._pins = self.requests.pins
         # The transits a synchronous cycle reports on, by token.  A threaded
         # Traffic's completions go to their requester instead, and its
         # transits are not kept here (a weak entry per transit costs ~160
@@ -910,7 +879,6 @@ class Traffic:
         # Orders wake() (any thread) against close() destroying the C side.
         self._lifecycle = threading.Lock()
         self._report = ffi.new("tr_report *")
-        self._reports = ffi.new("tr_report[]", COLLECT_BATCH)
         # Closes a Traffic its owner dropped, and every live one at exit
         # (before the interpreter finalizes: the cycle thread must never
         # touch a buffer after Python has freed it).
@@ -1104,16 +1072,12 @@ class Traffic:
         pin = ffi.from_buffer(
             transit._pinned(resource), require_writable=transit._polarity == lib.TR_INPUT
         )
-        report = self._report
-        outcome = lib.tr_request(transit._c, pin, size, inline, report)
-        if outcome == -errno.EBUSY:
-            raise RuntimeError("another request of this transit is outstanding")
-        if outcome == -errno.EINVAL:
-            raise RuntimeError("requests need a threaded Traffic: call start() first")
-        check(outcome, "request")
-        if outcome == lib.TR_PENDING:
-            self._pins[transit._token] = (pin, resource)
-        return outcome, report.error, report.stop
+        done = self.requests.submit(transit, pin, size, _REFUSALS, inline=int(inline))
+        if done is None:
+            self.requests.pin(transit._token, (pin, resource))
+            report = self.requests.report  # a partly done send's count
+            return _requests.PENDING, report.error, report.stop
+        return done.outcome, done.error, done.transferred
 
     def request_fds(
         self, transit: Descriptors, data: object, fds: object, *, inline: bool = True
@@ -1137,17 +1101,14 @@ class Traffic:
         writable = transit._polarity == lib.TR_INPUT
         pin = ffi.from_buffer(payload, require_writable=writable)
         fdpin = _fds_pin(numbers, writable)
-        report = self._report
-        outcome = lib.tr_request_fds(transit._c, pin, size, fdpin, len(numbers), inline, report)
-        if outcome == -errno.EBUSY:
-            raise RuntimeError("another request of this transit is outstanding")
-        if outcome == -errno.EINVAL:
-            raise RuntimeError("requests need a threaded Traffic: call start() first")
-        _fds_error(outcome)
-        check(outcome, "request")
-        if outcome == lib.TR_PENDING:
-            self._pins[transit._token] = ((pin, fdpin, numbers), (data, fds))
-        return outcome, report.error, report.stop, report.fd_stop
+        done = self.requests.submit(
+            transit, pin, size, _REFUSALS, fdpin, len(numbers), inline=int(inline)
+        )
+        if done is None:
+            self.requests.pin(transit._token, ((pin, fdpin, numbers), (data, fds)))
+            report = self.requests.report  # a partly done send's counts
+            return _requests.PENDING, report.error, report.stop, report.fd_stop
+        return done.outcome, done.error, done.transferred, done.descriptors
 
     def _check_mine(self, transit: Transit) -> None:
         """Refuse a transit of another Traffic (or of none).
@@ -1186,26 +1147,22 @@ class Traffic:
         if size < 1:
             raise ValueError("size must be >= 1")
         size = min(size, MAX_RECEIVE)
-        report = self._report
-        outcome = lib.tr_request(transit._c, ffi.NULL, size, inline, report)
-        if outcome == -errno.EBUSY:
-            raise RuntimeError("another request of this transit is outstanding")
-        if outcome == -errno.EINVAL:
-            raise RuntimeError("requests need a threaded Traffic: call start() first")
-        check(outcome, "receive")
-        return outcome, report.error, take_data(report)
+        done = self.requests.allocate(transit, size, _REFUSALS, inline=int(inline))
+        if done is None:
+            return _requests.PENDING, 0, None
+        return done.outcome, done.error, done.data
 
     def pin(self, transit: Transit, pin: object) -> None:
         """Keep ``pin`` (a cffi buffer) alive until the transit's pending
         request completes, is withdrawn, or the Traffic closes: the core may
         write into it from its thread after the requester's frame is gone."""
         _transit(transit)
-        self._pins[transit._token] = (pin, None)
+        self.requests.pin(transit._token, pin)
 
     def unpin(self, transit: Transit) -> None:
         """Forget the transit's pin: the core let go of the memory."""
         _transit(transit)
-        self._pins.pop(transit._token, None)
+        self.requests.unpin(transit._token)
 
     def withdraw(self, transit: Transit) -> tuple[int, int]:
         """Withdraw the transit's request: (TR_WITHDRAWN, transferred), or
@@ -1219,35 +1176,17 @@ class Traffic:
         """
         self._check_fork()
         self._check_mine(transit)
-        report = self._report
-        rc = lib.tr_withdraw(transit._c, report)
-        if rc == -errno.ENOENT:
+        outcome, transferred = self.requests.withdraw(transit)
+        if outcome == -errno.ENOENT:
             if not self._closed and lib.tr_traffic_mode(self._c) != lib.TR_MODE_THREADED:
                 raise RuntimeError("requests need a threaded Traffic: call start() first")
             raise TransitError(errno.ENOENT, "withdraw: no request of this transit is outstanding")
-        outcome = check(rc, "withdraw")
-        if outcome == lib.TR_WITHDRAWN:
-            self._pins.pop(transit._token, None)
-            return outcome, report.stop
-        return outcome, 0
+        check(outcome, "withdraw")
+        return outcome, transferred
 
     def collect(self) -> list[Completion]:
         """Every completion waiting, in one call per batch."""
-        if self._closed:
-            return []
-        completions = []
-        reports = self._reports
-        pins = self._pins
-        while True:
-            n = lib.tr_collect(self._c, reports, COLLECT_BATCH)
-            for i in range(n):
-                r = reports[i]
-                pins.pop(r.token, None)
-                completions.append(
-                    Completion(r.token, r.outcome, r.error, r.stop, take_data(r), r.fd_stop)
-                )
-            if n < COLLECT_BATCH:
-                return completions
+        return self.requests.collect()
 
     # Lifecycle
 
@@ -1266,8 +1205,9 @@ class Traffic:
             )
         with self._lifecycle:
             self._closed = True
+            self.requests.closed = True  # before the core's memory goes
             self._finalizer()
-        self._pins.clear()
+        self.requests.close()  # the cycle thread is joined: unpin
         for transit in list(self._transits.values()):
             transit._resource = None
             transit._memory = None
@@ -1277,8 +1217,9 @@ class Traffic:
         """In a forked child: close the child's copies, touch nothing shared."""
         if not self._closed:
             self._closed = True
+            self.requests.closed = True
             self._finalizer()  # abandons: it sees the pid changed
-            self._pins.clear()
+            self.requests.close()
             _live_traffics.discard(self)
 
     def __len__(self) -> int:

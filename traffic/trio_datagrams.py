@@ -33,17 +33,11 @@ from typing import Any
 
 import trio
 
-from ._traffic import lib
+from ._requests import DONE, FAULT, TERMINATED, Completion
+from ._sockets import Guard, SocketView, socket_identity
+from ._trio_parking import delivery, transfer
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
-from .trio_integration import (
-    SocketView,
-    _broken,
-    _delivery,
-    _detach,
-    _Guard,
-    _request,
-    _socket_identity,
-)
+from .trio_integration import _REFUSALS, _broken, _detach
 
 __all__ = [
     "TrafficConnectedDatagramSocket",
@@ -71,7 +65,7 @@ class _DatagramSocket(trio.abc.AsyncResource):
             raise ValueError("max_size must be a positive integer")
         fd = _detach(socket, type(self).__name__, kind=_stdlib_socket.SOCK_DGRAM)
         try:
-            family, kind, proto = _socket_identity(fd)
+            family, kind, proto = socket_identity(fd)
             if kind != _stdlib_socket.SOCK_DGRAM:
                 raise TypeError(f"{type(self).__name__} needs a SOCK_DGRAM socket")
             receiver, sender = Datagrams._pair(fd)
@@ -79,17 +73,21 @@ class _DatagramSocket(trio.abc.AsyncResource):
             os.close(fd)
             raise
         receiver._family = sender._family = family
-        delivery = _delivery()
-        delivery.traffic.acquire(receiver)
-        delivery.traffic.acquire(sender)
-        self._delivery = delivery
+        run = delivery()
+        run.traffic.acquire(receiver)
+        run.traffic.acquire(sender)
+        self._delivery = run
         self._receiver = receiver
         self._sender = sender
         self._family = family
         self._closed = False
         self._inbox = Inbox(RECEIVE_BATCH, max_size)
-        self._send_guard = _Guard("another task is sending on this socket")
-        self._receive_guard = _Guard("another task is receiving on this socket")
+        self._send_guard = Guard(
+            lambda: trio.BusyResourceError("another task is sending on this socket")
+        )
+        self._receive_guard = Guard(
+            lambda: trio.BusyResourceError("another task is receiving on this socket")
+        )
         #: A view of the socket: getsockname(), getsockopt()... (never closes it).
         self.socket = SocketView(receiver, family, kind, proto)
 
@@ -100,15 +98,15 @@ class _DatagramSocket(trio.abc.AsyncResource):
             inbox = self._inbox
             if not inbox:
                 _, pin, size = inbox.memory()
-                code, error, count, _, _ = await _request(
-                    self._delivery, self._receiver, pin, size, keep=(pin, inbox.array)
+                done = await transfer(
+                    self._delivery, self._receiver, pin, size, _REFUSALS, keep=(pin, inbox.array)
                 )
                 if self._closed:
                     raise trio.ClosedResourceError("the socket was closed while receiving")
-                if code == lib.TR_DONE:
-                    inbox.deliver(count)
+                if done.outcome == DONE:
+                    inbox.deliver(done.transferred)
                 else:
-                    _failed(code, error, "receive")
+                    _failed(done, "receive")
             else:
                 await trio.lowlevel.checkpoint()
                 if self._closed:
@@ -123,9 +121,9 @@ class _DatagramSocket(trio.abc.AsyncResource):
             if address is not None and not is_numeric(self._family, address):
                 address = await _resolve(self._family, address)
             _, pin, size = outgoing(data, address, self._family)
-            code, error, _, _, _ = await _request(self._delivery, self._sender, pin, size)
-            if code != lib.TR_DONE:
-                _failed(code, error, "send")
+            done = await transfer(self._delivery, self._sender, pin, size, _REFUSALS)
+            if done.outcome != DONE:
+                _failed(done, "send")
 
     async def aclose(self) -> None:
         """Close the socket: operations parked on it wake with
@@ -198,12 +196,12 @@ class TrafficConnectedDatagramSocket(_DatagramSocket):
         return self.socket.getpeername()
 
 
-def _failed(code: int, error: int, doing: str) -> None:
+def _failed(done: Completion, doing: str) -> None:
     """Raise for a request that did not transfer."""
-    if code == lib.TR_FAULT:
-        raise OSError(error, f"{doing}: {os.strerror(error)}")
-    if code == lib.TR_TERMINATED and error:
-        raise _broken(error, doing)
+    if done.outcome == FAULT:
+        raise OSError(done.error, f"{doing}: {os.strerror(done.error)}")
+    if done.outcome == TERMINATED and done.error:
+        raise _broken(done.error, doing)
     raise trio.ClosedResourceError(f"the socket was closed during the {doing}")
 
 

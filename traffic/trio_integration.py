@@ -2,9 +2,9 @@
 
 How a transfer reaches a task
 -----------------------------
-Each trio run has one threaded :class:`~traffic.libkqueue.Traffic` (a
-``RunVar``), started lazily, whose ``traffic-cycle`` thread waits on the
-kernel and performs the transfers.  A task that wants to transfer:
+Each trio run has one threaded :class:`~traffic.libkqueue.Traffic`, started
+lazily, whose ``traffic-cycle`` thread waits on the kernel and performs the
+transfers.  A task that wants to transfer:
 
 1. checks for cancellation (``checkpoint_if_cancelled``);
 2. asks the core for the transfer, which first tries it *inline*, in the
@@ -12,24 +12,16 @@ kernel and performs the transfers.  A task that wants to transfer:
    takes a ``cancel_shielded_checkpoint`` and returns: trio's checkpoint
    rule holds and no other thread was involved;
 3. otherwise the request stays in the core, and the task parks with
-   ``wait_task_rescheduled``.  The cycle thread performs the transfer when
-   the kernel allows and queues a completion, raising a flag of the core
-   for the batch.  Right after each of trio's I/O waits, an instrument
-   (``after_io_wait``) looks at the flag; if completions wait, it collects
-   them all in one C call and ``reschedule``\\ s the parked tasks, which
-   then run in that same pass of the run loop.  One system task per run
-   (the *pump*) waits on the core's completion descriptor with
-   ``wait_readable``: it is what wakes a sleeping trio.  The core writes
-   the descriptor only while trio may be blocked (the instrument tells it
-   before an I/O wait with a timeout and after it), so a busy trio pays no
-   system call and no pump step per batch.  The cycle thread never takes
-   the GIL and never calls into trio; ``reschedule`` (not thread-safe) is
-   only ever called in trio's thread, by those two.
+   ``wait_task_rescheduled`` until the cycle thread has performed it.
+
+How the completion comes back (an instrument after each of trio's I/O
+waits, and a system task that wakes a sleeping trio) is
+:mod:`traffic._trio_parking`, shared with the anyio layer on trio; how a
+request enters the core is :mod:`traffic._requests`.
 
 A parked ``receive_some`` holds no buffer: it asks the core to allocate the
-memory when data arrives (``tr_request`` with a NULL resource), and the
-bytes come back with the completion.  Ten thousand idle connections cost
-no receive buffers.
+memory when data arrives, and the bytes come back with the completion.  Ten
+thousand idle connections cost no receive buffers.
 
 Cancellation
 ------------
@@ -43,10 +35,11 @@ task's next checkpoint.  A cancelled :func:`send_all` may have sent part of
 its data, as trio's own ``SocketStream.send_all``; the stream is then in an
 unknown state, and the right thing is to close it.
 
-Errors cross once: the core's :class:`~traffic.errors.TransitClosedError`
-and a transit its owner terminated become ``trio.ClosedResourceError``; a
-transit the kernel terminated with an errno becomes
-``trio.BrokenResourceError`` chained to the ``OSError``.
+Errors cross once: the core's refusals map to trio's exceptions in one
+table (``_REFUSALS``), and a completion's outcome in one place per kind of
+operation: a transit its owner terminated becomes
+``trio.ClosedResourceError``; a transit the kernel terminated with an errno
+becomes ``trio.BrokenResourceError`` chained to the ``OSError``.
 
 Descriptors
 -----------
@@ -73,36 +66,68 @@ any number of times; each run gets its own Traffic.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import socket as _stdlib_socket
 from array import array
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-import outcome
 import trio
 
-from ._traffic import ffi, lib
+from . import _trio_parking
+from ._requests import (
+    DONE,
+    FAULT,
+    TERMINATED,
+    Completion,
+    Refusal,
+    Refusals,
+    bad_descriptor,
+    os_error,
+    pin_buffer,
+    pin_descriptors,
+    protected,
+)
+from ._sockets import (
+    ACCEPT_BATCH,
+    DEFAULT_RECEIVE_SIZE,
+    MAX_RECEIVE_FDS,
+    AcceptQueue,
+    Guard,
+    SocketView,
+    claimed,
+    set_nodelay,
+    socket_identity,
+    wants_nodelay,
+)
+from ._trio_parking import (
+    Delivery,
+    Parked,
+    cancel_shielded_checkpoint,
+    checkpoint_if_cancelled,
+    transfer,
+    wait_task_rescheduled,
+)
 from .errors import TransitClosedError
 from .libkqueue import (
-    FDS_PER_MESSAGE,
     Descriptors,
     Octets,
+    Polarity,
     Sockets,
     Traffic,
     Transit,
+    check_descriptor_message,
     check_port,
-    cycle_policy,
     descriptor_array,
-    has_nodelay,
-    receive_scratch,
 )
 
 __all__ = [
+    "ACCEPT_BATCH",
+    "DEFAULT_RECEIVE_SIZE",
+    "MAX_RECEIVE_FDS",
+    "SocketView",
     "TrafficListener",
     "TrafficStream",
     "accept",
@@ -120,244 +145,33 @@ __all__ = [
     "serve_unix",
 ]
 
-#: Bytes a ``receive_some()`` without ``max_bytes`` asks for (trio's
-#: ``SocketStream`` uses the same, ``DEFAULT_RECEIVE_SIZE``).
-DEFAULT_RECEIVE_SIZE = 65536
-
-#: Descriptors one accept request may collect; the rest wait in the kernel.
-ACCEPT_BATCH = 64
-
-#: The most descriptors one :func:`receive_fds` makes room for; a larger
-#: ``maxfds`` is clamped to it.  The core stops receiving once the room is
-#: full, so what it does not take waits in the kernel for the next call.
-MAX_RECEIVE_FDS = 4096
-
 #: Scheduling of each run's cycle thread (see ``Traffic.start``): None
-#: takes ``$TRAFFIC_CYCLE_POLICY``, else ``"batch"``.  Set it before the run.
+#: takes ``$TRAFFIC_CYCLE_POLICY``, else ``"batch"``.  Set it before the run;
+#: it applies to the anyio layer's streams on trio too (they share the run's
+#: Traffic).
 CYCLE_POLICY: str | None = None
 
-# Outcomes of the core's requests (see traffic.h).
-_PENDING = lib.TR_PENDING
-_DONE = lib.TR_DONE
-_TERMINATED = lib.TR_TERMINATED
-_FAULT = lib.TR_FAULT
-_CLOSED = lib.TR_CLOSED
-_WITHDRAWN = lib.TR_WITHDRAWN
-_NULL = ffi.NULL
-_tr_request_fds = lib.tr_request_fds
-_tr_receive = lib.tr_receive
-_tr_traffic_collector_asleep = lib.tr_traffic_collector_asleep
-_SUCCEEDED = trio.lowlevel.Abort.SUCCEEDED
-_FAILED = trio.lowlevel.Abort.FAILED
-_current_task = trio.lowlevel.current_task
-_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
-_cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
-_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
-_reschedule = trio.lowlevel.reschedule
 
-#: The functions that hand the core a request and take its result are
-#: protected from KeyboardInterrupt (trio defers it to the task's next
-#: checkpoint, where it parks or ends): raised between the two, it would
-#: strand a request in the core, and with it bytes or descriptors the core
-#: has already transferred.  It costs nothing per call (a mark on the code).
-_protected = trio.lowlevel.enable_ki_protection
+def _cycle_policy() -> str | None:
+    return CYCLE_POLICY
 
 
-#: I/O waits of trio's run loop with no request parked after which the
-#: collector uninstalls itself (see _Collector).
-_IDLE_PASSES = 256
+_trio_parking.policy = _cycle_policy
+
+# The core's refusals of a request, as trio's exceptions (see _requests).
+_REFUSALS: Refusals = {
+    Refusal.CLOSED: lambda _: trio.ClosedResourceError("the transit is terminated"),
+    Refusal.BUSY: lambda _: trio.BusyResourceError(
+        "another task is already transferring on this transit"
+    ),
+    Refusal.BAD_DESCRIPTOR: bad_descriptor,
+    Refusal.OS_ERROR: os_error,
+}
 
 
-class _Delivery:
-    """The run's Traffic and the tasks parked on it, by transit token.
-
-    Only the pump and the tasks of this run touch it (all in trio's thread).
-    """
-
-    __slots__ = ("collector", "parked", "received", "report", "room", "scratch", "traffic")
-
-    def __init__(self, traffic: Traffic) -> None:
-        self.traffic = traffic
-        self.parked: dict[int, _Parked] = {}
-        self.report = ffi.new("tr_report *")
-        # No allocation and no free per receive that completes at once.
-        # room: the most a receive into the scratch may ask for.
-        self.room = DEFAULT_RECEIVE_SIZE
-        self.scratch, self.received = receive_scratch(self.room)
-        self.collector = _Collector(self)
-
-
-def _deliver(delivery: _Delivery) -> None:
-    """Reschedule the tasks whose transfers completed (trio's thread)."""
-    parked = delivery.parked
-    for completion in delivery.traffic.collect():
-        waiter = parked.pop(completion.token, None)
-        if waiter is None:
-            continue  # a dropped transit's last word
-        raise_cancel = waiter.raise_cancel
-        if raise_cancel is not None and completion.outcome == _WITHDRAWN:
-            # Its abort failed while the core was in the system call,
-            # and nothing was transferred: deliver the cancellation.
-            _reschedule(waiter.task, outcome.capture(raise_cancel))
-        else:
-            _reschedule(waiter.task, outcome.Value(completion))
-
-
-class _Collector(trio.abc.Instrument):
-    """Delivers completions right after each of trio's I/O waits.
-
-    The pump alone would cost a woken task a whole extra pass of trio's run
-    loop: trio takes the pump's wake-up from its I/O wait, runs the pump in
-    that pass's batch, and the tasks the pump reschedules wait for the next
-    pass (another I/O poll, deadline check and batch).  Collected here,
-    after the I/O wait and before the batch is taken, they run in the same
-    pass.  The core's flag is read without a call or lock: a stale zero only
-    defers the tasks to the pump.
-
-    The pump is what wakes trio when it sleeps (the completion descriptor is
-    what its I/O wait sees), so the core writes the descriptor only then:
-    the collector tells it before an I/O wait that may block (a timeout
-    above zero) and after it.  While trio is busy the cycle thread makes no
-    system call to signal, trio none to clear, and the pump is not woken
-    (each wake-up costs trio a task step, a re-registration of the
-    descriptor and, as often as not, a pass of the run loop).
-
-    It is installed only while it has work: the first request that parks
-    installs it, and after ``_IDLE_PASSES`` I/O waits with nothing parked it
-    steps aside (handing the wake-ups back to the descriptor).  trio calls
-    an instrument's hooks through a generic dispatcher, about half a
-    microsecond each, twice a pass: for a program whose transfers all
-    complete inline (a stream that never waits) that was a sixth of the
-    instructions of a send and a receive.  Installing costs tens of
-    microseconds, hence the patience before stepping aside.
-    """
-
-    __slots__ = ("asleep", "c", "delivery", "flag", "idle", "installed", "traffic")
-
-    def __init__(self, delivery: _Delivery) -> None:
-        self.delivery = delivery
-        self.traffic = delivery.traffic
-        self.c = delivery.traffic._c
-        self.flag = lib.tr_traffic_signal_flag(self.c)
-        self.asleep = False
-        self.installed = False  # the core signals every batch (its default)
-        self.idle = 0  # I/O waits since one found something parked
-
-    # Protected from KeyboardInterrupt (it runs in the parking task): a
-    # lazy core with no collector installed would never signal again.
-    @_protected
-    def install(self) -> None:
-        """Collect from now on (a request is about to park)."""
-        if self.traffic._closed:
-            return  # the core's memory is freed: nothing parks any more
-        # Lazy before the hooks run: until the first before_io_wait trio is
-        # awake (it is running this task), and after_io_wait reads the flag.
-        _tr_traffic_collector_asleep(self.c, 0)
-        try:
-            trio.lowlevel.add_instrument(self)
-        except BaseException:
-            _tr_traffic_collector_asleep(self.c, -1)
-            raise
-        self.installed = True
-        self.idle = 0
-
-    def _step_aside(self) -> None:
-        """Nothing parked for a while: leave delivery to the pump."""
-        self.installed = False
-        _tr_traffic_collector_asleep(self.c, -1)  # the descriptor, every batch
-        trio.lowlevel.remove_instrument(self)
-
-    def before_io_wait(self, timeout: float) -> None:
-        if timeout > 0 and not self.traffic._closed:
-            self.asleep = True
-            _tr_traffic_collector_asleep(self.c, 1)
-
-    def after_io_wait(self, timeout: float) -> None:
-        # Closed (by the pump, or a user of current_traffic()): the core's
-        # memory is freed.
-        if self.traffic._closed:
-            return
-        try:
-            if self.asleep:
-                self.asleep = False
-                _tr_traffic_collector_asleep(self.c, 0)
-            if self.flag[0]:
-                _deliver(self.delivery)
-            if self.delivery.parked:
-                self.idle = 0
-            else:
-                self.idle += 1
-                if self.idle >= _IDLE_PASSES:
-                    self._step_aside()
-        except BaseException:
-            # trio disables an instrument that raises: from now on the pump
-            # alone delivers, so the descriptor must be written every time.
-            # (installed stays True: a broken collector is not reinstalled.)
-            _tr_traffic_collector_asleep(self.c, -1)
-            raise
-
-
-class _Parked:
-    """A task waiting for the completion of its transit's request.
-
-    Registered under the transit's token for the pump to find, and handed
-    to ``wait_task_rescheduled`` as the abort function itself: one small
-    object per parked request, no closure (a parked receive is most of an
-    idle connection's memory).
-    """
-
-    __slots__ = ("delivery", "raise_cancel", "task", "transit")
-
-    def __init__(self, delivery: _Delivery, transit: Transit, keep: object) -> None:
-        self.delivery = delivery
-        self.transit = transit
-        self.task = _current_task()
-        # Set once an abort failed (the core was inside the system call).
-        self.raise_cancel: Any = None
-        if not delivery.collector.installed:
-            delivery.collector.install()
-        token = transit._token
-        delivery.parked[token] = self
-        if keep is not None:
-            # Held by the Traffic too, not only by the requester's frame:
-            # see _request.
-            delivery.traffic._pins[token] = (keep, None)
-
-    def __call__(self, raise_cancel: Any) -> trio.lowlevel.Abort:
-        """Withdraw the request (trio's abort function)."""
-        transit = self.transit
-        delivery = self.delivery
-        code = lib.tr_withdraw(transit._c, delivery.report)
-        if code == _WITHDRAWN or code < 0:
-            # Withdrawn; or the Traffic is gone (closed, its thread joined),
-            # so no completion will ever come and the memory is free.
-            delivery.parked.pop(transit._token, None)
-            delivery.traffic._pins.pop(transit._token, None)
-            return _SUCCEEDED
-        # Inside the system call, or done: the completion follows promptly.
-        self.raise_cancel = raise_cancel
-        return _FAILED
-
-
-_DELIVERY: trio.lowlevel.RunVar[_Delivery] = trio.lowlevel.RunVar("traffic")
-
-
-def _delivery() -> _Delivery:
-    """The run's delivery, created (and its cycle thread started) on first use."""
-    try:
-        return _DELIVERY.get()
-    except LookupError:
-        pass
-    traffic = Traffic()
-    try:
-        traffic.start(CYCLE_POLICY or cycle_policy())
-        delivery = _Delivery(traffic)
-        trio.lowlevel.spawn_system_task(_pump, delivery, name="traffic.pump")
-    except BaseException:
-        traffic.close()
-        raise
-    _DELIVERY.set(delivery)
-    return delivery
+def _delivery() -> Delivery:
+    """The run's delivery (:func:`traffic._trio_parking.delivery`)."""
+    return _trio_parking.delivery()
 
 
 def current_traffic() -> Traffic:
@@ -365,41 +179,7 @@ def current_traffic() -> Traffic:
     return _delivery().traffic
 
 
-@_protected
-async def _pump(delivery: _Delivery) -> None:
-    """Reschedule the tasks whose transfers completed.  Never raises: a crash
-    here would kill the run; the Traffic is closed when the run ends.
-
-    Protected from KeyboardInterrupt: Ctrl-C goes to the main task, and the
-    pump goes on delivering while the tasks it parked unwind.
-    """
-    traffic = delivery.traffic
-    parked = delivery.parked
-    try:
-        fd = traffic.completion_fileno()
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            _deliver(delivery)
-    finally:
-        # The collector reads the core's memory: gone before the Traffic.
-        with contextlib.suppress(KeyError, RuntimeError):  # removed, or outside trio
-            trio.lowlevel.remove_instrument(delivery.collector)
-        # Cancelled at the end of the run: normally no task is parked any
-        # more.  Only reschedule() of trio here: a run abandoned mid-way (an
-        # internal error, a guest run dropped) closes this coroutine outside
-        # trio, and the Traffic must still be closed then (close() does not
-        # block on trio).  Once it is closed (the cycle thread joined), no
-        # completion can come: a task still parked wakes closed, not never.
-        traffic.close()
-        while parked:
-            _, waiter = parked.popitem()
-            with contextlib.suppress(RuntimeError):  # outside trio: nothing to wake
-                _reschedule(
-                    waiter.task, outcome.Error(trio.ClosedResourceError("the run's Traffic closed"))
-                )
-
-
-def _in_run(transit: Transit) -> _Delivery:
+def _in_run(transit: Transit) -> Delivery:
     """The delivery for ``transit``, acquiring it into this run's Traffic if needed.
 
     Raises ``trio.ClosedResourceError`` for a terminated transit or one of
@@ -421,73 +201,7 @@ def _in_run(transit: Transit) -> _Delivery:
     return delivery
 
 
-@_protected
-async def _request(
-    delivery: _Delivery,
-    transit: Transit,
-    pin: Any,
-    size: int,
-    fdpin: Any = ffi.NULL,
-    nfds: int = 0,
-    keep: object = None,
-    raise_error: Callable[[int], NoReturn] | None = None,
-) -> tuple[int, int, int, bytes | None, int]:
-    """Perform one request: (outcome, error, transferred, data, descriptors).  A checkpoint.
-
-    ``raise_error`` raises for the core's refusals (negative codes); trio's
-    errors unless told (the anyio layer passes its own).
-
-    ``fdpin`` and ``nfds`` are a Descriptors request's descriptor array
-    (``keep`` holds every object that must stay alive while it is pending).
-
-    ``pin`` (a cffi buffer) is the memory the core transfers with, or
-    ``ffi.NULL`` for a receive into memory the core provides (the run's
-    scratch at once, an allocation when data arrives; ``data`` then holds
-    what came).  While the
-    request is pending it is also held by the Traffic (``_pins``, by token),
-    not only by this frame: a frame can die before the core is done with the
-    memory (a run abandoned by an internal error closes its coroutines, and
-    whatever they alone referenced is freed at once, while the cycle thread
-    may be inside ``read()`` into it).  The Traffic drops the pin when it
-    collects the completion, when the request is withdrawn, or after its
-    cycle thread is joined at close.
-    """
-    await _checkpoint_if_cancelled()
-    report = delivery.report
-    into_scratch = pin == _NULL
-    if into_scratch:
-        size = min(size, delivery.room)
-        code = _tr_receive(transit._c, size, delivery.scratch, report)
-    else:
-        code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, 1, report)
-    if code != _PENDING:
-        if code < 0:
-            (raise_error or _raise_request_error)(code)
-        # Out of the scratch before the checkpoint lets another task use it.
-        data = delivery.received[: report.stop] if into_scratch else None
-        result = (code, report.error, report.stop, data, report.fd_stop)
-        await _cancel_shielded_checkpoint()
-        return result
-    if keep is None and (pin != _NULL or fdpin != _NULL):
-        keep = pin
-    completion = await _wait_task_rescheduled(_Parked(delivery, transit, keep))
-    return (
-        completion.outcome,
-        completion.error,
-        completion.transferred,
-        completion.data,
-        completion.descriptors,
-    )
-
-
-def _raise_request_error(code: int) -> NoReturn:
-    if code == lib.TR_ECLOSED:
-        raise trio.ClosedResourceError("the transit is terminated")
-    if code == -errno.EBUSY:
-        raise trio.BusyResourceError("another task is already transferring on this transit")
-    if code == -errno.EBADF:
-        raise OSError(errno.EBADF, "cannot send descriptors: one of them is not an open descriptor")
-    raise OSError(-code, os.strerror(-code))
+# What a completion means, once per kind of operation.
 
 
 def _broken(error: int, doing: str) -> trio.BrokenResourceError:
@@ -496,38 +210,41 @@ def _broken(error: int, doing: str) -> trio.BrokenResourceError:
     return exc
 
 
-def _pin(data: Any, writable: bool) -> tuple[Any, int]:
-    """What the core transfers with (``data`` itself, or a cffi view of it:
-    never a copy), and its size.
+def _received(done: Completion, doing: str = "receive") -> int:
+    """The bytes a receive brought (0 at EOF), or the exception it ended in."""
+    if done.outcome == DONE:
+        return done.transferred
+    if done.outcome == TERMINATED:
+        if done.error == 0:
+            return 0  # EOF
+        raise _broken(done.error, doing)
+    raise trio.ClosedResourceError("the transit was terminated while receiving")
 
-    A ``bytes`` to send is passed as it is: cffi hands a C function the
-    address of a bytes object's own storage, which does not move while the
-    object lives (the pending request holds it), and makes no view object.
-    Anything else gets a view made from the object itself: a cffi buffer
-    over a temporary memoryview can be torn down by the collector in the
-    wrong order.
-    """
-    if not writable and type(data) is bytes:  # the common send: nothing to check
-        return data, len(data)
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
-    with view:  # released at once: a live export would lock a bytearray's size
-        if writable and view.readonly:
-            raise TypeError(
-                "receiving needs a writable buffer (bytearray, memoryview of one, array)"
-            )
-        if not view.contiguous:
-            raise BufferError("the buffer must be contiguous")
-        size = view.nbytes
-    return ffi.from_buffer(data, require_writable=writable), size
+
+def _sent(done: Completion) -> None:
+    """Nothing for a send that went out whole; else the exception it ended in."""
+    if done.outcome == DONE:
+        return
+    if done.outcome == TERMINATED:
+        raise _broken(done.error or errno.EPIPE, "send")
+    raise trio.ClosedResourceError("the transit was terminated while sending")
+
+
+def _accepted(done: Completion) -> None:
+    """Nothing for an accept that brought connections; else its exception."""
+    if done.outcome == DONE:
+        return
+    if done.outcome == FAULT:
+        raise OSError(done.error, f"accept: {os.strerror(done.error)}")
+    if done.outcome == TERMINATED:
+        raise _broken(done.error or errno.EINVAL, "accept")
+    raise trio.ClosedResourceError("the listener was closed while accepting")
 
 
 # Primitive operations
 
 
-@_protected
+@protected
 async def recv_into(transit: Octets, buffer: Any = None) -> int:
     """Receive into ``buffer`` (or the transit's acquired resource); return the
     number of bytes received, 0 at EOF.
@@ -552,28 +269,17 @@ async def recv_into(transit: Octets, buffer: Any = None) -> int:
             raise ValueError(
                 "no buffer given and none acquired: transit.acquire(bytearray(n)) first"
             )
-    if transit.polarity != lib.TR_INPUT:
+    if transit.polarity != Polarity.INPUT:
         raise ValueError("recv_into() needs an input transit")
-    pin, size = _pin(buffer, writable=True)
+    pin, size = pin_buffer(buffer, writable=True)
     delivery = _in_run(transit)
     if size == 0:
         await trio.lowlevel.checkpoint()
         return 0
-    code, error, count, _, _ = await _request(delivery, transit, pin, size)
-    return _received(code, error, count, "receive")
+    return _received(await transfer(delivery, transit, pin, size, _REFUSALS))
 
 
-def _received(code: int, error: int, count: int, doing: str) -> int:
-    if code == _DONE:
-        return count
-    if code == _TERMINATED:
-        if error == 0:
-            return 0  # EOF
-        raise _broken(error, doing)
-    raise trio.ClosedResourceError("the transit was terminated while receiving")
-
-
-@_protected
+@protected
 async def send_all(transit: Octets, data: Any) -> None:
     """Send all of ``data`` (bytes, bytearray, memoryview: not copied).
 
@@ -586,23 +292,14 @@ async def send_all(transit: Octets, data: Any) -> None:
     transit.
     """
     _expect(transit, Octets, "send_all")
-    if transit.polarity != lib.TR_OUTPUT:
+    if transit.polarity != Polarity.OUTPUT:
         raise ValueError("send_all() needs an output transit")
-    pin, size = _pin(data, writable=False)
+    pin, size = pin_buffer(data, writable=False)
     delivery = _in_run(transit)
-    code, error, _, _, _ = await _request(delivery, transit, pin, size)
-    _sent(code, error)
+    _sent(await transfer(delivery, transit, pin, size, _REFUSALS))
 
 
-def _sent(code: int, error: int) -> None:
-    if code == _DONE:
-        return
-    if code == _TERMINATED:
-        raise _broken(error or errno.EPIPE, "send")
-    raise trio.ClosedResourceError("the transit was terminated while sending")
-
-
-@_protected
+@protected
 async def accept(transit: Sockets) -> list[int]:
     """Accept at least one connection; return the new descriptors, which the
     caller owns (non-blocking, close-on-exec).
@@ -617,15 +314,10 @@ async def accept(transit: Sockets) -> list[int]:
     _expect(transit, Sockets, "accept")
     delivery = _in_run(transit)
     descriptors = array("i", bytes(4 * ACCEPT_BATCH))
-    pin = ffi.from_buffer(descriptors)
-    code, error, count, _, _ = await _request(delivery, transit, pin, len(descriptors) * 4)
-    if code == _DONE:
-        return descriptors[: count // 4].tolist()
-    if code == _FAULT:
-        raise OSError(error, f"accept: {os.strerror(error)}")
-    if code == _TERMINATED:
-        raise _broken(error or errno.EINVAL, "accept")
-    raise trio.ClosedResourceError("the listener was closed while accepting")
+    pin, size = pin_buffer(descriptors, writable=True)
+    done = await transfer(delivery, transit, pin, size, _REFUSALS)
+    _accepted(done)
+    return descriptors[: done.transferred // 4].tolist()
 
 
 def _expect(transit: object, kind: type[Transit], doing: str) -> None:
@@ -653,7 +345,7 @@ def _descriptor_transits(target: Any) -> tuple[Descriptors, Descriptors | None, 
     )
 
 
-@_protected
+@protected
 async def send_fds(target: Any, data: Any, fds: Any) -> None:
     """Send ``data`` with the descriptors ``fds`` over an AF_UNIX stream
     (a :class:`TrafficStream` or an output
@@ -673,37 +365,32 @@ async def send_fds(target: Any, data: Any, fds: Any) -> None:
     transit, sibling, stream = _descriptor_transits(target)
     if stream is not None:
         transit = sibling  # type: ignore[assignment]
-    if transit.polarity != lib.TR_OUTPUT:
+    if transit.polarity != Polarity.OUTPUT:
         raise ValueError("send_fds() needs an output Descriptors transit")
-    pin, size = _pin(data, writable=False)
+    pin, size = pin_buffer(data, writable=False)
     if size == 0:
         raise ValueError("message must not be empty")
     numbers = descriptor_array(fds)
     if len(numbers) == 0:
         raise ValueError("fds must not be empty")
-    if size < -(-len(numbers) // FDS_PER_MESSAGE):
-        raise ValueError(
-            f"{len(numbers)} descriptors need at least "
-            f"{-(-len(numbers) // FDS_PER_MESSAGE)} bytes of data to travel with"
-        )
-    fdpin = ffi.from_buffer("int[]", numbers)
-
-    async def go(delivery: _Delivery) -> None:
-        code, error, _, _, _ = await _request(
-            delivery, transit, pin, size, fdpin, len(numbers), (pin, fdpin, data, numbers)
-        )
-        _sent(code, error)
-
+    check_descriptor_message(size, len(numbers))
+    fdpin = pin_descriptors(numbers, writable=False)
+    keep = (pin, fdpin, data, numbers)
     if stream is not None:
-        with _claimed(stream, "send"):
+        with claimed(stream, "_sending", _busy_send):
             if stream._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            await go(stream._delivery)
+            delivery = stream._delivery
+            done = await transfer(
+                delivery, transit, pin, size, _REFUSALS, fdpin, len(numbers), keep
+            )
     else:
-        await go(_in_run(transit))
+        delivery = _in_run(transit)
+        done = await transfer(delivery, transit, pin, size, _REFUSALS, fdpin, len(numbers), keep)
+    _sent(done)
 
 
-@_protected
+@protected
 async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
     """Receive up to ``msglen`` bytes and up to ``maxfds`` descriptors over an
     AF_UNIX stream (a :class:`TrafficStream` or an input
@@ -728,138 +415,44 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
     msglen = min(msglen, DEFAULT_RECEIVE_SIZE)
     maxfds = min(maxfds, MAX_RECEIVE_FDS)
     transit, _, stream = _descriptor_transits(target)
-    if transit.polarity != lib.TR_INPUT:
+    if transit.polarity != Polarity.INPUT:
         raise ValueError("receive_fds() needs an input Descriptors transit")
     buffer = bytearray(msglen)
     numbers = array("i", bytes(4 * maxfds))
-    pin = ffi.from_buffer(buffer, require_writable=True)
-    fdpin = ffi.from_buffer("int[]", numbers, require_writable=True)
-
-    async def go(delivery: _Delivery) -> tuple[int, int, int, int]:
-        code, error, count, _, nfds = await _request(
-            delivery, transit, pin, msglen, fdpin, maxfds, (pin, fdpin, buffer, numbers)
-        )
-        return code, error, count, nfds
-
+    pin, _ = pin_buffer(buffer, writable=True)
+    fdpin = pin_descriptors(numbers, writable=True)
+    keep = (pin, fdpin, buffer, numbers)
     if stream is not None:
-        with _claimed(stream, "receive"):
+        with claimed(stream, "_receiving", _busy_receive):
             if stream._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            code, error, count, nfds = await go(stream._delivery)
+            done = await transfer(
+                stream._delivery, transit, pin, msglen, _REFUSALS, fdpin, maxfds, keep
+            )
             if stream._closed:
-                if code == _DONE:
-                    for fd in numbers[:nfds]:
+                if done.outcome == DONE:
+                    for fd in numbers[: done.descriptors]:
                         os.close(fd)
                 raise trio.ClosedResourceError("the stream was closed while receiving")
     else:
-        code, error, count, nfds = await go(_in_run(transit))
-    if code == _DONE:
-        return bytes(buffer[:count]), numbers[:nfds].tolist()
-    _received(code, error, count, "receive")
+        done = await transfer(
+            _in_run(transit), transit, pin, msglen, _REFUSALS, fdpin, maxfds, keep
+        )
+    if done.outcome == DONE:
+        return bytes(buffer[: done.transferred]), numbers[: done.descriptors].tolist()
+    _received(done)
     return b"", []
 
 
 # Streams and listeners
 
 
-class _Guard:
-    """One task at a time per direction, named after the action (trio's
-    ConflictDetector)."""
-
-    __slots__ = ("_busy", "_message")
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._busy = False
-
-    def __enter__(self) -> None:
-        if self._busy:
-            raise trio.BusyResourceError(self._message)
-        self._busy = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._busy = False
+def _busy_send() -> trio.BusyResourceError:
+    return trio.BusyResourceError("another task is using this stream for send")
 
 
-_BUSY_SEND = "another task is using this stream for send"
-_BUSY_RECEIVE = "another task is using this stream for receive"
-
-
-@contextlib.contextmanager
-def _claimed(stream: Any, direction: str, busy: BaseException | None = None) -> Iterator[None]:
-    """The stream's ``direction`` ("send" or "receive") for one task: its
-    ``_sending`` or ``_receiving`` flag, as ``send_all`` and
-    ``receive_some`` take it inline.  Raises ``busy`` (default trio's
-    ``BusyResourceError``) if another task has it."""
-    flag = "_sending" if direction == "send" else "_receiving"
-    if getattr(stream, flag):
-        if busy is None:
-            busy = trio.BusyResourceError(_BUSY_SEND if direction == "send" else _BUSY_RECEIVE)
-        raise busy
-    setattr(stream, flag, True)
-    try:
-        yield
-    finally:
-        setattr(stream, flag, False)
-
-
-class SocketView:
-    """A socket-like view of a descriptor the core owns.
-
-    It answers ``getsockname``, ``getpeername``, ``getsockopt``,
-    ``setsockopt``, ``family``, ``type``, ``proto`` and ``fileno``, never
-    closes the descriptor, and raises ``OSError(EBADF)`` once the core has
-    closed it.
-    """
-
-    __slots__ = ("_transit", "family", "proto", "type")
-
-    def __init__(self, transit: Transit, family: int, type: int, proto: int) -> None:
-        self._transit = transit
-        self.family = family
-        self.type = type
-        self.proto = proto
-
-    def fileno(self) -> int:
-        return self._transit.fileno()
-
-    def _call(self, name: str, *args: Any) -> Any:
-        fd = self._transit.fileno()
-        if fd < 0:
-            raise OSError(errno.EBADF, "the socket is closed")
-        sock = _stdlib_socket.socket(self.family, self.type, self.proto, fileno=fd)
-        try:
-            return getattr(sock, name)(*args)
-        finally:
-            sock.detach()
-
-    def getsockname(self) -> Any:
-        return self._call("getsockname")
-
-    def getpeername(self) -> Any:
-        return self._call("getpeername")
-
-    def getsockopt(self, level: int, option: int, buflen: int | None = None) -> Any:
-        if buflen is None:
-            return self._call("getsockopt", level, option)
-        return self._call("getsockopt", level, option, buflen)
-
-    def setsockopt(self, level: int, option: int, value: Any, optlen: int | None = None) -> None:
-        if optlen is None:
-            self._call("setsockopt", level, option, value)
-        else:
-            self._call("setsockopt", level, option, value, optlen)
-
-    def __repr__(self) -> str:
-        return f"<traffic.SocketView fd={self.fileno()} family={self.family!r}>"
-
-
-def _socket_identity(fd: int) -> tuple[int, int, int]:
-    sock = _stdlib_socket.socket(fileno=fd)
-    try:
-        return sock.family, sock.type, sock.proto
-    finally:
-        sock.detach()
+def _busy_receive() -> trio.BusyResourceError:
+    return trio.BusyResourceError("another task is using this stream for receive")
 
 
 def _detach(
@@ -908,7 +501,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
     """
 
     # Slots, and the socket view made on first use: ten thousand idle
-    # connections are ten thousand of these (issue 6).
+    # connections are ten thousand of these.
     __slots__ = (
         "_closed",
         "_delivery",
@@ -944,7 +537,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         # close on failure; from then on the transits own it, and closing it
         # here too could close a descriptor number reused meanwhile.
         try:
-            identity = identity or _socket_identity(fd)
+            identity = identity or socket_identity(fd)
             family = identity[0]
             if identity[1] != _stdlib_socket.SOCK_STREAM:
                 raise TypeError("TrafficStream needs a SOCK_STREAM socket")
@@ -963,15 +556,15 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         self._sender = sender
         self._closed = False
         # Busy flags, one task at a time per direction (trio's
-        # ConflictDetector, kept as two booleans: no object per guard).
+        # ConflictDetector), kept as two booleans rather than guard objects:
+        # send_all and receive_some test and set them inline (the hot path),
+        # and an idle connection holds no guard.
         self._sending = False
         self._receiving = False
         self._identity = identity
         self._view: SocketView | None = None
-        if nodelay and family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            # Not TCP after all (SCTP, say): trio ignores the failure too.
-            with contextlib.suppress(OSError):
-                self.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, True)
+        if nodelay and wants_nodelay(family):
+            set_nodelay(self.socket)
 
     @property
     def socket(self) -> SocketView:
@@ -990,7 +583,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         """Read an option of the underlying socket (see ``socket.getsockopt``)."""
         return self.socket.getsockopt(level, option, buffersize)
 
-    @_protected
+    @protected
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``; see :func:`traffic.send_all` for cancellation.
 
@@ -999,36 +592,31 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         :meth:`send_eof`, ``trio.BrokenResourceError`` if the peer is gone.
         """
         if self._sending:
-            raise trio.BusyResourceError(_BUSY_SEND)
+            raise _busy_send()
         self._sending = True
         try:
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            pin, size = _pin(data, writable=False)
-            # _request inlined: this and receive_some are the hot path, and a
-            # coroutine level costs time per call and memory while parked.
-            await _checkpoint_if_cancelled()
+            pin, size = pin_buffer(data, writable=False)
+            # The park sequence of _trio_parking.transfer, spelled out: this
+            # and receive_some are the hot path, where a coroutine level
+            # costs time per call and memory while parked.
+            await checkpoint_if_cancelled()
             sender = self._sender
             delivery = self._delivery
-            report = delivery.report
-            code = _tr_request_fds(sender._c, pin, size, _NULL, 0, 1, report)
-            if code == _PENDING:
-                completion = await _wait_task_rescheduled(_Parked(delivery, sender, pin))
-                code = completion.outcome
-                error = completion.error
+            done = delivery.requests.submit(sender, pin, size, _REFUSALS)
+            if done is None:
+                done = await wait_task_rescheduled(Parked(delivery, sender, pin))
             else:
-                if code < 0:
-                    _raise_request_error(code)
-                error = report.error if code != _DONE else 0
-                await _cancel_shielded_checkpoint()
-            if code != _DONE:
-                _sent(code, error)
+                await cancel_shielded_checkpoint()
+            if done.outcome != DONE:
+                _sent(done)
         finally:
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket can take more data.  A checkpoint."""
-        with _claimed(self, "send"):
+        with claimed(self, "_sending", _busy_send):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             fd = self._sender.fileno()
@@ -1043,13 +631,13 @@ class TrafficStream(trio.abc.HalfCloseableStream):
 
         Idempotent.  Raises ``trio.ClosedResourceError`` after :meth:`aclose`.
         """
-        with _claimed(self, "send"):
+        with claimed(self, "_sending", _busy_send):
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
             await trio.lowlevel.checkpoint()
             self._sender.terminate()
 
-    @_protected
+    @protected
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive at most ``max_bytes`` (default 64 KiB); ``b""`` at EOF.
 
@@ -1059,7 +647,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         ``trio.BrokenResourceError`` if the connection broke.
         """
         if self._receiving:
-            raise trio.BusyResourceError(_BUSY_RECEIVE)
+            raise _busy_receive()
         self._receiving = True
         try:
             if max_bytes is None:
@@ -1075,31 +663,20 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             # No buffer of the stream's own: tried at once into the run's
             # scratch, and if it waits the core allocates one when data
             # arrives, so a parked receive holds no memory (idle connections).
-            # _request inlined, as in send_all.
-            await _checkpoint_if_cancelled()
+            # The park sequence spelled out, as in send_all.
+            await checkpoint_if_cancelled()
             receiver = self._receiver
             delivery = self._delivery
-            if size > delivery.room:
-                size = delivery.room
-            report = delivery.report
-            code = _tr_receive(receiver._c, size, delivery.scratch, report)
-            if code == _PENDING:
-                completion = await _wait_task_rescheduled(_Parked(delivery, receiver, None))
-                code = completion.outcome
-                error = completion.error
-                data = completion.data
+            done = delivery.requests.receive(receiver, size, _REFUSALS)
+            if done is None:
+                done = await wait_task_rescheduled(Parked(delivery, receiver, None))
             else:
-                if code < 0:
-                    _raise_request_error(code)
-                # Copied out before the checkpoint lets another task use it.
-                data = delivery.received[: report.stop]
-                error = report.error if code != _DONE else 0
-                await _cancel_shielded_checkpoint()
+                await cancel_shielded_checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
-            if code == _DONE:
-                return data  # type: ignore[no-any-return]  # bytes: the core allocated it
-            _received(code, error, 0, "receive")
+            if done.outcome == DONE:
+                return done.data  # type: ignore[return-value]  # bytes: from the core
+            _received(done)
             return b""
         finally:
             self._receiving = False
@@ -1146,7 +723,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         fd = _detach(socket, "TrafficListener", listening=True)
         # Ownership moves once, to the transit (see TrafficStream._setup).
         try:
-            family, kind, proto = _socket_identity(fd)
+            family, kind, proto = socket_identity(fd)
             if kind != _stdlib_socket.SOCK_STREAM:
                 raise TypeError("TrafficListener needs a SOCK_STREAM socket")
             transit = Sockets.from_fd(fd)
@@ -1158,24 +735,14 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         self._delivery = delivery
         self._transit = transit
         self._closed = False
-        self._accepted: deque[int] = deque()
-        self._guard = _Guard("another task is already accepting on this listener")
-        self._descriptors = array("i", bytes(4 * ACCEPT_BATCH))
-        self._pin = ffi.from_buffer(self._descriptors)
+        self._guard = Guard(
+            lambda: trio.BusyResourceError("another task is already accepting on this listener")
+        )
         self.socket = SocketView(transit, family, kind, proto)
         self._identity = (family, kind, proto)
-        # Whether each accepted stream needs its own setsockopt(TCP_NODELAY).
-        # Set on the listener, the option is inherited by what it accepts on
-        # Linux and the BSDs: the first accepted connection tells.
-        self._nodelay: bool | None = False
-        if family in (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6):
-            self._nodelay = None
-            try:
-                self.socket.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
-            except OSError:
-                self._nodelay = True  # not TCP after all: each stream tries
+        self._accepted = AcceptQueue(self.socket)
 
-    @_protected
+    @protected
     async def accept(self) -> TrafficStream:
         """Accept a connection.  A checkpoint.
 
@@ -1186,50 +753,42 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         """
         with self._guard:
             await self._fill()
-            return self._stream(self._accepted.popleft())
+            return self._stream()
 
-    @_protected
+    @protected
     async def _accept_all(self) -> list[TrafficStream]:
         """Every connection accepted so far, at least one: :meth:`accept`
         for a whole batch with one checkpoint (``serve_listeners``)."""
         with self._guard:
             await self._fill()
-            accepted = self._accepted
             streams = []
-            while accepted:
+            while self._accepted:
                 # One at a time: if making a stream fails, the descriptors
                 # not taken yet stay queued (closed by aclose), and the
                 # streams made are closed when dropped.
-                streams.append(self._stream(accepted.popleft()))
+                streams.append(self._stream())
             return streams
 
-    @_protected
+    @protected
     async def _fill(self) -> None:
-        """Make sure a connection is queued in ``_accepted``.  A checkpoint."""
+        """Make sure a connection is queued.  A checkpoint."""
         if self._closed:
             raise trio.ClosedResourceError("the listener is closed")
-        if self._accepted:
+        queue = self._accepted
+        if queue:
             await trio.lowlevel.checkpoint()
             return
-        size = len(self._descriptors) * 4
-        code, error, count, _, _ = await _request(self._delivery, self._transit, self._pin, size)
+        done = await transfer(self._delivery, self._transit, queue.pin, queue.size, _REFUSALS)
         if self._closed:
-            for fd in self._descriptors[: count // 4] if code == _DONE else ():
-                os.close(fd)
+            if done.outcome == DONE:
+                queue.discard(done.transferred)
             raise trio.ClosedResourceError("the listener was closed while accepting")
-        if code == _FAULT:
-            raise OSError(error, f"accept: {os.strerror(error)}")
-        if code == _TERMINATED:
-            raise _broken(error or errno.EINVAL, "accept")
-        if code != _DONE:
-            raise trio.ClosedResourceError("the listener was closed while accepting")
-        self._accepted.extend(self._descriptors[: count // 4])
+        _accepted(done)
+        queue.accepted(done.transferred)
 
-    def _stream(self, fd: int) -> TrafficStream:
-        """The stream of accepted descriptor ``fd`` (closed if that fails)."""
-        nodelay = self._nodelay
-        if nodelay is None:
-            nodelay = self._nodelay = not has_nodelay(fd)
+    def _stream(self) -> TrafficStream:
+        """The stream of the next accepted descriptor (closed if that fails)."""
+        fd, nodelay = self._accepted.popleft()
         return TrafficStream._from_fd(fd, self._identity, nodelay)
 
     async def aclose(self) -> None:
@@ -1237,8 +796,7 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         if not self._closed:
             self._closed = True
             self._transit.terminate()
-            while self._accepted:
-                os.close(self._accepted.popleft())
+            self._accepted.close()
         await trio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:

@@ -1,6 +1,9 @@
-"""Shared helpers of the trio tests (``test_trio_*.py``); it holds no tests.
+"""A helper module of the trio tests (``test_trio_*.py``, and
+``test_descriptors.py``); it holds no tests.
 
-Named with the suite's prefix so the trio tests stay one group of files.
+Not named ``test_*``, so pytest does not collect it as a test module; the
+tests import it as a sibling top-level module (``from trio_support import
+...``), as they do ``conftest``.
 Descriptor, live-object and cycle-thread leaks are checked for every test by
 ``tests/conftest.py``'s autouse ``_no_leaks``; nothing here repeats it.
 

@@ -1,0 +1,385 @@
+"""The one way into a threaded Traffic's requests.
+
+Every request the trio and anyio layers (and :class:`~traffic.libkqueue.
+Traffic`'s own request methods) hand the core goes through a
+:class:`Requests`: it is the only Python code that calls the core's request
+functions (request, receive, withdraw, collect), and it owns what they
+share: the report the core fills for a request that completes at once, the
+scratch memory such a receive lands in, and the pins that keep a pending
+request's memory alive.  It imports neither trio nor asyncio, and works on
+the core's handles, so :mod:`traffic.libkqueue` builds on it.
+
+A request either completes at once, in the caller's thread (the core tried
+the transfer inline), or waits: then the core's cycle thread performs it
+when the kernel allows and a :class:`Completion` follows through
+:meth:`Requests.collect`.  Both give the same :class:`Completion`, so the
+layers read a result one way, whichever path it took.
+
+Refusals.  A request the core refuses (a negative return code) is
+classified here, once, into a :class:`Refusal`, and raised as the exception
+the caller's table maps it to: each layer has one table (trio's
+``ClosedResourceError``, anyio's...), and nothing else in the package reads
+a raw return code of a request.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, NoReturn, TypeVar
+
+from ._traffic import ffi, lib
+
+__all__ = [
+    "CLOSED",
+    "COMPLETING",
+    "DONE",
+    "FAULT",
+    "NULL",
+    "PENDING",
+    "TERMINATED",
+    "WITHDRAWN",
+    "Completion",
+    "Refusal",
+    "Refusals",
+    "Requests",
+    "pin_buffer",
+    "pin_descriptors",
+    "protected",
+    "refuse",
+]
+
+# The outcomes of a request (traffic.h).
+PENDING: int = lib.TR_PENDING  # it waits: a completion follows
+DONE: int = lib.TR_DONE
+TERMINATED: int = lib.TR_TERMINATED  # the transit ended (error: 0 at EOF, else the errno)
+FAULT: int = lib.TR_FAULT  # this transfer failed (error); the transit goes on
+CLOSED: int = lib.TR_CLOSED  # its owner terminated the transit, or the Traffic closed
+WITHDRAWN: int = lib.TR_WITHDRAWN
+COMPLETING: int = lib.TR_COMPLETING  # a withdraw too late: the completion follows
+
+NULL: Any = ffi.NULL
+
+#: Reports collected per C call; more simply take another call.
+COLLECT_BATCH = 256
+
+#: The scratch's size unless a layer asks for another (64 KiB: trio's and
+#: anyio's default receive size).
+SCRATCH_SIZE = 65536
+
+
+class Completion(NamedTuple):
+    """A finished request, inline or collected.
+
+    ``outcome`` is one of the outcomes above; ``transferred`` counts bytes
+    (for a :class:`~traffic.libkqueue.Sockets` transit, bytes of its
+    ``array('i')`` resource).  ``data`` holds what a receive into memory
+    the core provides received (the scratch, or an allocation), else None.
+    ``descriptors`` counts the descriptors a Descriptors request sent, or
+    received into its array (for an outcome other than ``CLOSED``: the core
+    closed those of a closed request).  ``error`` is the errno of a
+    ``TERMINATED`` or ``FAULT`` outcome, else 0.  ``token`` names the
+    transit (0 for a request that completed at once).
+    """
+
+    token: int
+    outcome: int
+    error: int
+    transferred: int
+    data: bytes | None = None
+    descriptors: int = 0
+
+
+class Refusal(enum.Enum):
+    """Why the core refused a request (a negative return code)."""
+
+    #: The transit is terminated, or its Traffic is closed (``TR_ECLOSED``).
+    CLOSED = "closed"
+    #: Another request of the transit is outstanding (``EBUSY``).
+    BUSY = "busy"
+    #: A descriptor to send is not an open descriptor (``EBADF``).
+    BAD_DESCRIPTOR = "bad descriptor"
+    #: Anything else: an ``OSError`` with the errno.
+    OS_ERROR = "OS error"
+
+
+#: A layer's table: the exception to raise for each refusal, made from the
+#: errno (``EBADF`` for ``CLOSED``).
+Refusals = Mapping[Refusal, Callable[[int], BaseException]]
+
+
+def refusal(code: int) -> tuple[Refusal, int]:
+    """The refusal a negative return code means, and its errno."""
+    if code == lib.TR_ECLOSED:
+        return Refusal.CLOSED, errno.EBADF
+    if code == -errno.EBUSY:
+        return Refusal.BUSY, errno.EBUSY
+    if code == -errno.EBADF:
+        return Refusal.BAD_DESCRIPTOR, errno.EBADF
+    return Refusal.OS_ERROR, -code
+
+
+def refuse(code: int, refusals: Refusals) -> NoReturn:
+    """Raise what ``refusals`` maps the refusal of ``code`` to."""
+    kind, error = refusal(code)
+    raise refusals[kind](error)
+
+
+def os_error(error: int) -> OSError:
+    """The plain ``OSError`` of an errno: every layer's ``OS_ERROR``."""
+    return OSError(error, os.strerror(error))
+
+
+def bad_descriptor(error: int) -> OSError:
+    """Every layer's ``BAD_DESCRIPTOR``."""
+    return OSError(error, "cannot send descriptors: one of them is not an open descriptor")
+
+
+def take_data(report: Any) -> bytes | None:
+    """Copy a core-allocated resource out of a report and free it."""
+    pointer = report.data
+    if pointer == NULL:
+        return None
+    try:
+        data: bytes = ffi.buffer(pointer, report.stop)[:]
+        return data
+    finally:
+        lib.tr_free(pointer)
+
+
+def pin_buffer(data: Any, writable: bool) -> tuple[Any, int]:
+    """What the core transfers with (``data`` itself, or a cffi view of it:
+    never a copy), and its size.
+
+    A ``bytes`` to send is passed as it is: cffi hands a C function the
+    address of a bytes object's own storage, which does not move while the
+    object lives (a pending request pins it), and makes no view object.
+    Anything else gets a view made from the object itself, never over a
+    temporary ``memoryview``: a cffi buffer exporting from a memoryview,
+    both caught in a reference cycle (a cancelled coroutine's frame and its
+    traceback), crashes CPython's garbage collector when it clears the
+    memoryview first.  The memoryview made here to check the object is
+    released at once (a live export would also lock a bytearray's size).
+
+    ``TypeError`` for an object that is not bytes-like, or a read-only one
+    to receive into; ``BufferError`` for a non-contiguous one.
+    """
+    if not writable and type(data) is bytes:  # the common send: nothing to check
+        return data, len(data)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like object, not {type(data).__name__}") from None
+    with view:
+        if writable and view.readonly:
+            raise TypeError(
+                "receiving needs a writable buffer (bytearray, memoryview of one, array)"
+            )
+        if not view.contiguous:
+            raise BufferError("the buffer must be contiguous")
+        size = view.nbytes
+    return ffi.from_buffer(data, require_writable=writable), size
+
+
+def pin_descriptors(numbers: Any, writable: bool) -> Any:
+    """The core's view of an ``array('i')`` of descriptor numbers."""
+    return ffi.from_buffer("int[]", numbers, require_writable=writable)
+
+
+class Requests:
+    """A threaded Traffic's requests, its scratch and its pins.
+
+    Used from one thread at a time (the trio run's or the asyncio loop's):
+    the report and the scratch are shared by every request made through it.
+    Made by the Traffic (``Traffic.requests``) on the core's handle; closed
+    by it after its cycle thread is joined, when nothing can touch the
+    pinned memory any more.
+    """
+
+    __slots__ = ("_c", "_reports", "closed", "pins", "received", "report", "room", "scratch")
+
+    def __init__(self, c: Any) -> None:
+        self._c = c
+        self.closed = False
+        self.report: Any = ffi.new("tr_report *")
+        self._reports: Any = ffi.new("tr_report[]", COLLECT_BATCH)
+        # Resources handed to the core, by transit token: whatever must stay
+        # alive while a request is pending.  The requester's frame is not
+        # enough: a frame can die before the core is done with the memory (a
+        # run abandoned by an internal error closes its coroutines, and what
+        # they alone referenced is freed while the cycle thread may be inside
+        # read() into it).  Dropped when the completion is collected, when
+        # the request is withdrawn, or at close.
+        self.pins: dict[int, object] = {}
+        # No allocation and no free per receive that completes at once:
+        # such a receive lands here, and its bytes are copied out at once.
+        self.room = 0
+        self.scratch: Any = NULL
+        self.received: Any = None
+
+    def reserve_scratch(self, room: int = SCRATCH_SIZE) -> None:
+        """Make the scratch (``room`` bytes) for :meth:`receive`, once."""
+        if self.room == 0:
+            self.scratch = ffi.new("char[]", room)
+            self.received = ffi.buffer(self.scratch)
+            self.room = room
+
+    # Submitting: the first call of every request.  Each returns the
+    # Completion of a request that completed at once, or None when it waits.
+
+    def submit(
+        self,
+        transit: Any,
+        pin: Any,
+        size: int,
+        refusals: Refusals,
+        fdpin: Any = NULL,
+        nfds: int = 0,
+        inline: int = 1,
+    ) -> Completion | None:
+        """Hand the core a request to transfer with ``pin`` (``size`` bytes;
+        a Descriptors request's descriptor array in ``fdpin``, ``nfds``).
+
+        An input request completes when anything arrives, an output request
+        when all of it is sent.  With ``inline``, the core first tries the
+        transfer in the calling thread.  While it waits, the caller pins
+        whatever the core may touch (:meth:`pin`).
+        """
+        report = self.report
+        code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, inline, report)
+        if code == PENDING:
+            return None
+        if code < 0:
+            refuse(code, refusals)
+        # The error is read only when there is one: a struct read fewer.
+        error = report.error if code != DONE else 0
+        return Completion(0, code, error, report.stop, None, report.fd_stop)
+
+    def receive(self, transit: Any, size: int, refusals: Refusals) -> Completion | None:
+        """A receive of up to ``size`` bytes (at most the scratch's room) into
+        memory the core provides: the scratch if data is there at once
+        (copied out into the completion's ``data`` before this returns, so
+        the scratch is free again), else an allocation made when data
+        arrives, so a waiting receive holds no memory."""
+        if size > self.room:
+            size = self.room
+        report = self.report
+        code = lib.tr_receive(transit._c, size, self.scratch, report)
+        if code == PENDING:
+            return None
+        if code < 0:
+            refuse(code, refusals)
+        stop = report.stop
+        error = report.error if code != DONE else 0
+        return Completion(0, code, error, stop, self.received[:stop])
+
+    def allocate(
+        self, transit: Any, size: int, refusals: Refusals, inline: int = 1
+    ) -> Completion | None:
+        """A receive of up to ``size`` bytes into memory the core allocates
+        (never the scratch), also when it completes at once."""
+        report = self.report
+        code = lib.tr_request(transit._c, NULL, size, inline, report)
+        if code == PENDING:
+            return None
+        if code < 0:
+            refuse(code, refusals)
+        error = report.error if code != DONE else 0
+        return Completion(0, code, error, report.stop, take_data(report))
+
+    # While a request waits
+
+    def pin(self, token: int, keep: object) -> None:
+        """Keep ``keep`` alive until the request of the transit ``token``
+        completes, is withdrawn, or the Traffic closes."""
+        self.pins[token] = keep
+
+    def unpin(self, token: int) -> None:
+        self.pins.pop(token, None)
+
+    def withdraw(self, transit: Any) -> tuple[int, int]:
+        """Withdraw the transit's request: ``(WITHDRAWN, transferred)``;
+        ``(COMPLETING, 0)`` when the core is inside the system call for it
+        or already done (the completion follows); or ``(code, 0)`` with a
+        negative code when nothing is outstanding or the Traffic is gone
+        (no completion will come).  Unpins unless the completion follows."""
+        report = self.report
+        code = lib.tr_withdraw(transit._c, report)
+        if code == COMPLETING:
+            return code, 0
+        self.pins.pop(transit._token, None)
+        return code, report.stop if code == WITHDRAWN else 0
+
+    # Completions
+
+    def collect(self) -> list[Completion]:
+        """Every completion waiting, in one call per batch; unpins each."""
+        if self.closed:
+            return []
+        completions = []
+        reports = self._reports
+        pins = self.pins
+        while True:
+            n = lib.tr_collect(self._c, reports, COLLECT_BATCH)
+            for i in range(n):
+                r = reports[i]
+                pins.pop(r.token, None)
+                completions.append(
+                    Completion(r.token, r.outcome, r.error, r.stop, take_data(r), r.fd_stop)
+                )
+            if n < COLLECT_BATCH:
+                return completions
+
+    def signal_flag(self) -> Any:
+        """The core's flag, raised (nonzero) while completions wait: read
+        without a call or a lock, a stale zero only defers them."""
+        return lib.tr_traffic_signal_flag(self._c)
+
+    def collector_asleep(self, state: int) -> None:
+        """Tell the core whether the collector may block in its I/O wait (1),
+        is awake (0: it looks at the flag after each wait, so the completion
+        descriptor is not written), or is gone (-1: write it every time)."""
+        if not self.closed:
+            lib.tr_traffic_collector_asleep(self._c, state)
+
+    def close(self) -> None:
+        """The Traffic is closed and its thread joined: let go of every pin."""
+        self.closed = True
+        self.pins.clear()
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+# Functions marked before trio was imported, for trio to mark when it is.
+_unmarked: list[Callable[..., Any]] = []
+
+
+def protected(function: _Function) -> _Function:
+    """Protect ``function`` from KeyboardInterrupt under trio.
+
+    The functions that hand the core a request and take its result are
+    protected: raised between the two, a KeyboardInterrupt would strand a
+    request in the core, and with it bytes or descriptors the core has
+    already transferred.  trio defers it to the task's next checkpoint,
+    where it parks or ends.  It costs nothing per call (trio marks the code
+    object).  Marked without importing trio: an asyncio program never
+    imports it, and trio marks what was decorated before it came when the
+    trio parking is imported (:func:`mark_protected`).
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        trio.lowlevel.enable_ki_protection(function)
+    else:
+        _unmarked.append(function)
+    return function
+
+
+def mark_protected() -> None:
+    """Let trio mark the functions :func:`protected` saw before it was imported."""
+    import trio
+
+    while _unmarked:
+        trio.lowlevel.enable_ki_protection(_unmarked.pop())
