@@ -5,6 +5,9 @@ subscribes to kernel events and performs the transfer itself, then hands the
 program completed transfers.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import project
 from .datagrams import Datagram, DatagramArray, Datagrams
 from .errors import TransitClosedError, TransitError
@@ -19,30 +22,77 @@ from .libkqueue import (
     backend,
     live_objects,
 )
-from .trio_datagrams import (
-    TrafficConnectedDatagramSocket,
-    TrafficDatagramSocket,
-    open_connected_udp_socket,
-    open_udp_socket,
-)
-from .trio_integration import (
-    SocketView,
-    TrafficListener,
-    TrafficStream,
-    accept,
-    current_traffic,
-    open_tcp_listeners,
-    open_tcp_stream,
-    open_unix_listener,
-    open_unix_stream,
-    receive_fds,
-    recv_into,
-    send_all,
-    send_fds,
-    serve_listeners,
-    serve_tcp,
-    serve_unix,
-)
+
+if TYPE_CHECKING:
+    from ._sockets import SocketView
+    from .trio_datagrams import (
+        TrafficConnectedDatagramSocket,
+        TrafficDatagramSocket,
+        open_connected_udp_socket,
+        open_udp_socket,
+    )
+    from .trio_integration import (
+        TrafficListener,
+        TrafficStream,
+        accept,
+        current_traffic,
+        open_tcp_listeners,
+        open_tcp_stream,
+        open_unix_listener,
+        open_unix_stream,
+        receive_fds,
+        recv_into,
+        send_all,
+        send_fds,
+        serve_listeners,
+        serve_tcp,
+        serve_unix,
+    )
+
+# The trio layer's names, imported on first use (PEP 562): a program that
+# uses only the synchronous cycle or the anyio streams on asyncio never
+# imports trio.
+_TRIO_LAYER = {
+    "SocketView": "_sockets",
+    "TrafficConnectedDatagramSocket": "trio_datagrams",
+    "TrafficDatagramSocket": "trio_datagrams",
+    "open_connected_udp_socket": "trio_datagrams",
+    "open_udp_socket": "trio_datagrams",
+    **dict.fromkeys(
+        [
+            "TrafficListener",
+            "TrafficStream",
+            "accept",
+            "current_traffic",
+            "open_tcp_listeners",
+            "open_tcp_stream",
+            "open_unix_listener",
+            "open_unix_stream",
+            "receive_fds",
+            "recv_into",
+            "send_all",
+            "send_fds",
+            "serve_listeners",
+            "serve_tcp",
+            "serve_unix",
+        ],
+        "trio_integration",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _TRIO_LAYER.get(name)
+    if module is None:
+        raise AttributeError(f"module 'traffic' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_TRIO_LAYER])
+
 
 __version__ = project.version
 

@@ -239,8 +239,8 @@ class Transit:
     def __del__(self, _release: Any = lib.tr_transit_release, _null: Any = ffi.NULL) -> None:
         # Dropped by its owner: the core terminates it and frees it when
         # safe.  __del__ rather than weakref.finalize or ffi.gc: a connection
-        # has two transits, and a finalizer costs each about 300 bytes and a
-        # microsecond, ffi.gc 120 bytes (issue 6, idle and accept).
+        # has two transits, and either costs each transit memory and time
+        # per connection (docs/benchmark.rst: idle and accept).
         c = getattr(self, "_c", _null)  # absent if _create failed half-way
         if c != _null:
             self._c = _null
@@ -810,7 +810,7 @@ class Descriptors(Octets):
 _live_traffics: weakref.WeakSet[Traffic] = weakref.WeakSet()
 
 #: The cycle thread's scheduling unless told otherwise (see Traffic.start):
-#: measured best on echo and accept (issue 6), and it cannot starve.
+#: measured best on echo and accept (docs/benchmark.rst), and it cannot starve.
 DEFAULT_CYCLE_POLICY = "batch"
 
 
@@ -871,8 +871,8 @@ class Traffic:
         self._pins = self.requests.pins
         # The transits a synchronous cycle reports on, by token.  A threaded
         # Traffic's completions go to their requester instead, and its
-        # transits are not kept here (a weak entry per transit costs ~160
-        # bytes and a microsecond per connection).
+        # transits are not kept here (a weak entry per transit costs memory
+        # and time per connection).
         self._transits: weakref.WeakValueDictionary[int, Transit] = weakref.WeakValueDictionary()
         self._seen: list[Transit] = []
         self._cycling: threading.Thread | None = None

@@ -1,5 +1,5 @@
 """``python -m traffic.bench``: traffic side by side with the I/O a trio or
-anyio user already has (issue 6).
+anyio user already has (docs/benchmark.rst).
 
 Method: every implementation faces the same C load generator in a separate
 process; within each repeat every implementation runs once per case,
@@ -28,11 +28,11 @@ from .report import BASELINE, Case
 
 WORKLOADS = ("echo", "accept", "stream", "idle")
 
-#: Default echo connection counts (issue 6) and the --quick ones.
+#: Default echo connection counts (the benchmark's workloads) and the --quick ones.
 ECHO_CONNECTIONS = (1, 100, 1000)
 QUICK_ECHO_CONNECTIONS = (1, 100)
 
-#: Idle connections held in --quick (10,000 otherwise: issue 6).
+#: Idle connections held in --quick (10,000 otherwise).
 QUICK_IDLE_CONNECTIONS = 2000
 
 #: Rows in table order.  c-epoll is the C reference server (epoll_server.c);
@@ -63,7 +63,7 @@ OPTIONAL_SERVERS = ("traffic-anyio-trio", "traffic-anyio-asyncio")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m traffic.bench",
-        description="Benchmark traffic against trio, anyio, asyncio and uvloop (issue 6).",
+        description="Benchmark traffic against trio, anyio, asyncio and uvloop.",
     )
     parser.add_argument(
         "--only",

@@ -1,7 +1,7 @@
 /*
  * epoll_server.c: the reference row, a C echo server on edge-triggered
  * epoll, one thread.  It bounds what any Python server here can reach on the
- * same client and machine (issue 6's "C epoll, edge-triggered" row).
+ * same client and machine (the "C epoll, edge-triggered" row of docs/benchmark.rst).
  *
  * Edge-triggered: after each event the socket is drained to EAGAIN (accept
  * loop, read loop), since no new edge comes while data is left.  Echo writes

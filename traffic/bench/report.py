@@ -56,7 +56,7 @@ METRICS: dict[str, tuple[Metric, ...]] = {
 
 
 def headline(workload: str, param: Any) -> str:
-    """The metric that issue 6's targets judge a case by."""
+    """The metric a case's targets judge it by (docs/benchmark.rst)."""
     if workload == "echo":
         return "p50_us" if param == 1 else "per_cpu"
     return {"accept": "per_cpu", "stream": "gbps", "idle": "kib_per_conn"}[workload]

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
-#: Bytes per write, as issue 6 specifies.
+#: Bytes per write, as the benchmark's workloads specify (docs/benchmark.rst).
 CHUNK = 65536
 
 #: Bytes one receive asks for: trio's DEFAULT_RECEIVE_SIZE, anyio's default.
@@ -254,12 +254,9 @@ def _anyio_run(backend: str, seconds: float) -> Window:
 def _traffic_anyio_run(backend: str, seconds: float) -> Window:
     import anyio
 
-    from traffic import anyio_backend  # type: ignore[attr-defined,unused-ignore]
+    from traffic import anyio_backend
 
-    # Its public name is still settling (issue 4): take whichever exists.
-    names = ("TrafficUNIXSocketStream", "UNIXSocketStream")
-    kind = next(getattr(anyio_backend, n) for n in names if hasattr(anyio_backend, n))
-    wrap = kind.from_socket
+    wrap = anyio_backend.TrafficUNIXSocketStream.from_socket
     result: Window = anyio.run(_anyio_pair, wrap, seconds, backend=backend)
     return result
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-#: Echo message size in bytes (issue 6).
+#: Echo message size in bytes (docs/benchmark.rst).
 ECHO_SIZE = 64
 
 #: Connection attempts the accept client keeps in flight: enough to keep any
@@ -35,7 +35,7 @@ ECHO_SIZE = 64
 #: (asyncio's backlog is 100).
 ACCEPT_IN_FLIGHT = 64
 
-#: Idle connections held in the idle workload (issue 6), and the warm set
+#: Idle connections held in the idle workload, and the warm set
 #: opened before the first RSS reading so one-time costs are not counted.
 IDLE_CONNECTIONS = 10_000
 IDLE_WARM = 100

@@ -1,0 +1,166 @@
+"""The package's layering, as docs/architecture.rst draws it.
+
+- Only the core's faces (``libkqueue``, ``_requests``, ``datagrams``,
+  ``libloop``, ``errors``) touch the compiled core: the trio, anyio and
+  datagram layers go through the request module, so neither ``lib.`` nor
+  ``ffi.`` nor an import of ``._traffic`` appears in them.
+- The anyio layer imports nothing of the trio layer, and an asyncio program
+  that uses it never imports trio at all.
+- What is protected from KeyboardInterrupt before trio is imported is
+  protected once it is.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "traffic"
+
+#: The layers above the request module.
+LAYERS = ("trio_integration.py", "anyio_backend.py", "trio_datagrams.py", "anyio_datagrams.py")
+
+#: The trio layer's modules, which the anyio layer must not import.
+TRIO_LAYER = {"trio_integration", "trio_datagrams"}
+
+
+def tree(name: str) -> ast.Module:
+    return ast.parse((PACKAGE / name).read_text(), filename=name)
+
+
+def imported_modules(module: ast.Module) -> list[tuple[str, int]]:
+    """(module, line) of every import, relative ones as written (``._traffic``)."""
+    found = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.ImportFrom):
+            found.append(("." * node.level + (node.module or ""), node.lineno))
+            if node.level and not node.module:  # from . import x
+                found.extend(("." + alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, node.lineno) for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_a_layer_reaches_the_core_only_through_the_request_module(name: str) -> None:
+    module = tree(name)
+    core = [
+        (where, line)
+        for where, line in imported_modules(module)
+        if where in ("._traffic", "traffic._traffic")
+    ]
+    assert core == [], f"{name} imports the compiled core: {core}"
+    uses = [
+        f"{node.value.id}.{node.attr} (line {node.lineno})"
+        for node in ast.walk(module)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("lib", "ffi")
+    ]
+    assert uses == [], f"{name} calls the core directly: {uses}"
+
+
+@pytest.mark.parametrize("name", ["anyio_backend.py", "anyio_datagrams.py"])
+def test_the_anyio_layer_imports_nothing_of_the_trio_layer(name: str) -> None:
+    trio_layer = [
+        (where, line)
+        for where, line in imported_modules(tree(name))
+        if where.lstrip(".").removeprefix("traffic.") in TRIO_LAYER
+    ]
+    assert trio_layer == [], f"{name} imports the trio layer: {trio_layer}"
+
+
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+ASYNCIO_ECHO = """
+import sys
+
+import anyio
+
+import traffic
+from traffic.anyio_backend import connect_tcp, create_tcp_listener
+
+
+async def main():
+    listener = await create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def echo(stream):
+        async with stream:
+            async for chunk in stream:
+                await stream.send(chunk)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, echo)
+        async with await connect_tcp("127.0.0.1", port) as client:
+            await client.send(b"ping")
+            assert await client.receive() == b"ping"
+        group.cancel_scope.cancel()
+    await listener.aclose()
+
+
+anyio.run(main, backend="asyncio")
+print(sorted(name for name in sys.modules if name == "trio" or name.startswith("trio.")))
+"""
+
+
+def test_an_asyncio_program_never_imports_trio() -> None:
+    result = run_python(ASYNCIO_ECHO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]"]
+
+
+KI_MARKED_LATER = """
+import sys
+
+from traffic._requests import protected
+
+
+@protected
+def probe():
+    import trio
+
+    return trio.lowlevel.currently_ki_protected()
+
+
+def bare():
+    import trio
+
+    return trio.lowlevel.currently_ki_protected()
+
+
+assert "trio" not in sys.modules
+import trio
+
+import traffic._trio_parking  # what the anyio layer imports on trio
+
+
+async def main():
+    return probe(), bare()
+
+
+print(*trio.run(main))
+"""
+
+
+def test_what_was_protected_before_trio_came_is_protected_once_it_does() -> None:
+    result = run_python(KI_MARKED_LATER)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
