@@ -12,8 +12,8 @@ the core's handles, so :mod:`traffic.libkqueue` builds on it.
 A request either completes at once, in the caller's thread (the core tried
 the transfer inline), or waits: then the core's cycle thread performs it
 when the kernel allows and a :class:`Completion` follows through
-:meth:`Requests.collect`.  Both give the same :class:`Completion`, so the
-layers read a result one way, whichever path it took.
+:meth:`Requests.collect`.  Both give a :data:`Result` with the same fields,
+so the layers read a result one way, by unpacking, whichever path it took.
 
 Refusals.  A request the core refuses (a negative return code) is
 classified here, once, into a :class:`Refusal`, and raised as the exception
@@ -46,6 +46,7 @@ __all__ = [
     "Refusal",
     "Refusals",
     "Requests",
+    "Result",
     "pin_buffer",
     "pin_descriptors",
     "protected",
@@ -62,6 +63,12 @@ WITHDRAWN: int = lib.TR_WITHDRAWN
 COMPLETING: int = lib.TR_COMPLETING  # a withdraw too late: the completion follows
 
 NULL: Any = ffi.NULL
+
+# The core's request calls, bound once: an attribute of the compiled
+# library is a lookup on every call.
+_tr_request = lib.tr_request
+_tr_request_fds = lib.tr_request_fds
+_tr_receive = lib.tr_receive
 
 #: Reports collected per C call; more simply take another call.
 COLLECT_BATCH = 256
@@ -91,6 +98,13 @@ class Completion(NamedTuple):
     transferred: int
     data: bytes | None = None
     descriptors: int = 0
+
+
+#: A request's result, in :class:`Completion`'s fields: (token, outcome,
+#: error, transferred, data, descriptors).  A request that completed at once
+#: gives a plain tuple (making a NamedTuple costs more than the rest of the
+#: call), a collected one a Completion: read either by unpacking.
+Result = tuple[int, int, int, int, "bytes | None", int]
 
 
 class Refusal(enum.Enum):
@@ -227,8 +241,8 @@ class Requests:
             self.received = ffi.buffer(self.scratch)
             self.room = room
 
-    # Submitting: the first call of every request.  Each returns the
-    # Completion of a request that completed at once, or None when it waits.
+    # Submitting: the first call of every request.  Each returns the Result
+    # of a request that completed at once, or None when it waits.
 
     def submit(
         self,
@@ -239,7 +253,7 @@ class Requests:
         fdpin: Any = NULL,
         nfds: int = 0,
         inline: int = 1,
-    ) -> Completion | None:
+    ) -> Result | None:
         """Hand the core a request to transfer with ``pin`` (``size`` bytes;
         a Descriptors request's descriptor array in ``fdpin``, ``nfds``).
 
@@ -249,46 +263,50 @@ class Requests:
         whatever the core may touch (:meth:`pin`).
         """
         report = self.report
-        code = lib.tr_request_fds(transit._c, pin, size, fdpin, nfds, inline, report)
+        code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, inline, report)
+        # The error and the descriptors are read only when there are any:
+        # each struct field read costs as much as the rest of a line.
+        if code == DONE:
+            return (0, DONE, 0, report.stop, None, report.fd_stop if nfds else 0)
         if code == PENDING:
             return None
         if code < 0:
             refuse(code, refusals)
-        # The error is read only when there is one: a struct read fewer.
-        error = report.error if code != DONE else 0
-        return Completion(0, code, error, report.stop, None, report.fd_stop)
+        return (0, code, report.error, report.stop, None, report.fd_stop if nfds else 0)
 
-    def receive(self, transit: Any, size: int, refusals: Refusals) -> Completion | None:
+    def receive(self, transit: Any, size: int, refusals: Refusals) -> Result | None:
         """A receive of up to ``size`` bytes (at most the scratch's room) into
         memory the core provides: the scratch if data is there at once
-        (copied out into the completion's ``data`` before this returns, so
+        (copied out into the result's ``data`` before this returns, so
         the scratch is free again), else an allocation made when data
         arrives, so a waiting receive holds no memory."""
         if size > self.room:
             size = self.room
         report = self.report
-        code = lib.tr_receive(transit._c, size, self.scratch, report)
+        code = _tr_receive(transit._c, size, self.scratch, report)
+        if code == DONE:
+            stop = report.stop
+            return (0, DONE, 0, stop, self.received[:stop], 0)
         if code == PENDING:
             return None
         if code < 0:
             refuse(code, refusals)
         stop = report.stop
-        error = report.error if code != DONE else 0
-        return Completion(0, code, error, stop, self.received[:stop])
+        return (0, code, report.error, stop, self.received[:stop], 0)
 
     def allocate(
         self, transit: Any, size: int, refusals: Refusals, inline: int = 1
-    ) -> Completion | None:
+    ) -> Result | None:
         """A receive of up to ``size`` bytes into memory the core allocates
         (never the scratch), also when it completes at once."""
         report = self.report
-        code = lib.tr_request(transit._c, NULL, size, inline, report)
+        code = _tr_request(transit._c, NULL, size, inline, report)
         if code == PENDING:
             return None
         if code < 0:
             refuse(code, refusals)
         error = report.error if code != DONE else 0
-        return Completion(0, code, error, report.stop, take_data(report))
+        return (0, code, error, report.stop, take_data(report), 0)
 
     # While a request waits
 

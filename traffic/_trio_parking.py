@@ -42,9 +42,9 @@ from ._requests import (
     COMPLETING,
     NULL,
     WITHDRAWN,
-    Completion,
     Refusals,
     Requests,
+    Result,
     mark_protected,
     protected,
 )
@@ -257,8 +257,8 @@ async def transfer(
     fdpin: Any = NULL,
     nfds: int = 0,
     keep: object = None,
-) -> Completion:
-    """Perform one request and return its completion.  A checkpoint.
+) -> Result:
+    """Perform one request and return its result.  A checkpoint.
 
     ``pin`` (``size`` bytes) is the memory the core transfers with,
     ``fdpin`` and ``nfds`` a Descriptors request's descriptor array;
@@ -271,7 +271,7 @@ async def transfer(
     if done is None:
         if keep is None:
             keep = pin if fdpin is NULL else (pin, fdpin)
-        completion: Completion = await wait_task_rescheduled(Parked(delivery, transit, keep))
+        completion: Result = await wait_task_rescheduled(Parked(delivery, transit, keep))
         return completion
     await cancel_shielded_checkpoint()
     return done

@@ -149,6 +149,7 @@ from ._requests import (
     Refusal,
     Refusals,
     Requests,
+    Result,
     bad_descriptor,
     os_error,
     pin_buffer,
@@ -218,8 +219,9 @@ _REFUSALS: Refusals = {
     Refusal.OS_ERROR: os_error,
 }
 
-# A completion the owner never sees: called with it, now or when it arrives.
-_Orphan = Callable[[Completion], None]
+# The result of a request the owner never sees: called with it, now or when
+# it arrives.
+_Orphan = Callable[[Result], None]
 
 
 class _Parking(Protocol):
@@ -245,7 +247,7 @@ class _Parking(Protocol):
         fdpin: Any = NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> Awaitable[Completion]: ...
+    ) -> Awaitable[Result]: ...
 
     async def settle(self, transit: Transit) -> None: ...
 
@@ -255,36 +257,36 @@ class _Parking(Protocol):
 # trio: the parking of the trio run (traffic._trio_parking)
 
 
-class _TrioParking:
-    """The trio run's delivery, and the trio functions the hot path parks
-    with: taken from :mod:`traffic._trio_parking` when the first stream is
-    made on trio, so that this module never imports trio itself."""
+# The trio parking's functions the hot path parks with, bound when the first
+# stream is made on trio (this module never imports trio itself).  Module
+# globals, made here so that binding them adds no key: a call through an
+# attribute of the parking object would be looked up generically each time.
+_checkpoint_if_cancelled: Any = None
+_cancel_shielded_checkpoint: Any = None
+_wait_task_rescheduled: Any = None
+_Parked: Any = None
 
-    __slots__ = (
-        "Parked",
-        "_transfer",
-        "cancel_shielded_checkpoint",
-        "checkpoint_if_cancelled",
-        "delivery",
-        "late",
-        "requests",
-        "traffic",
-        "trio",
-        "wait_task_rescheduled",
-    )
+
+class _TrioParking:
+    """The trio run's delivery (:mod:`traffic._trio_parking`)."""
+
+    __slots__ = ("_transfer", "delivery", "late", "requests", "traffic", "trio")
 
     def __init__(self) -> None:
+        global _checkpoint_if_cancelled, _cancel_shielded_checkpoint
+        global _wait_task_rescheduled, _Parked
         from . import _trio_parking as parking
 
+        if _Parked is None:
+            _checkpoint_if_cancelled = parking.checkpoint_if_cancelled
+            _cancel_shielded_checkpoint = parking.cancel_shielded_checkpoint
+            _wait_task_rescheduled = parking.wait_task_rescheduled
+            _Parked = parking.Parked
         self.delivery = parking.delivery()
         self.traffic = self.delivery.traffic
         self.requests = self.delivery.requests
         self.trio = self
         self.late: dict[int, asyncio.Future[Completion]] = {}  # always empty
-        self.checkpoint_if_cancelled = parking.checkpoint_if_cancelled
-        self.cancel_shielded_checkpoint = parking.cancel_shielded_checkpoint
-        self.wait_task_rescheduled = parking.wait_task_rescheduled
-        self.Parked = parking.Parked
         self._transfer = parking.transfer
 
     async def settle(self, transit: Transit) -> None:
@@ -299,7 +301,7 @@ class _TrioParking:
         fdpin: Any = NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> Awaitable[Completion]:
+    ) -> Awaitable[Result]:
         # The trio parking's own sequence, awaited by the caller directly (a
         # coroutine level less per transfer), raising anyio's errors.  It
         # never orphans a completion: an abort that lost the race waits for
@@ -443,17 +445,17 @@ class _AsyncioParking:
         fdpin: Any = NULL,
         nfds: int = 0,
         keep: object = None,
-    ) -> Completion:
-        """One request, and its completion.  A checkpoint.
+    ) -> Result:
+        """One request, and its result.  A checkpoint.
 
         ``fdpin``/``nfds`` are a Descriptors request's descriptor array;
         ``keep`` what must stay alive while it is pending (default ``pin``).
 
         ``pin`` is ``NULL`` for a receive into memory the core provides
         (the loop's scratch at once, an allocation when data arrives);
-        the completion's ``data`` then holds the bytes.
+        the result's ``data`` then holds the bytes.
 
-        ``orphan`` receives the completion of a request whose transfer
+        ``orphan`` receives the result of a request whose transfer
         happened although the task was cancelled (now, or when it arrives).
         """
         token = transit._token
@@ -679,10 +681,11 @@ class TrafficSocketStream(anyio.abc.SocketStream):
     def _raw_socket(self) -> socket.socket:
         return self._view  # type: ignore[return-value]  # a view; see RawSocketView
 
-    def _stash(self, completion: Completion) -> None:
+    def _stash(self, done: Result) -> None:
         """Keep the bytes of a receive that was cancelled after it happened."""
-        if completion.outcome == DONE and not self._closed and completion.data:
-            self._pending += completion.data
+        _, outcome, _, _, data, _ = done
+        if outcome == DONE and not self._closed and data:
+            self._pending += data
 
     def receive(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> Coroutine[Any, Any, bytes]:
         """Receive at most ``max_bytes`` bytes (at least one).  Awaited, as anyio's.
@@ -744,24 +747,23 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 # The park sequence of the trio parking's transfer, spelled
                 # out as in TrafficStream.receive_some: a coroutine level is
                 # time on every receive (docs/benchmark.rst).
-                await on_trio.checkpoint_if_cancelled()
+                await _checkpoint_if_cancelled()
                 receiver = self._receiver
                 done = on_trio.requests.receive(receiver, size, _REFUSALS)
                 if done is None:
-                    done = await on_trio.wait_task_rescheduled(
-                        on_trio.Parked(on_trio.delivery, receiver, None)
-                    )
+                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, receiver, None))
                 else:
-                    await on_trio.cancel_shielded_checkpoint()
+                    await _cancel_shielded_checkpoint()
             else:
                 done = await parking.transfer(self._receiver, NULL, size, self._stash)
             if self._closed:
                 raise anyio.ClosedResourceError
-            if done.outcome == DONE and done.data is not None:
-                return done.data  # bytes, from the scratch or the core
-            if done.outcome == TERMINATED:
-                if done.error:
-                    _broken(done.error)
+            _, outcome, error, _, data, _ = done
+            if outcome == DONE and data is not None:
+                return data  # bytes, from the scratch or the core
+            if outcome == TERMINATED:
+                if error:
+                    _broken(error)
                 raise end
             raise anyio.ClosedResourceError
         finally:
@@ -784,27 +786,22 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         try:
             if self._closed:
                 raise anyio.ClosedResourceError
-            pin, size = pin_buffer(item, writable=False)
+            pin, size = pin_buffer(item, False)  # not writable (positional: cheaper)
             parking = self._parking
             on_trio = parking.trio
             if on_trio is not None:
                 # Spelled out as in _receive (and TrafficStream.send_all).
-                await on_trio.checkpoint_if_cancelled()
+                await _checkpoint_if_cancelled()
                 sender = self._sender
                 done = on_trio.requests.submit(sender, pin, size, _REFUSALS)
                 if done is None:
-                    done = await on_trio.wait_task_rescheduled(
-                        on_trio.Parked(on_trio.delivery, sender, pin)
-                    )
+                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, sender, pin))
                 else:
-                    await on_trio.cancel_shielded_checkpoint()
+                    await _cancel_shielded_checkpoint()
             else:
                 done = await parking.transfer(self._sender, pin, size, _ignore)
-            if done.outcome == DONE:
-                return
-            if self._closed or done.outcome != TERMINATED:
-                raise anyio.ClosedResourceError
-            _broken(done.error or errno.EPIPE)
+            if done[1] != DONE:  # the outcome
+                _sent(done, self._closed)
         finally:
             self._sending = False
 
@@ -835,7 +832,17 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         return f"<traffic.anyio_backend.{type(self).__name__} {state}>"
 
 
-def _ignore(completion: Completion) -> None:
+def _sent(done: Result, closed: bool) -> None:
+    """Nothing for a send that went out whole; else the exception it ended in."""
+    _, outcome, error, _, _, _ = done
+    if outcome == DONE:
+        return
+    if closed or outcome != TERMINATED:
+        raise anyio.ClosedResourceError
+    _broken(error or errno.EPIPE)
+
+
+def _ignore(done: Result) -> None:
     """A cancelled send's completion: what went out is out."""
 
 
@@ -888,11 +895,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 len(numbers),
                 (pin, fdpin, message, numbers),
             )
-            if done.outcome == DONE:
-                return
-            if self._closed or done.outcome != TERMINATED:
-                raise anyio.ClosedResourceError
-            _broken(done.error or errno.EPIPE)
+            _sent(done, self._closed)
 
     @protected
     async def receive_fds(self, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
@@ -938,16 +941,17 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
             pin, _ = pin_buffer(buffer, writable=True)
             fdpin = pin_descriptors(numbers, writable=True)
 
-            def keep(completion: Completion) -> None:
+            def keep(done: Result) -> None:
                 # A cancelled receive whose transfer happened: nothing is lost.
-                if completion.outcome != DONE:
+                _, outcome, _, transferred, _, descriptors = done
+                if outcome != DONE:
                     return
-                received = numbers[: completion.descriptors].tolist()
+                received = numbers[:descriptors].tolist()
                 if self._closed:
                     for fd in received:
                         os.close(fd)
                     return
-                self._pending += buffer[: completion.transferred]
+                self._pending += buffer[:transferred]
                 self._pending_fds.extend(received)
 
             done = await self._parking.transfer(
@@ -959,16 +963,17 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 maxfds,
                 (pin, fdpin, buffer, numbers),
             )
+            _, outcome, error, transferred, _, descriptors = done
             if self._closed:
-                if done.outcome == DONE:
-                    for fd in numbers[: done.descriptors]:
+                if outcome == DONE:
+                    for fd in numbers[:descriptors]:
                         os.close(fd)
                 raise anyio.ClosedResourceError
-            if done.outcome == DONE:
-                return bytes(buffer[: done.transferred]), numbers[: done.descriptors].tolist()
-            if done.outcome == TERMINATED:
-                if done.error:
-                    _broken(done.error)
+            if outcome == DONE:
+                return bytes(buffer[:transferred]), numbers[:descriptors].tolist()
+            if outcome == TERMINATED:
+                if error:
+                    _broken(error)
                 raise anyio.EndOfStream
             raise anyio.ClosedResourceError
 
@@ -1024,13 +1029,14 @@ class TrafficSocketListener(anyio.abc.SocketListener):
     def _raw_socket(self) -> socket.socket:
         return self._view  # type: ignore[return-value]  # a view; see RawSocketView
 
-    def _stash(self, completion: Completion) -> None:
+    def _stash(self, done: Result) -> None:
         """Keep the connections of an accept that was cancelled after it happened."""
-        if completion.outcome == DONE:
+        _, outcome, _, transferred, _, _ = done
+        if outcome == DONE:
             if self._closed:
-                self._accepted.discard(completion.transferred)
+                self._accepted.discard(transferred)
             else:
-                self._accepted.accepted(completion.transferred)
+                self._accepted.accepted(transferred)
 
     async def accept(self) -> TrafficSocketStream:
         """Accept a connection.
@@ -1085,15 +1091,16 @@ class TrafficSocketListener(anyio.abc.SocketListener):
                 raise anyio.ClosedResourceError
             return
         done = await self._parking.transfer(self._transit, queue.pin, queue.size, self._stash)
-        if done.outcome == DONE:
+        _, outcome, error, _, _, _ = done
+        if outcome == DONE:
             self._stash(done)
         if self._closed:
             raise anyio.ClosedResourceError
-        if done.outcome == FAULT:
-            raise OSError(done.error, f"accept: {os.strerror(done.error)}")
-        if done.outcome == TERMINATED:
-            _broken(done.error or errno.EINVAL)
-        if done.outcome != DONE:
+        if outcome == FAULT:
+            raise OSError(error, f"accept: {os.strerror(error)}")
+        if outcome == TERMINATED:
+            _broken(error or errno.EINVAL)
+        if outcome != DONE:
             raise anyio.ClosedResourceError
 
     def _stream(self) -> TrafficSocketStream:

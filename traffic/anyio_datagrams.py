@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._requests import DONE, FAULT, TERMINATED, Completion
+from ._requests import DONE, FAULT, TERMINATED, Result
 from ._sockets import socket_identity
 from .anyio_backend import RawSocketView, _Parking, _parking, _take
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
@@ -86,10 +86,11 @@ class _Datagrams:
     def _raw_socket(self) -> socket.socket:
         return self._view  # type: ignore[return-value]  # a view; see RawSocketView
 
-    def _stash(self, completion: Completion) -> None:
+    def _stash(self, done: Result) -> None:
         """Keep the datagrams of a receive that was cancelled after they arrived."""
-        if completion.outcome == DONE and not self._closed:
-            self._inbox.deliver(completion.transferred)
+        _, outcome, _, transferred, _, _ = done
+        if outcome == DONE and not self._closed:
+            self._inbox.deliver(transferred)
 
     async def _receive(self) -> tuple[bytes, Any]:
         with self._receive_guard:
@@ -106,8 +107,9 @@ class _Datagrams:
                 done = await self._parking.transfer(
                     self._receiver, pin, size, self._stash, keep=(pin, array)
                 )
-                if done.outcome == DONE and not self._closed:
-                    inbox.deliver(done.transferred)
+                _, outcome, _, transferred, _, _ = done
+                if outcome == DONE and not self._closed:
+                    inbox.deliver(transferred)
                 elif not self._closed:
                     _failed(done)
             if self._closed:
@@ -131,7 +133,7 @@ class _Datagrams:
             done = await self._parking.transfer(self._sender, pin, size, _ignore)
             if self._closed:
                 raise anyio.ClosedResourceError
-            if done.outcome != DONE:
+            if done[1] != DONE:  # the outcome
                 _failed(done)
 
     async def aclose(self) -> None:
@@ -151,13 +153,14 @@ class _Datagrams:
         return f"<traffic.anyio_datagrams.{type(self).__name__} {state}>"
 
 
-def _ignore(completion: Completion) -> None:
+def _ignore(done: Result) -> None:
     """A cancelled send's completion: the datagram went, or did not."""
 
 
-def _failed(done: Completion) -> None:
-    if done.outcome in (FAULT, TERMINATED) and done.error:
-        raise anyio.BrokenResourceError from OSError(done.error, os.strerror(done.error))
+def _failed(done: Result) -> None:
+    _, outcome, error, _, _, _ = done
+    if outcome in (FAULT, TERMINATED) and error:
+        raise anyio.BrokenResourceError from OSError(error, os.strerror(error))
     raise anyio.ClosedResourceError
 
 

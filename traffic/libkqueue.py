@@ -1077,7 +1077,8 @@ class Traffic:
             self.requests.pin(transit._token, (pin, resource))
             report = self.requests.report  # a partly done send's count
             return _requests.PENDING, report.error, report.stop
-        return done.outcome, done.error, done.transferred
+        _, outcome, error, transferred, _, _ = done
+        return outcome, error, transferred
 
     def request_fds(
         self, transit: Descriptors, data: object, fds: object, *, inline: bool = True
@@ -1108,7 +1109,8 @@ class Traffic:
             self.requests.pin(transit._token, ((pin, fdpin, numbers), (data, fds)))
             report = self.requests.report  # a partly done send's counts
             return _requests.PENDING, report.error, report.stop, report.fd_stop
-        return done.outcome, done.error, done.transferred, done.descriptors
+        _, outcome, error, transferred, _, descriptors = done
+        return outcome, error, transferred, descriptors
 
     def _check_mine(self, transit: Transit) -> None:
         """Refuse a transit of another Traffic (or of none).
@@ -1150,7 +1152,8 @@ class Traffic:
         done = self.requests.allocate(transit, size, _REFUSALS, inline=int(inline))
         if done is None:
             return _requests.PENDING, 0, None
-        return done.outcome, done.error, done.data
+        _, outcome, error, _, data, _ = done
+        return outcome, error, data
 
     def pin(self, transit: Transit, pin: object) -> None:
         """Keep ``pin`` (a cffi buffer) alive until the transit's pending

@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from ._requests import DONE, FAULT, TERMINATED, Completion
+from ._requests import DONE, FAULT, TERMINATED, Result
 from ._sockets import Guard, SocketView, socket_identity
 from ._trio_parking import delivery, transfer
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
@@ -103,8 +103,9 @@ class _DatagramSocket(trio.abc.AsyncResource):
                 )
                 if self._closed:
                     raise trio.ClosedResourceError("the socket was closed while receiving")
-                if done.outcome == DONE:
-                    inbox.deliver(done.transferred)
+                _, outcome, _, transferred, _, _ = done
+                if outcome == DONE:
+                    inbox.deliver(transferred)
                 else:
                     _failed(done, "receive")
             else:
@@ -122,7 +123,7 @@ class _DatagramSocket(trio.abc.AsyncResource):
                 address = await _resolve(self._family, address)
             _, pin, size = outgoing(data, address, self._family)
             done = await transfer(self._delivery, self._sender, pin, size, _REFUSALS)
-            if done.outcome != DONE:
+            if done[1] != DONE:  # the outcome
                 _failed(done, "send")
 
     async def aclose(self) -> None:
@@ -196,12 +197,13 @@ class TrafficConnectedDatagramSocket(_DatagramSocket):
         return self.socket.getpeername()
 
 
-def _failed(done: Completion, doing: str) -> None:
+def _failed(done: Result, doing: str) -> None:
     """Raise for a request that did not transfer."""
-    if done.outcome == FAULT:
-        raise OSError(done.error, f"{doing}: {os.strerror(done.error)}")
-    if done.outcome == TERMINATED and done.error:
-        raise _broken(done.error, doing)
+    _, outcome, error, _, _, _ = done
+    if outcome == FAULT:
+        raise OSError(error, f"{doing}: {os.strerror(error)}")
+    if outcome == TERMINATED and error:
+        raise _broken(error, doing)
     raise trio.ClosedResourceError(f"the socket was closed during the {doing}")
 
 

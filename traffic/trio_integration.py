@@ -81,9 +81,9 @@ from ._requests import (
     DONE,
     FAULT,
     TERMINATED,
-    Completion,
     Refusal,
     Refusals,
+    Result,
     bad_descriptor,
     os_error,
     pin_buffer,
@@ -210,34 +210,38 @@ def _broken(error: int, doing: str) -> trio.BrokenResourceError:
     return exc
 
 
-def _received(done: Completion, doing: str = "receive") -> int:
+def _received(done: Result, doing: str = "receive") -> int:
     """The bytes a receive brought (0 at EOF), or the exception it ended in."""
-    if done.outcome == DONE:
-        return done.transferred
-    if done.outcome == TERMINATED:
-        if done.error == 0:
+    _, outcome, error, transferred, _, _ = done
+    if outcome == DONE:
+        return transferred
+    if outcome == TERMINATED:
+        if error == 0:
             return 0  # EOF
-        raise _broken(done.error, doing)
+        raise _broken(error, doing)
     raise trio.ClosedResourceError("the transit was terminated while receiving")
 
 
-def _sent(done: Completion) -> None:
+def _sent(done: Result) -> None:
     """Nothing for a send that went out whole; else the exception it ended in."""
-    if done.outcome == DONE:
+    _, outcome, error, _, _, _ = done
+    if outcome == DONE:
         return
-    if done.outcome == TERMINATED:
-        raise _broken(done.error or errno.EPIPE, "send")
+    if outcome == TERMINATED:
+        raise _broken(error or errno.EPIPE, "send")
     raise trio.ClosedResourceError("the transit was terminated while sending")
 
 
-def _accepted(done: Completion) -> None:
-    """Nothing for an accept that brought connections; else its exception."""
-    if done.outcome == DONE:
-        return
-    if done.outcome == FAULT:
-        raise OSError(done.error, f"accept: {os.strerror(done.error)}")
-    if done.outcome == TERMINATED:
-        raise _broken(done.error or errno.EINVAL, "accept")
+def _accepted(done: Result) -> int:
+    """The bytes of descriptors an accept brought; else the exception it
+    ended in."""
+    _, outcome, error, transferred, _, _ = done
+    if outcome == DONE:
+        return transferred
+    if outcome == FAULT:
+        raise OSError(error, f"accept: {os.strerror(error)}")
+    if outcome == TERMINATED:
+        raise _broken(error or errno.EINVAL, "accept")
     raise trio.ClosedResourceError("the listener was closed while accepting")
 
 
@@ -315,9 +319,8 @@ async def accept(transit: Sockets) -> list[int]:
     delivery = _in_run(transit)
     descriptors = array("i", bytes(4 * ACCEPT_BATCH))
     pin, size = pin_buffer(descriptors, writable=True)
-    done = await transfer(delivery, transit, pin, size, _REFUSALS)
-    _accepted(done)
-    return descriptors[: done.transferred // 4].tolist()
+    transferred = _accepted(await transfer(delivery, transit, pin, size, _REFUSALS))
+    return descriptors[: transferred // 4].tolist()
 
 
 def _expect(transit: object, kind: type[Transit], doing: str) -> None:
@@ -430,16 +433,18 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
                 stream._delivery, transit, pin, msglen, _REFUSALS, fdpin, maxfds, keep
             )
             if stream._closed:
-                if done.outcome == DONE:
-                    for fd in numbers[: done.descriptors]:
+                _, outcome, _, _, _, descriptors = done
+                if outcome == DONE:
+                    for fd in numbers[:descriptors]:
                         os.close(fd)
                 raise trio.ClosedResourceError("the stream was closed while receiving")
     else:
         done = await transfer(
             _in_run(transit), transit, pin, msglen, _REFUSALS, fdpin, maxfds, keep
         )
-    if done.outcome == DONE:
-        return bytes(buffer[: done.transferred]), numbers[: done.descriptors].tolist()
+    _, outcome, _, transferred, _, descriptors = done
+    if outcome == DONE:
+        return bytes(buffer[:transferred]), numbers[:descriptors].tolist()
     _received(done)
     return b"", []
 
@@ -597,7 +602,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         try:
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            pin, size = pin_buffer(data, writable=False)
+            pin, size = pin_buffer(data, False)  # not writable (positional: cheaper)
             # The park sequence of _trio_parking.transfer, spelled out: this
             # and receive_some are the hot path, where a coroutine level
             # costs time per call and memory while parked.
@@ -609,7 +614,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 done = await wait_task_rescheduled(Parked(delivery, sender, pin))
             else:
                 await cancel_shielded_checkpoint()
-            if done.outcome != DONE:
+            if done[1] != DONE:  # the outcome
                 _sent(done)
         finally:
             self._sending = False
@@ -674,8 +679,9 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 await cancel_shielded_checkpoint()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed while receiving")
-            if done.outcome == DONE:
-                return done.data  # type: ignore[return-value]  # bytes: from the core
+            _, outcome, _, _, data, _ = done
+            if outcome == DONE:
+                return data  # type: ignore[return-value]  # bytes: from the core
             _received(done)
             return b""
         finally:
@@ -780,11 +786,10 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
             return
         done = await transfer(self._delivery, self._transit, queue.pin, queue.size, _REFUSALS)
         if self._closed:
-            if done.outcome == DONE:
-                queue.discard(done.transferred)
+            if done[1] == DONE:  # the outcome
+                queue.discard(done[3])  # transferred
             raise trio.ClosedResourceError("the listener was closed while accepting")
-        _accepted(done)
-        queue.accepted(done.transferred)
+        queue.accepted(_accepted(done))
 
     def _stream(self) -> TrafficStream:
         """The stream of the next accepted descriptor (closed if that fails)."""
