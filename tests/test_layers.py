@@ -13,12 +13,10 @@
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_core_sync import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "traffic"
@@ -74,19 +72,6 @@ def test_the_anyio_layer_imports_nothing_of_the_trio_layer(name: str) -> None:
         if where.lstrip(".").removeprefix("traffic.") in TRIO_LAYER
     ]
     assert trio_layer == [], f"{name} imports the trio layer: {trio_layer}"
-
-
-def run_python(script: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 ASYNCIO_ECHO = """

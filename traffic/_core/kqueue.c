@@ -221,21 +221,6 @@ fail:
 	return err;
 }
 
-void
-tr_kernel_close(struct tr_kernel *k)
-{
-#ifndef EVFILT_USER
-	close(k->wake_rfd);
-	close(k->wake_wfd);
-#endif
-	close(k->kq);
-#ifdef TR_LIBKQUEUE
-	/* The kqueue's own descriptors go with it, not later. */
-	libkqueue_drain_pending_close();
-#endif
-	free(k);
-}
-
 /*
  * kqueue(2): "The queue is not inherited by a child created with fork(2)."
  * (libkqueue closes the child's copy itself.)  Its number is free in the
@@ -250,6 +235,17 @@ tr_kernel_abandon(struct tr_kernel *k)
 	close(k->wake_wfd);
 #endif
 	free(k);
+}
+
+void
+tr_kernel_close(struct tr_kernel *k)
+{
+	close(k->kq);
+#ifdef TR_LIBKQUEUE
+	/* The kqueue's own descriptors go with it, not later. */
+	libkqueue_drain_pending_close();
+#endif
+	tr_kernel_abandon(k);   /* and what a forked child lets go of too */
 }
 
 /* Delete one filter of fd; ENOENT (never added, or already gone) is fine. */
