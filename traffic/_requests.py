@@ -265,7 +265,7 @@ class Requests:
         report = self.report
         code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, inline, report)
         # The error and the descriptors are read only when there are any:
-        # each struct field read costs as much as the rest of a line.
+        # every field read of the report is a cffi attribute lookup.
         if code == DONE:
             return (0, DONE, 0, report.stop, None, report.fd_stop if nfds else 0)
         if code == PENDING:

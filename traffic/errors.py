@@ -2,9 +2,14 @@
 
 Every C function of the core returns 0 (or a count, or an outcome) on
 success and a negative errno, or ``TR_ECLOSED``, on failure.  :func:`check`
-turns the failure into an exception; nothing else in the package inspects
-raw return codes.  The trio and anyio layers translate these exceptions once
-more into their own ``ClosedResourceError`` and ``BrokenResourceError``.
+turns the failure of a synchronous call into an exception (the few codes
+that mean a misuse, such as ``EBUSY`` for a transit already in a Traffic,
+are told apart where the call is made, in :mod:`traffic.libkqueue`).  A
+threaded Traffic's requests are refused through ``traffic._requests``,
+which classifies the code once and raises what the caller's layer maps it
+to: trio's or anyio's ``ClosedResourceError`` and ``BusyResourceError``,
+or these exceptions for :class:`~traffic.libkqueue.Traffic`'s own request
+methods.
 """
 
 from __future__ import annotations
