@@ -1321,26 +1321,23 @@ apply_events(struct tr_traffic *tr, int n)
 			out = NULL;
 		if (tr->threaded) {
 			/*
-			 * The one-shot subscription fired.  Where the kernel disarms
-			 * the whole descriptor, a direction still waiting that was not
-			 * reported lost its subscription: it tries again (and re-arms
-			 * at its EAGAIN).
+			 * The one-shot subscription fired, and the kernel disarmed
+			 * what the event says.  A direction it disarmed that still
+			 * waits but was not reported lost its subscription: it tries
+			 * again (and re-arms at its EAGAIN).
 			 */
-			unsigned int fired = 0;
+			unsigned int fired = 0, lost;
 
 			if (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))
 				fired |= TR_K_READ;
 			if (f & (TR_K_WRITE | TR_K_ERROR))
 				fired |= TR_K_WRITE;
-			if (tr_kernel_disarms_all) {
-				if (in != NULL && !(fired & TR_K_READ) && (p->armed & TR_K_READ))
-					f |= TR_K_READ;
-				if (out != NULL && !(fired & TR_K_WRITE) && (p->armed & TR_K_WRITE))
-					f |= TR_K_WRITE;
-				p->armed = 0;
-			} else {
-				p->armed &= ~fired;
-			}
+			lost = tr->events[i].disarmed & p->armed & ~fired;
+			if (in != NULL && (lost & TR_K_READ))
+				f |= TR_K_READ;
+			if (out != NULL && (lost & TR_K_WRITE))
+				f |= TR_K_WRITE;
+			p->armed &= ~tr->events[i].disarmed;
 		}
 		if (in != NULL && (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))) {
 			in->edges += 1;

@@ -117,9 +117,6 @@ tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, u
 	return subscribe(k, fd, udata, EPOLLET, had != 0, had | want);
 }
 
-/* EPOLLONESHOT is per descriptor. */
-const int tr_kernel_disarms_all = 1;
-
 int
 tr_kernel_arm(struct tr_kernel *k, int fd, void *udata, unsigned int had, unsigned int armed,
     unsigned int want)
@@ -174,6 +171,8 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 		events[stored].udata = k->events[i].data.ptr;
 		events[stored].flags = flags;
 		events[stored].error = 0;   /* pending on the socket: the next call returns it */
+		/* EPOLLONESHOT is per descriptor: both directions are disarmed. */
+		events[stored].disarmed = TR_K_READ | TR_K_WRITE;
 		++stored;
 	}
 	return stored;

@@ -49,6 +49,12 @@ struct tr_kevent {
 	void *udata;
 	unsigned int flags;
 	int error;
+	/*
+	 * Of a descriptor armed with tr_kernel_arm(), the directions this event
+	 * disarmed: what the kernel's one-shot takes away when it reports
+	 * (epoll: the whole descriptor; kqueue: the reported filter's own).
+	 */
+	unsigned int disarmed;
 };
 
 struct tr_kernel;
@@ -69,12 +75,11 @@ int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
  * and level-triggered, for the directions whose requests wait (TR_K_READ,
  * TR_K_WRITE in want).  had: the directions armed on the descriptor before
  * (0 the first time); armed: those of them still armed, not reported since.
- * The kernel reports a direction once and disarms it; with
- * tr_kernel_disarms_all it disarms every direction of the descriptor.
+ * The kernel reports a direction once and disarms it, and maybe others
+ * with it: each event says which (struct tr_kevent's disarmed).
  */
 int tr_kernel_arm(struct tr_kernel *kernel, int fd, void *udata, unsigned int had,
     unsigned int armed, unsigned int want);
-extern const int tr_kernel_disarms_all;
 int tr_kernel_wait(struct tr_kernel *kernel, struct tr_kevent *events, int max, int timeout_ms);
 int tr_kernel_wake(struct tr_kernel *kernel);
 

@@ -319,9 +319,6 @@ tr_kernel_register(struct tr_kernel *k, int fd, void *udata, unsigned int had, u
 #define TR_ARM_DELETES 1
 #endif
 
-/* EV_DISPATCH is per knote: per direction. */
-const int tr_kernel_disarms_all = 0;
-
 /*
  * Level-triggered (no EV_CLEAR), disabled after one event (EV_DISPATCH).
  * A direction's first arm adds its knote; later arms re-enable it with
@@ -373,7 +370,7 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 
 	for (i = 0; i < n; ++i) {
 		const struct kevent *e = &k->events[i];
-		unsigned int flags = 0;
+		unsigned int flags = 0, disarmed;
 		int error = 0;
 
 #ifdef EVFILT_USER
@@ -385,6 +382,8 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 			continue;
 		}
 #endif
+		/* EV_DISPATCH is per knote: only the reported filter is disarmed. */
+		disarmed = e->filter == EVFILT_WRITE ? TR_K_WRITE : TR_K_READ;
 		if (e->flags & EV_ERROR) {
 			flags |= TR_K_ERROR | TR_K_READ | TR_K_WRITE;
 			error = (int)e->data;
@@ -414,6 +413,7 @@ tr_kernel_wait(struct tr_kernel *k, struct tr_kevent *events, int max, int timeo
 		events[stored].udata = (void *)e->udata;
 		events[stored].flags = flags;
 		events[stored].error = error;
+		events[stored].disarmed = disarmed;
 		++stored;
 	}
 	return stored;
