@@ -176,12 +176,19 @@ def _read(path: str) -> str:
 
 BACKEND = backend()
 
-SOURCES = [
-    os.path.join(CORE, "core.c"),
-    os.path.join(CORE, "descriptors.c"),
-    os.path.join(CORE, "datagrams.c"),
-    BACKEND.source,
-]
+#: The core by job (internal.h says what each holds), then one backend.
+CORE_SOURCES = (
+    "traffic.c",
+    "transit.c",
+    "transfer.c",
+    "cycle.c",
+    "request.c",
+    "notify.c",
+    "descriptors.c",
+    "datagrams.c",
+)
+
+SOURCES = [*(os.path.join(CORE, name) for name in CORE_SOURCES), BACKEND.source]
 
 for _source in (API_HEADER, *SOURCES):
     if not os.path.exists(_source):

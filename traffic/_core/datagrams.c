@@ -13,7 +13,7 @@
  * One call moves one batch of up to TR_DG_BATCH records: recvmmsg(2) and
  * sendmmsg(2) where the kernel has them (Linux, FreeBSD, NetBSD: they come
  * with MSG_WAITFORONE), else one recvmsg(2)/sendmsg(2) per call.  Errors
- * are returned as they are; core.c decides which end the transit and
+ * are returned as they are; transfer.c decides which end the transit and
  * which are a fault of one datagram.
  */
 #define _GNU_SOURCE

@@ -17,7 +17,7 @@
  *   next edge.  Registering reports the descriptor's current readiness in
  *   the directions added.
  * - tr_kernel_arm() (a threaded Traffic) subscribes one-shot instead: see
- *   below and arm() in core.c.
+ *   below and tr_arm() in transfer.c.
  * - An event carries the error the kernel reported with it (error: an
  *   errno, 0 for none), where the kernel hands it over in the event
  *   itself: kqueue's EV_EOF carries the socket's pending error in fflags,
@@ -71,9 +71,9 @@ int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata, unsigned i
     unsigned int want);
 int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
 /*
- * A threaded Traffic subscribes differently (see arm() in core.c): one-shot
- * and level-triggered, for the directions whose requests wait (TR_K_READ,
- * TR_K_WRITE in want).  had: the directions armed on the descriptor before
+ * A threaded Traffic subscribes differently (see tr_arm() in transfer.c):
+ * one-shot and level-triggered, for the directions whose requests wait
+ * (TR_K_READ, TR_K_WRITE in want).  had: the directions armed on the descriptor before
  * (0 the first time); armed: those of them still armed, not reported since.
  * The kernel reports a direction once and disarms it, and maybe others
  * with it: each event says which (struct tr_kevent's disarmed).
@@ -119,5 +119,246 @@ int tr_fds_parse(const void *control, size_t controllen, int *fds, size_t cap,
  */
 long tr_dg_receive(int sock, char *buf, size_t size, size_t *pos);
 long tr_dg_send(int sock, const char *buf, size_t size, size_t *pos);
+
+/*
+ * The core's own state, shared by its files: traffic.c (a Traffic's life),
+ * transit.c (kernel points and transits), transfer.c (the transfer loops
+ * and tr_drive), cycle.c (the synchronous cycle), request.c (threaded
+ * requests and the cycle thread), notify.c (the completion notification).
+ *
+ * Who owns what, across threads
+ * -----------------------------
+ * Every mutable field of a Traffic and of its transits and kernel points is
+ * guarded by the Traffic's mutex.  The mutex is never held across a system
+ * call that can block: a transfer marks its transit IN_SYSCALL (and its
+ * kernel point busy), drops the mutex, loops read/write/accept to EAGAIN,
+ * and takes the mutex back to settle the outcome.  While IN_SYSCALL, only
+ * the thread performing the transfer touches the transit's resource and
+ * position; everyone else sees the flag and leaves them alone: a withdraw
+ * then answers TR_COMPLETING, and a termination is finished by the
+ * transferring thread when it settles.
+ *
+ * Lists
+ * -----
+ * Transits are linked into the Traffic's lists through themselves (no
+ * allocation per event): "work" holds transits with a resource and a kernel
+ * that is ready for them; "reports" holds transits with cycle events
+ * (synchronous) or completed requests (threaded).  "all" links every
+ * transit in traffic, for destruction.
+ */
+#include <pthread.h>
+
+#define TR_BATCH 256
+
+/* Transit flags */
+#define TF_READY       (1u << 0)   /* the kernel may have more for us */
+#define TF_TERMINATED  (1u << 1)   /* no more transfers */
+#define TF_TERMINATING (1u << 2)   /* owner asked to terminate during a syscall */
+#define TF_DISREGARD   (1u << 3)   /* ... without shutdown */
+#define TF_CLOSED      (1u << 4)   /* terminated by its owner, not by the kernel */
+#define TF_EXHAUSTED   (1u << 5)   /* last resource used up, none since */
+#define TF_REQUEST     (1u << 6)   /* threaded: a request is outstanding */
+#define TF_WITHDRAW    (1u << 7)   /* threaded: withdraw asked during a syscall */
+#define TF_IN_SYSCALL  (1u << 8)   /* a thread is transferring without the lock */
+#define TF_ON_WORK     (1u << 9)
+#define TF_ON_REPORTS  (1u << 10)
+#define TF_RELEASED    (1u << 11)  /* the owner dropped its reference */
+#define TF_FAULT       (1u << 12)  /* threaded: a fault waits to be reported */
+#define TF_ALLOC       (1u << 13)  /* threaded: the core allocates the resource on arrival */
+#define TF_SCRATCH     (1u << 14)  /* TF_ALLOC, for now in the caller's scratch (tr_receive) */
+
+/* Outcomes of one transfer loop. */
+enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT };
+
+struct tr_point {
+	int fd;
+	int links;          /* transit structs pointing here */
+	int open;           /* transits not yet terminated */
+	int busy;           /* system calls in flight on fd */
+	/*
+	 * The directions (TR_K_READ, TR_K_WRITE) subscribed in the kernel:
+	 * for good (synchronous), or in its set at all (threaded: nonzero);
+	 * armed: the directions a threaded Traffic's one-shot subscription
+	 * waits on now (cleared as the kernel reports them).
+	 */
+	unsigned registered:2, armed:2;
+	unsigned closed:1, is_socket:1, dead:1;
+	/*
+	 * A regular file or a directory: always "ready", so no kernel event
+	 * ever says it can transfer again.  epoll refuses to subscribe it
+	 * (EPERM); kqueue accepts it and never reports a file's end.  The core
+	 * refuses it the same way on both: a transfer that would wait on it
+	 * terminates with EPERM.
+	 */
+	unsigned is_file:1;
+	/*
+	 * The kernel reported a hang-up or an error.  From then on a short
+	 * transfer no longer proves the kernel was drained: the end (EOF, the
+	 * error) is already queued behind the data and raises no further edge,
+	 * so transfers go on to the system call that reports it.
+	 */
+	unsigned hup:1;
+	/*
+	 * The error the kernel reported with an event on this socket (see
+	 * struct tr_kevent): where the kernel hands it over only there, the
+	 * system call after it reports a plain end (EOF, EPIPE) instead.
+	 */
+	int error;
+	struct tr_transit *io[2];   /* by polarity */
+	/*
+	 * The Traffic one of its transits entered first; the point belongs to
+	 * it for life (siblings share it, and a point never moves to another
+	 * Traffic).  Its lock guards the point, also for a sibling that never
+	 * entered traffic, and only its cycle frees the point, between event
+	 * batches that may name it.  NULL once that Traffic is destroyed: then
+	 * no batch is in flight and the last transit frees the point at once.
+	 */
+	struct tr_traffic *traffic;
+	struct tr_point *next_point, *prev_point;   /* the Traffic's points */
+	struct tr_point *next_dead;
+};
+
+struct tr_transit {
+	struct tr_traffic *traffic;
+	struct tr_point *point;
+	unsigned long long token;
+	int type;
+	int polarity;
+	unsigned int flags;
+	unsigned int events;      /* synchronous: TR_EV_* not yet taken */
+	int outcome;              /* threaded: outcome of the completed request */
+	int error;                /* errno of termination or fault */
+	int inject;               /* fault injection: errno for the next transfer */
+	unsigned long edges;
+	char *buf;
+	size_t size, pos, mark;   /* resource, transferred so far, reported so far */
+	/*
+	 * Descriptors: the resource's descriptor array.  Input: the owner's
+	 * (pinned by it), filled up to nfds; output: the core's own duplicates
+	 * (fds_owned), each closed once sent.  [fdmark, fdpos) is transferred
+	 * and not yet reported.
+	 */
+	int *fds;
+	size_t nfds, fdpos, fdmark;
+	int fds_owned;
+	struct tr_transit *next_work, *next_report;
+	struct tr_transit *next_all, *prev_all;
+};
+
+struct tr_traffic {
+	pthread_mutex_t lock;
+	struct tr_kernel *kernel;
+	int mode;
+	int signal_read, signal_write;
+	unsigned sleeping:1, wake_pending:1, signalled:1, cycling:1, stopping:1,
+	    threaded:1, failed:1, batching:1, signal_due:1;
+	int fatal;                /* errno that stopped the cycle thread */
+	int policy;               /* tr_cycle_policy of the cycle thread */
+	int raised;               /* signalled, for readers without the lock (a hint) */
+	/*
+	 * The completion descriptor is written outside the lock (the collector
+	 * it wakes wants the lock at once), so it has a lock of its own, taken
+	 * after the main one when both are held: written says the descriptor
+	 * holds a count; lazy that the collector reports when it may block in
+	 * its I/O wait (tr_traffic_collector_asleep), asleep that it may now.
+	 * A lazy signal is written only while the collector may be blocked: an
+	 * awake one reads raised after each of its waits instead.
+	 */
+	pthread_mutex_t signal_lock;
+	int written, lazy, asleep;
+	pthread_t thread;
+	struct tr_transit *work, *work_tail;
+	struct tr_transit *reports, *reports_tail;
+	struct tr_transit *all;
+	struct tr_point *dead;
+	struct tr_point *points;   /* every point that belongs to this Traffic */
+	struct tr_kevent events[TR_BATCH];
+};
+
+/* Orders a transit's release against its Traffic's destruction (traffic.c). */
+extern pthread_mutex_t tr_registry;
+/* Set in the cycle thread, which blocks every signal for its whole life. */
+extern __thread int tr_signals_blocked;
+
+/* The lists (lock held). */
+
+static inline void
+push_work(struct tr_traffic *tr, struct tr_transit *t)
+{
+	if (t->flags & TF_ON_WORK)
+		return;
+	t->flags |= TF_ON_WORK;
+	t->next_work = NULL;
+	if (tr->work_tail)
+		tr->work_tail->next_work = t;
+	else
+		tr->work = t;
+	tr->work_tail = t;
+}
+
+static inline struct tr_transit *
+pop_work(struct tr_traffic *tr)
+{
+	struct tr_transit *t = tr->work;
+
+	if (t == NULL)
+		return NULL;
+	tr->work = t->next_work;
+	if (tr->work == NULL)
+		tr->work_tail = NULL;
+	t->flags &= ~TF_ON_WORK;
+	return t;
+}
+
+static inline struct tr_transit *
+pop_report(struct tr_traffic *tr)
+{
+	struct tr_transit *t = tr->reports;
+
+	if (t == NULL)
+		return NULL;
+	tr->reports = t->next_report;
+	if (tr->reports == NULL)
+		tr->reports_tail = NULL;
+	t->flags &= ~TF_ON_REPORTS;
+	return t;
+}
+
+/* traffic.c */
+void tr_live(long delta);
+void tr_wake_cycle(struct tr_traffic *tr);
+
+/* notify.c */
+void tr_mark_signal(struct tr_traffic *tr);
+void tr_write_signal(struct tr_traffic *tr);
+void tr_push_report(struct tr_traffic *tr, struct tr_transit *t);
+
+/* transit.c */
+void tr_point_close(struct tr_traffic *tr, struct tr_point *p);
+void tr_point_settle(struct tr_traffic *tr, struct tr_point *p);
+void tr_reap(struct tr_traffic *tr);
+void tr_transit_free(struct tr_transit *t);
+int tr_transit_consider_free(struct tr_transit *t);
+void tr_transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner);
+int tr_set_nonblocking(int fd);
+struct tr_traffic *tr_lock_traffic(struct tr_transit *t);
+void tr_fds_close_all(int *fds, size_t n);
+int tr_fds_submit(struct tr_transit *t, size_t size, int *fds, size_t nfds, int **dups);
+void tr_fds_install(struct tr_transit *t, int *fds, size_t nfds, int *dups);
+
+/* transfer.c */
+void tr_discard_accepted(struct tr_transit *t);
+void tr_fds_release(struct tr_transit *t);
+void tr_release_resource(struct tr_transit *t);
+void tr_report_request(struct tr_transit *t, tr_report *r);
+int tr_finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_report *report);
+int tr_wants_transfer(const struct tr_transit *t);
+int tr_arm(struct tr_traffic *tr, struct tr_point *p);
+int tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report);
+void tr_apply_events(struct tr_traffic *tr, int n);
+void tr_run_work(struct tr_traffic *tr);
+
+/* request.c */
+void *tr_cycle_main(void *arg);
 
 #endif

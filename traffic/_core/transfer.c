@@ -1,0 +1,736 @@
+/*
+ * transfer.c: the transfer loops (the system calls: octets, accepted
+ * sockets, descriptors, datagrams), settling their outcome, and tr_drive(),
+ * which runs them for a transit in either mode: the synchronous cycle's
+ * events, or a threaded request's outcome.  Also the application of a batch
+ * of kernel events, which makes transits ready.
+ *
+ * Edges and readiness
+ * -------------------
+ * Registration is edge-triggered and lazy: a transit starts out assuming
+ * its kernel point is ready, tries, and only at its first EAGAIN registers
+ * the point (registration reports current readiness, so no edge is lost).
+ * Each edge bumps the transit's edge count; a transfer that ends in EAGAIN
+ * clears READY only if no edge arrived during its system call, which closes
+ * the race between "drained" and "new data" without a wake of the cycle.
+ * A threaded Traffic subscribes one-shot instead, only while a request
+ * waits (tr_arm).
+ *
+ * The loops run without the Traffic's mutex, with the transit IN_SYSCALL
+ * (see internal.h): only the transferring thread touches the resource.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "internal.h"
+
+static int
+accept_is_transient(int error)
+{
+	switch (error) {
+	case ECONNABORTED:
+	case EINTR:
+	/* Pending network errors Linux reports through accept(2): retry. */
+	case EPROTO:
+	case ENOPROTOOPT:
+	case EHOSTDOWN:
+#ifdef ENONET
+	case ENONET:
+#endif
+	case EHOSTUNREACH:
+	case EOPNOTSUPP:
+	case ENETUNREACH:
+	case ENETDOWN:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static int
+accept_is_fault(int error)
+{
+	/* Out of descriptors or memory: the listener is fine; report and let the caller back off. */
+	return error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM;
+}
+
+static int
+transfer_sockets(struct tr_transit *t, int *error)
+{
+	int fd = t->point->fd;
+
+	for (;;) {
+		int s;
+
+		if (t->size - t->pos < sizeof(int))
+			return TX_EXHAUSTED;
+#ifdef SOCK_CLOEXEC
+		s = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+#else
+		s = accept(fd, NULL, NULL);
+		if (s >= 0) {
+			fcntl(s, F_SETFD, FD_CLOEXEC);
+			tr_set_nonblocking(s);
+		}
+#endif
+		if (s >= 0) {
+			memcpy(t->buf + t->pos, &s, sizeof s);
+			t->pos += sizeof s;
+			continue;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return TX_AGAIN;
+		if (accept_is_transient(errno))
+			continue;
+		*error = errno;
+		return accept_is_fault(errno) ? TX_FAULT : TX_ERROR;
+	}
+}
+
+/*
+ * write(2) to a pipe whose reader is gone raises SIGPIPE, and pipes have
+ * no MSG_NOSIGNAL: a program that restored SIGPIPE's default disposition
+ * would die.  Block it around the write and consume the one the write
+ * raised (thread-directed, so it is ours; one pending from before can only
+ * exist if the thread had it blocked already, and then nothing is touched).
+ */
+static ssize_t
+write_nosigpipe(int fd, const void *buf, size_t size)
+{
+	static const struct timespec zero = {0, 0};
+	sigset_t pipe_set, saved;
+	ssize_t n;
+	int saved_errno;
+
+	if (tr_signals_blocked)
+		return write(fd, buf, size);   /* stays pending, blocked, in the cycle thread */
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &saved);
+	n = write(fd, buf, size);
+	if (sigismember(&saved, SIGPIPE))
+		return n;
+	saved_errno = errno;
+	if (n < 0 && saved_errno == EPIPE)
+		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+			;
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	errno = saved_errno;
+	return n;
+}
+
+static int
+transfer_octets(struct tr_transit *t, int drain, int *error)
+{
+	struct tr_point *p = t->point;
+
+	for (;;) {
+		size_t want = t->size - t->pos;
+		ssize_t n;
+
+		if (want == 0)
+			return TX_EXHAUSTED;
+		if (t->polarity == TR_INPUT)
+			n = read(p->fd, t->buf + t->pos, want);
+		else if (p->is_socket)
+			n = send(p->fd, t->buf + t->pos, want, MSG_NOSIGNAL);
+		else
+			n = write_nosigpipe(p->fd, t->buf + t->pos, want);
+
+		if (n > 0) {
+			t->pos += (size_t)n;
+			/*
+			 * A short transfer means the kernel's buffer was drained (or
+			 * filled) at that moment; anything that changes it later raises
+			 * a new edge, so the EAGAIN call would only cost a system call.
+			 * Not after a hang-up (drain): the end raises no new edge.
+			 */
+			if ((size_t)n < want && !drain)
+				return TX_AGAIN;
+			continue;
+		}
+		if (n == 0 && t->polarity == TR_INPUT)
+			return TX_EOF;
+		if (n == 0)
+			return TX_AGAIN;   /* a zero-length write: wait for space */
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return TX_AGAIN;
+		*error = errno;
+		return TX_ERROR;
+	}
+}
+
+/*
+ * Descriptors: loop one message at a time to EAGAIN, the end of either part
+ * of the resource, or the end of the connection.  The short-transfer
+ * shortcut of transfer_octets holds only for a bare message: a stream
+ * recvmsg stops after a message that carries descriptors, and (with
+ * SO_PASSCRED) before one from another writer, whose credentials then come
+ * as control data; a short read with no control data at all found the
+ * queue empty.  A short send that attached no descriptors found the buffer
+ * full (one that attached some may be short by design: see
+ * tr_fds_send).
+ */
+static int
+transfer_descriptors(struct tr_transit *t, int drain, int *error)
+{
+	struct tr_point *p = t->point;
+
+	for (;;) {
+		size_t want = t->size - t->pos;
+		ssize_t n;
+
+		if (want == 0)
+			return TX_EXHAUSTED;
+		if (t->polarity == TR_INPUT) {
+			size_t got = 0;
+			int truncated = 0, bare = 0;
+
+			if (t->nfds > 0 && t->fdpos == t->nfds)
+				return TX_EXHAUSTED;
+			n = tr_fds_receive(p->fd, t->buf + t->pos, want,
+			    t->fds != NULL ? t->fds + t->fdpos : NULL, t->nfds - t->fdpos, &got, &truncated,
+			    &bare);
+			if (n > 0) {
+				t->pos += (size_t)n;
+				t->fdpos += got;
+				if ((size_t)n < want && bare && !drain)
+					return TX_AGAIN;
+				continue;
+			}
+			if (n == 0)
+				return TX_EOF;
+		} else {
+			size_t attached = 0, i;
+
+			n = tr_fds_send(p->fd, t->buf + t->pos, want,
+			    t->fds != NULL ? t->fds + t->fdpos : NULL, t->nfds - t->fdpos, &attached);
+			if (n > 0) {
+				/* Sent: the receiver has its own; ours are done. */
+				for (i = 0; i < attached; ++i)
+					close(t->fds[t->fdpos + i]);
+				t->fdpos += attached;
+				t->pos += (size_t)n;
+				if ((size_t)n < want && attached == 0 && !drain)
+					return TX_AGAIN;
+				continue;
+			}
+			if (n == 0)
+				return TX_AGAIN;
+		}
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK)
+			return TX_AGAIN;
+		*error = (int)-n;
+		return TX_ERROR;
+	}
+}
+
+/*
+ * Which errors of a datagram socket end it.  Almost none do: the others
+ * belong to one datagram (EMSGSIZE, an unreachable address, a refusal
+ * reported by ICMP for an earlier one...) and the socket goes on.
+ */
+static int
+datagram_is_fault(int error)
+{
+	return error != EBADF && error != ENOTSOCK && error != EFAULT;
+}
+
+/*
+ * Datagrams: whole batches of records to EAGAIN or the end of the
+ * resource.  A receive batch cut short by the kernel proves the queue was
+ * drained (each datagram that arrives later raises its own edge); a send
+ * batch cut short is tried again, to learn whether the kernel is full
+ * (EAGAIN) or refuses the next datagram (a fault).
+ */
+static int
+transfer_datagrams(struct tr_transit *t, int *error)
+{
+	int fd = t->point->fd;
+
+	for (;;) {
+		long n;
+
+		if (t->pos >= t->size)
+			return TX_EXHAUSTED;
+		if (t->polarity == TR_INPUT)
+			n = tr_dg_receive(fd, t->buf, t->size, &t->pos);
+		else
+			n = tr_dg_send(fd, t->buf, t->size, &t->pos);
+		if (n > 0) {
+			if (t->polarity == TR_INPUT && n < TR_DG_BATCH && t->pos < t->size)
+				return TX_AGAIN;
+			continue;
+		}
+		if (n == 0)
+			return TX_EXHAUSTED;
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK)
+			return TX_AGAIN;
+		*error = (int)-n;
+		return datagram_is_fault(*error) ? TX_FAULT : TX_ERROR;
+	}
+}
+
+static int
+transfer(struct tr_transit *t, int drain, int *error)
+{
+	if (t->inject != 0) {
+		*error = t->inject;
+		t->inject = 0;
+		if (t->type == TR_DATAGRAMS)
+			return datagram_is_fault(*error) ? TX_FAULT : TX_ERROR;
+		return (t->type == TR_SOCKETS && accept_is_fault(*error)) ? TX_FAULT : TX_ERROR;
+	}
+	if (t->type == TR_SOCKETS)
+		return transfer_sockets(t, error);
+	if (t->type == TR_DESCRIPTORS)
+		return transfer_descriptors(t, drain, error);
+	if (t->type == TR_DATAGRAMS)
+		return transfer_datagrams(t, error);
+	return transfer_octets(t, drain, error);
+}
+
+/*
+ * Close the accepted descriptors nobody was told about ([mark, pos) of a
+ * Sockets resource): a dropped transit, a closed Traffic, a withdrawn or
+ * closed request.  Lock held, not IN_SYSCALL.
+ */
+void
+tr_discard_accepted(struct tr_transit *t)
+{
+	size_t at;
+
+	if (t->type == TR_DESCRIPTORS && t->polarity == TR_INPUT && t->fds != NULL) {
+		/* Received descriptors nobody was told about: the same rule. */
+		for (at = t->fdmark; at < t->fdpos; ++at)
+			close(t->fds[at]);
+		t->fdpos = t->fdmark;
+		return;
+	}
+	if (t->type != TR_SOCKETS || t->buf == NULL)
+		return;
+	for (at = t->mark; at + sizeof(int) <= t->pos; at += sizeof(int)) {
+		int fd;
+
+		memcpy(&fd, t->buf + at, sizeof fd);
+		close(fd);
+	}
+	t->pos = t->mark;
+}
+
+/*
+ * Let go of a Descriptors resource's array: the duplicates not sent are
+ * closed and freed (they are the core's own); received descriptors not
+ * reported are closed (discard_accepted); the owner's array is forgotten.
+ */
+void
+tr_fds_release(struct tr_transit *t)
+{
+	size_t at;
+
+	if (t->fds_owned) {
+		for (at = t->fdpos; at < t->nfds; ++at)
+			close(t->fds[at]);
+		free(t->fds);
+	} else {
+		tr_discard_accepted(t);
+	}
+	t->fds = NULL;
+	t->fds_owned = 0;
+	t->nfds = t->fdpos = t->fdmark = 0;
+}
+
+/* Let go of the resource: what was not reported is discarded.  Lock held. */
+void
+tr_release_resource(struct tr_transit *t)
+{
+	tr_discard_accepted(t);
+	tr_fds_release(t);
+	if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC)
+		free(t->buf);
+	t->flags &= ~(TF_ALLOC | TF_SCRATCH);
+	t->buf = NULL;
+	t->size = t->pos = t->mark = 0;
+}
+
+/*
+ * Report a finished request and release its resource.  What it transferred
+ * is handed over (a core-allocated buffer becomes the report's to free),
+ * except for a request closed by its owner, whose data nobody will read.
+ */
+void
+tr_report_request(struct tr_transit *t, tr_report *r)
+{
+	r->token = t->token;
+	r->events = 0;
+	r->outcome = t->outcome;
+	r->error = t->error;
+	r->start = 0;
+	r->stop = t->pos;
+	r->fd_start = 0;
+	r->fd_stop = t->fdpos;
+	r->data = NULL;
+	if (t->outcome != TR_CLOSED) {
+		t->mark = t->pos;
+		t->fdmark = t->fdpos;
+		if ((t->flags & TF_ALLOC) && t->pos > 0) {
+			r->data = t->buf;   /* or the caller's scratch: not to be freed */
+			t->buf = NULL;
+			t->flags &= ~(TF_ALLOC | TF_SCRATCH);
+		}
+	}
+	tr_release_resource(t);
+}
+
+/*
+ * A threaded request ended: hand the outcome back directly (inline) or
+ * through the completion list (cycle thread).  Returns the outcome.
+ */
+int
+tr_finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_report *report)
+{
+	t->flags &= ~(TF_REQUEST | TF_WITHDRAW);
+	t->outcome = outcome;
+	if (report != NULL) {
+		tr_report_request(t, report);
+	} else {
+		tr_push_report(tr, t);
+	}
+	return outcome;
+}
+
+int
+tr_wants_transfer(const struct tr_transit *t)
+{
+	if (t->flags & (TF_TERMINATED | TF_TERMINATING | TF_IN_SYSCALL))
+		return 0;
+	if ((t->buf == NULL && !(t->flags & TF_ALLOC)) || (t->flags & TF_EXHAUSTED))
+		return 0;
+	if (t->traffic->threaded && !(t->flags & TF_REQUEST))
+		return 0;
+	return 1;
+}
+
+/* Subscribe the point for the transit's direction, if it is not yet. */
+static int
+ensure_registered(struct tr_traffic *tr, struct tr_point *p, const struct tr_transit *t)
+{
+	unsigned int want = t->polarity == TR_INPUT ? TR_K_READ : TR_K_WRITE;
+	int err;
+
+	if ((p->registered & want) || p->closed)
+		return 0;
+	if (p->is_file)
+		return -EPERM;
+	err = tr_kernel_register(tr->kernel, p->fd, p, p->registered, want);
+	if (err == 0)
+		p->registered |= want;
+	return err;
+}
+
+/*
+ * A threaded Traffic subscribes a descriptor only while a request waits on
+ * it, and once: one-shot and level-triggered, armed for the directions
+ * whose requests wait (the caller's included) at the EAGAIN that makes a
+ * request wait.  The kernel disarms it when it reports.  Permanent
+ * edge-triggered subscriptions woke the cycle thread for every edge,
+ * including those of data the owner's thread had already taken inline: on
+ * a shared CPU that was a context switch per message for nothing, and the
+ * owner's thread found the data only after the cycle thread had run.  The
+ * price is one epoll_ctl per wait, as trio pays, and an input request's
+ * inline attempt always makes its system call (request_locked): with no
+ * subscription while nobody waits, nothing says whether data came.
+ */
+int
+tr_arm(struct tr_traffic *tr, struct tr_point *p)
+{
+	unsigned int want = 0;
+	int i, err;
+
+	for (i = 0; i < 2; ++i) {
+		struct tr_transit *t = p->io[i];
+
+		if (t != NULL && t->traffic == tr && (t->flags & TF_REQUEST) && !(t->flags & TF_READY))
+			want |= t->polarity == TR_INPUT ? TR_K_READ : TR_K_WRITE;
+	}
+	if (p->closed || (p->armed & want) == want)
+		return 0;
+	if (p->is_file)
+		return -EPERM;
+	want |= p->armed;
+	err = tr_kernel_arm(tr->kernel, p->fd, p, p->registered, p->armed, want);
+	if (err == 0) {
+		p->registered |= want;
+		p->armed = want;
+	}
+	return err;
+}
+
+/*
+ * Decide what a threaded request's transfer loop amounts to.  Returns the
+ * outcome, or TR_PENDING if the request keeps waiting for an edge.
+ */
+static int
+judge_request(struct tr_transit *t, int rc)
+{
+	switch (rc) {
+	case TX_EOF:
+	case TX_ERROR:
+		/* Deliver what arrived first; the next request sees the end. */
+		if (t->polarity == TR_INPUT && t->pos > 0)
+			return TR_DONE;
+		return TR_TERMINATED;
+	case TX_FAULT:
+		if (t->pos > 0) {
+			t->flags |= TF_FAULT;   /* report it with the next request */
+			return TR_DONE;
+		}
+		return TR_FAULT;
+	case TX_EXHAUSTED:
+		return TR_DONE;
+	default:
+		if (t->polarity == TR_INPUT && (t->pos > 0 || t->fdpos > 0))
+			return TR_DONE;
+		return TR_PENDING;
+	}
+}
+
+/*
+ * The error the kernel reported with an event on the transit's socket
+ * (struct tr_kevent), where the system call after it no longer returns it:
+ * the cause of the stream's end the call saw (EOF, EPIPE: the error is the
+ * transit's termination), or a datagram socket's fault, reported once, by
+ * the first transfer that finds nothing to do.  Lock held.
+ */
+static int
+take_event_error(struct tr_point *p, const struct tr_transit *t, int rc, int *error)
+{
+	if (t->type == TR_DATAGRAMS) {
+		if (rc != TX_AGAIN)
+			return rc;
+		*error = p->error;
+		p->error = 0;
+		return TX_FAULT;
+	}
+	if (rc == TX_EOF || (rc == TX_ERROR && *error == EPIPE)) {
+		*error = p->error;
+		return TX_ERROR;
+	}
+	return rc;
+}
+
+/*
+ * Transfer for a transit until it has nothing to do, then settle: events
+ * (synchronous) or the request's outcome (threaded).  Lock held on entry and
+ * exit, dropped around the system calls.  report is non-NULL for an inline
+ * request: its outcome is returned instead of being queued.
+ */
+int
+tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
+{
+	struct tr_point *p = t->point;
+	int outcome = TR_PENDING;
+
+	while (tr_wants_transfer(t) && (t->flags & TF_READY)) {
+		unsigned long edges = t->edges;
+		size_t before = t->pos;
+		int drain = p->hup;   /* read under the lock: the transfer runs without it */
+		int error = 0, rc;
+
+		if (t->buf == NULL) {
+			/* TF_ALLOC: memory only while data is there, none while parked. */
+			t->buf = malloc(t->size);
+			if (t->buf == NULL) {
+				t->error = ENOMEM;
+				outcome = tr_finish_request(tr, t, TR_FAULT, report);
+				break;
+			}
+		}
+		t->flags |= TF_IN_SYSCALL;
+		p->busy += 1;
+		pthread_mutex_unlock(&tr->lock);
+		rc = transfer(t, drain, &error);
+		pthread_mutex_lock(&tr->lock);
+		t->flags &= ~TF_IN_SYSCALL;
+		p->busy -= 1;
+		if (p->error != 0)
+			rc = take_event_error(p, t, rc, &error);
+		/* Memory the core allocated (not the caller's, nor its scratch). */
+		if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC) {
+			if (t->pos == 0) {
+				free(t->buf);
+				t->buf = NULL;
+			} else if (t->pos < t->size) {
+				/*
+				 * Give back what the data did not fill (in place: no
+				 * copy).  Otherwise every receive holds a whole fresh
+				 * allocation until it is collected, and a batch of them
+				 * walks the cache and the heap's top (page faults,
+				 * trims) for a few bytes each.
+				 */
+				char *fitted = realloc(t->buf, t->pos);
+
+				if (fitted != NULL)
+					t->buf = fitted;
+				t->size = t->pos;
+			}
+		}
+
+		if (t->flags & TF_TERMINATING) {
+			/* The owner terminated it while we were in the kernel. */
+			if (t->flags & TF_RELEASED)
+				tr_discard_accepted(t);
+			tr_transit_end(tr, t, 0, 1);
+			if (tr->threaded && (t->flags & TF_REQUEST))
+				outcome = tr_finish_request(tr, t, TR_CLOSED, report);
+			else if (!tr->threaded) {
+				t->events |= TR_EV_TERMINATE;
+				tr_push_report(tr, t);
+			}
+			break;
+		}
+
+		switch (rc) {
+		case TX_AGAIN:
+			if (t->edges == edges) {
+				int err = 0;
+
+				t->flags &= ~TF_READY;
+				if (!tr->threaded)
+					err = ensure_registered(tr, p, t);
+				else if (judge_request(t, rc) == TR_PENDING && !(t->flags & TF_WITHDRAW))
+					err = tr_arm(tr, p);   /* it waits: only now */
+				if (err < 0) {
+					rc = TX_ERROR;
+					error = -err;
+				}
+			}
+			break;
+		case TX_EXHAUSTED:
+			t->flags |= TF_EXHAUSTED;
+			break;
+		case TX_FAULT:
+			t->error = error;
+			break;
+		default:
+			break;
+		}
+		if (rc == TX_EOF || rc == TX_ERROR)
+			tr_transit_end(tr, t, rc == TX_EOF ? 0 : error, 0);
+
+		if (tr->threaded) {
+			outcome = judge_request(t, rc);
+			if (outcome == TR_PENDING && (t->flags & TF_WITHDRAW))
+				outcome = TR_WITHDRAWN;
+			if (outcome != TR_PENDING) {
+				t->flags &= ~TF_EXHAUSTED;
+				outcome = tr_finish_request(tr, t, outcome, report);
+				break;
+			}
+		} else {
+			if (t->pos > before)
+				t->events |= TR_EV_TRANSFER;
+			if (rc == TX_EXHAUSTED)
+				t->events |= TR_EV_EXHAUST;
+			if (rc == TX_FAULT) {
+				t->events |= TR_EV_FAULT;
+				t->flags |= TF_EXHAUSTED;
+			}
+			if (t->flags & TF_TERMINATED)
+				t->events |= TR_EV_TERMINATE;
+			if (t->events)
+				tr_push_report(tr, t);
+		}
+	}
+	tr_point_settle(tr, p);
+	return outcome;
+}
+
+/* Apply a batch of kernel events: lock held. */
+void
+tr_apply_events(struct tr_traffic *tr, int n)
+{
+	int i;
+
+	for (i = 0; i < n; ++i) {
+		struct tr_point *p = tr->events[i].udata;
+		unsigned int f = tr->events[i].flags;
+		struct tr_transit *in, *out;
+
+		if (p->closed)
+			continue;
+		if (f & (TR_K_HUP | TR_K_ERROR))
+			p->hup = 1;
+		if (tr->events[i].error != 0 && p->is_socket && p->error == 0)
+			p->error = tr->events[i].error;
+		in = p->io[TR_INPUT];
+		out = p->io[TR_OUTPUT];
+		/* A sibling that never entered this Traffic is not its to drive. */
+		if (in != NULL && in->traffic != tr)
+			in = NULL;
+		if (out != NULL && out->traffic != tr)
+			out = NULL;
+		if (tr->threaded) {
+			/*
+			 * The one-shot subscription fired, and the kernel disarmed
+			 * what the event says.  A direction it disarmed that still
+			 * waits but was not reported lost its subscription: it tries
+			 * again (and re-arms at its EAGAIN).
+			 */
+			unsigned int fired = 0, lost;
+
+			if (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))
+				fired |= TR_K_READ;
+			if (f & (TR_K_WRITE | TR_K_ERROR))
+				fired |= TR_K_WRITE;
+			lost = tr->events[i].disarmed & p->armed & ~fired;
+			if (in != NULL && (lost & TR_K_READ))
+				f |= TR_K_READ;
+			if (out != NULL && (lost & TR_K_WRITE))
+				f |= TR_K_WRITE;
+			p->armed &= ~tr->events[i].disarmed;
+		}
+		if (in != NULL && (f & (TR_K_READ | TR_K_HUP | TR_K_ERROR))) {
+			in->edges += 1;
+			in->flags |= TF_READY;
+			if (tr_wants_transfer(in))
+				push_work(tr, in);
+		}
+		if (out != NULL && (f & (TR_K_WRITE | TR_K_ERROR))) {
+			out->edges += 1;
+			out->flags |= TF_READY;
+			if (tr_wants_transfer(out))
+				push_work(tr, out);
+		}
+	}
+}
+
+void
+tr_run_work(struct tr_traffic *tr)
+{
+	struct tr_transit *t;
+
+	while ((t = pop_work(tr)) != NULL) {
+		if (!tr_transit_consider_free(t)) {
+			tr_drive(tr, t, NULL);
+			tr_transit_consider_free(t);
+		}
+	}
+}
