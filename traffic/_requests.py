@@ -73,10 +73,6 @@ _tr_receive = lib.tr_receive
 #: Reports collected per C call; more simply take another call.
 COLLECT_BATCH = 256
 
-#: The scratch's size unless a layer asks for another (64 KiB: trio's and
-#: anyio's default receive size).
-SCRATCH_SIZE = 65536
-
 
 class Completion(NamedTuple):
     """A finished request, inline or collected.
@@ -147,9 +143,13 @@ def os_error(error: int) -> OSError:
     return OSError(error, os.strerror(error))
 
 
+#: What a refused descriptor to send is told with, in every layer.
+BAD_DESCRIPTOR_MESSAGE = "cannot send descriptors: one of them is not an open descriptor"
+
+
 def bad_descriptor(error: int) -> OSError:
-    """Every layer's ``BAD_DESCRIPTOR``."""
-    return OSError(error, "cannot send descriptors: one of them is not an open descriptor")
+    """Every async layer's ``BAD_DESCRIPTOR``."""
+    return OSError(error, BAD_DESCRIPTOR_MESSAGE)
 
 
 def take_data(report: Any) -> bytes | None:
@@ -234,7 +234,7 @@ class Requests:
         self.scratch: Any = NULL
         self.received: Any = None
 
-    def reserve_scratch(self, room: int = SCRATCH_SIZE) -> None:
+    def reserve_scratch(self, room: int) -> None:
         """Make the scratch (``room`` bytes) for :meth:`receive`, once."""
         if self.room == 0:
             self.scratch = ffi.new("char[]", room)

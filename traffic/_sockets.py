@@ -127,11 +127,9 @@ def wants_nodelay(family: int) -> bool:
 
 
 def set_nodelay(view: SocketView) -> bool:
-    """Set ``TCP_NODELAY`` on an internet socket; whether it took (a socket
-    that is not TCP after all, SCTP say, refuses it, and that is ignored as
-    trio ignores it)."""
-    if not wants_nodelay(view.family):
-        return False
+    """Set ``TCP_NODELAY`` on an internet socket (see :func:`wants_nodelay`);
+    whether it took (a socket that is not TCP after all, SCTP say, refuses
+    it, and that is ignored as trio ignores it)."""
     try:
         view.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
     except OSError:

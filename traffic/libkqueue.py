@@ -666,13 +666,13 @@ def _fds_pin(fds: array[int], writable: bool) -> Any:
     """A cffi ``int *`` over ``fds`` (NULL when empty)."""
     if len(fds) == 0:
         return ffi.NULL
-    return ffi.from_buffer("int[]", fds, require_writable=writable)
+    return _requests.pin_descriptors(fds, writable)
 
 
 def _fds_error(rc: int) -> None:
     """Raise the clear exception for a descriptor the core could not duplicate."""
     if rc == -errno.EBADF:
-        raise TransitError(errno.EBADF, _requests.bad_descriptor(errno.EBADF).strerror)
+        raise TransitError(errno.EBADF, _requests.BAD_DESCRIPTOR_MESSAGE)
 
 
 class Descriptors(Octets):
@@ -836,9 +836,7 @@ def _refused_os_error(error: int) -> BaseException:
 _REFUSALS: _requests.Refusals = {
     Refusal.CLOSED: lambda _: TransitClosedError("request: transit is terminated"),
     Refusal.BUSY: lambda _: RuntimeError("another request of this transit is outstanding"),
-    Refusal.BAD_DESCRIPTOR: lambda error: TransitError(
-        error, _requests.bad_descriptor(error).strerror
-    ),
+    Refusal.BAD_DESCRIPTOR: lambda error: TransitError(error, _requests.BAD_DESCRIPTOR_MESSAGE),
     Refusal.OS_ERROR: _refused_os_error,
 }
 
