@@ -180,6 +180,7 @@ BACKEND = backend()
 CORE_SOURCES = (
     "traffic.c",
     "transit.c",
+    "life.c",
     "transfer.c",
     "cycle.c",
     "request.c",

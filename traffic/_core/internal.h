@@ -122,9 +122,10 @@ long tr_dg_send(int sock, const char *buf, size_t size, size_t *pos);
 
 /*
  * The core's own state, shared by its files: traffic.c (a Traffic's life),
- * transit.c (kernel points and transits), transfer.c (the transfer loops
- * and tr_drive), cycle.c (the synchronous cycle), request.c (threaded
- * requests and the cycle thread), notify.c (the completion notification).
+ * transit.c (kernel points and transits), life.c (a transit's life as a
+ * table), transfer.c (the transfer loops and tr_drive), cycle.c (the
+ * synchronous cycle), request.c (threaded requests and the cycle thread),
+ * notify.c (the completion notification).
  *
  * Who owns what, across threads
  * -----------------------------
@@ -150,22 +151,38 @@ long tr_dg_send(int sock, const char *buf, size_t size, size_t *pos);
 
 #define TR_BATCH 256
 
-/* Transit flags */
+/*
+ * A transit's life (life.c): open, then terminating (the owner asked while
+ * a system call was in flight), then terminated; who ended it is data
+ * beside the state.  Changed only through tr_life_step(), by its table.
+ */
+enum tr_life { TR_LIFE_OPEN, TR_LIFE_TERMINATING, TR_LIFE_TERMINATED, TR_LIFE_STATES };
+enum tr_by { TR_BY_NOBODY, TR_BY_KERNEL, TR_BY_OWNER };
+enum tr_life_event {
+	TR_LIFE_OWNER_END,    /* the owner terminates it, no system call in flight */
+	TR_LIFE_OWNER_DEFER,  /* the owner terminates it during a system call */
+	TR_LIFE_SETTLE,       /* the thread of that call finishes the owner's termination */
+	TR_LIFE_KERNEL_END,   /* a transfer met the end: EOF, an error, a refused subscription */
+	TR_LIFE_DISCARD,      /* its Traffic goes (destroy, abandon), or its owner forgets it */
+	TR_LIFE_EVENTS
+};
+
+/* 0, or TR_ECLOSED (and the life unchanged) for a step outside the table. */
+int tr_life_step(unsigned char *life, unsigned char *by, int event);
+
+/* Transit flags: the facts independent of its life. */
 #define TF_READY       (1u << 0)   /* the kernel may have more for us */
-#define TF_TERMINATED  (1u << 1)   /* no more transfers */
-#define TF_TERMINATING (1u << 2)   /* owner asked to terminate during a syscall */
-#define TF_DISREGARD   (1u << 3)   /* ... without shutdown */
-#define TF_CLOSED      (1u << 4)   /* terminated by its owner, not by the kernel */
-#define TF_EXHAUSTED   (1u << 5)   /* last resource used up, none since */
-#define TF_REQUEST     (1u << 6)   /* threaded: a request is outstanding */
-#define TF_WITHDRAW    (1u << 7)   /* threaded: withdraw asked during a syscall */
-#define TF_IN_SYSCALL  (1u << 8)   /* a thread is transferring without the lock */
-#define TF_ON_WORK     (1u << 9)
-#define TF_ON_REPORTS  (1u << 10)
-#define TF_RELEASED    (1u << 11)  /* the owner dropped its reference */
-#define TF_FAULT       (1u << 12)  /* threaded: a fault waits to be reported */
-#define TF_ALLOC       (1u << 13)  /* threaded: the core allocates the resource on arrival */
-#define TF_SCRATCH     (1u << 14)  /* TF_ALLOC, for now in the caller's scratch (tr_receive) */
+#define TF_DISREGARD   (1u << 1)   /* the owner's termination skips shutdown(2) */
+#define TF_EXHAUSTED   (1u << 2)   /* last resource used up, none since */
+#define TF_REQUEST     (1u << 3)   /* threaded: a request is outstanding */
+#define TF_WITHDRAW    (1u << 4)   /* threaded: withdraw asked during a syscall */
+#define TF_IN_SYSCALL  (1u << 5)   /* a thread is transferring without the lock */
+#define TF_ON_WORK     (1u << 6)
+#define TF_ON_REPORTS  (1u << 7)
+#define TF_RELEASED    (1u << 8)   /* the owner dropped its reference */
+#define TF_FAULT       (1u << 9)   /* threaded: a fault waits to be reported */
+#define TF_ALLOC       (1u << 10)  /* threaded: the core allocates the resource on arrival */
+#define TF_SCRATCH     (1u << 11)  /* TF_ALLOC, for now in the caller's scratch (tr_receive) */
 
 /* Outcomes of one transfer loop. */
 enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT };
@@ -224,6 +241,8 @@ struct tr_transit {
 	unsigned long long token;
 	int type;
 	int polarity;
+	unsigned char life;       /* enum tr_life */
+	unsigned char by;         /* enum tr_by: who ended it */
 	unsigned int flags;
 	unsigned int events;      /* synchronous: TR_EV_* not yet taken */
 	int outcome;              /* threaded: outcome of the completed request */
@@ -279,6 +298,13 @@ struct tr_traffic {
 extern pthread_mutex_t tr_registry;
 /* Set in the cycle thread, which blocks every signal for its whole life. */
 extern __thread int tr_signals_blocked;
+
+/* Terminated, or terminating: no more transfers will start. */
+static inline int
+tr_ending(const struct tr_transit *t)
+{
+	return t->life != TR_LIFE_OPEN;
+}
 
 /* The lists (lock held). */
 
@@ -339,7 +365,7 @@ void tr_point_settle(struct tr_traffic *tr, struct tr_point *p);
 void tr_reap(struct tr_traffic *tr);
 void tr_transit_free(struct tr_transit *t);
 int tr_transit_consider_free(struct tr_transit *t);
-void tr_transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner);
+int tr_terminate(struct tr_traffic *tr, struct tr_transit *t, int event, int error);
 int tr_set_nonblocking(int fd);
 struct tr_traffic *tr_lock_traffic(struct tr_transit *t);
 void tr_fds_close_all(int *fds, size_t n);

@@ -178,8 +178,8 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 	if (tr->failed) {
 		report->error = tr->fatal;
 		outcome = TR_TERMINATED;
-	} else if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
-		if (t->flags & TF_CLOSED)
+	} else if (tr_ending(t)) {
+		if (t->by == TR_BY_OWNER)
 			return TR_ECLOSED;
 		report->error = t->error;
 		outcome = TR_TERMINATED;
@@ -229,7 +229,7 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 					int err = tr_arm(tr, t->point);
 
 					if (err < 0) {
-						tr_transit_end(tr, t, -err, 0);
+						tr_terminate(tr, t, TR_LIFE_KERNEL_END, -err);
 						outcome = tr_finish_request(tr, t, TR_TERMINATED, report);
 					}
 				}

@@ -134,7 +134,7 @@ tr_traffic_acquire(tr_traffic *tr, tr_transit *t, unsigned long long token)
 		err = TR_ECLOSED;
 	else if (t->traffic == tr)
 		err = -EALREADY;
-	else if (t->flags & TF_TERMINATED)
+	else if (t->life == TR_LIFE_TERMINATED)
 		err = TR_ECLOSED;   /* before "in another Traffic": the end is what matters */
 	else if (t->traffic != NULL)
 		err = -EBUSY;
@@ -231,11 +231,10 @@ tr_traffic_destroy(tr_traffic *tr)
 	for (t = tr->all; t != NULL; t = next) {
 		next = t->next_all;
 		t->flags &= ~(TF_ON_WORK | TF_ON_REPORTS);
-		if (!(t->flags & TF_TERMINATED)) {
-			t->flags |= TF_TERMINATED | TF_CLOSED;
+		if (t->life != TR_LIFE_TERMINATED)
 			t->point->open -= 1;
-		}
-		t->flags &= ~(TF_REQUEST | TF_TERMINATING);
+		tr_life_step(&t->life, &t->by, TR_LIFE_DISCARD);
+		t->flags &= ~TF_REQUEST;
 		tr_release_resource(t);
 		tr_point_close(tr, t->point);
 		if (t->flags & TF_RELEASED) {
@@ -278,7 +277,7 @@ tr_traffic_abandon(tr_traffic *tr)
 	 * rest rather than touch the lock.
 	 */
 	for (t = tr->all; t != NULL; t = t->next_all) {
-		t->flags |= TF_TERMINATED | TF_CLOSED;
+		tr_life_step(&t->life, &t->by, TR_LIFE_DISCARD);
 		t->flags &= ~(TF_REQUEST | TF_ON_WORK | TF_ON_REPORTS);
 		tr_release_resource(t);
 		if (!t->point->closed) {

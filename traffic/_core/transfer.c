@@ -419,7 +419,7 @@ tr_finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_r
 int
 tr_wants_transfer(const struct tr_transit *t)
 {
-	if (t->flags & (TF_TERMINATED | TF_TERMINATING | TF_IN_SYSCALL))
+	if (tr_ending(t) || (t->flags & TF_IN_SYSCALL))
 		return 0;
 	if ((t->buf == NULL && !(t->flags & TF_ALLOC)) || (t->flags & TF_EXHAUSTED))
 		return 0;
@@ -593,11 +593,11 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 			}
 		}
 
-		if (t->flags & TF_TERMINATING) {
+		if (t->life == TR_LIFE_TERMINATING) {
 			/* The owner terminated it while we were in the kernel. */
 			if (t->flags & TF_RELEASED)
 				tr_discard_accepted(t);
-			tr_transit_end(tr, t, 0, 1);
+			tr_terminate(tr, t, TR_LIFE_SETTLE, 0);
 			if (tr->threaded && (t->flags & TF_REQUEST))
 				outcome = tr_finish_request(tr, t, TR_CLOSED, report);
 			else if (!tr->threaded) {
@@ -633,7 +633,7 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 			break;
 		}
 		if (rc == TX_EOF || rc == TX_ERROR)
-			tr_transit_end(tr, t, rc == TX_EOF ? 0 : error, 0);
+			tr_terminate(tr, t, TR_LIFE_KERNEL_END, rc == TX_EOF ? 0 : error);
 
 		if (tr->threaded) {
 			outcome = judge_request(t, rc);
@@ -653,7 +653,7 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 				t->events |= TR_EV_FAULT;
 				t->flags |= TF_EXHAUSTED;
 			}
-			if (t->flags & TF_TERMINATED)
+			if (t->life == TR_LIFE_TERMINATED)
 				t->events |= TR_EV_TERMINATE;
 			if (t->events)
 				tr_push_report(tr, t);

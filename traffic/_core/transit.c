@@ -133,7 +133,7 @@ tr_transit_consider_free(struct tr_transit *t)
 {
 	const unsigned int held = TF_IN_SYSCALL | TF_ON_WORK | TF_ON_REPORTS;
 
-	if ((t->flags & TF_RELEASED) && (t->flags & TF_TERMINATED) && !(t->flags & held)) {
+	if ((t->flags & TF_RELEASED) && t->life == TR_LIFE_TERMINATED && !(t->flags & held)) {
 		tr_transit_free(t);
 		return 1;
 	}
@@ -141,32 +141,35 @@ tr_transit_consider_free(struct tr_transit *t)
 }
 
 /*
- * End the transit's ability to transfer; lock held, not IN_SYSCALL.
- * The owner's terminate shuts down its own direction of a connection
+ * Terminate the transit by event (a tr_life_event: see life.c), with the
+ * errno of a kernel's end; lock held, not IN_SYSCALL.  Returns 0, or
+ * TR_ECLOSED for a step outside the life's table.
+ *
+ * The owner's termination shuts down its own direction of a connection
  * (half-close); disregard and kernel-reported ends do not.  The last
  * transit shuts down too, before the close: another process (a forked
  * child) or a dup() may hold the descriptor, and close() alone would leave
  * the connection open for them, which is what disregard is for.  A
  * listener is only closed: shutdown(2) would stop it listening for every
- * holder.  The point closes with its last transit.
+ * holder.  The point closes with its last transit.  An owner's end after
+ * the kernel's changes only who ended it.
  */
-void
-tr_transit_end(struct tr_traffic *tr, struct tr_transit *t, int error, int by_owner)
+int
+tr_terminate(struct tr_traffic *tr, struct tr_transit *t, int event, int error)
 {
 	struct tr_point *p = t->point;
+	int was = t->life, err;
 
-	if (t->flags & TF_TERMINATED)
-		return;
-	t->flags |= TF_TERMINATED;
-	t->flags &= ~(TF_TERMINATING | TF_READY);
+	if ((err = tr_life_step(&t->life, &t->by, event)) < 0 || was == TR_LIFE_TERMINATED)
+		return err;
+	t->flags &= ~TF_READY;
 	t->error = error;
-	if (by_owner)
-		t->flags |= TF_CLOSED;
 	p->open -= 1;
-	if (by_owner && !(t->flags & TF_DISREGARD) && p->is_socket && t->type != TR_SOCKETS
+	if (t->by == TR_BY_OWNER && !(t->flags & TF_DISREGARD) && p->is_socket && t->type != TR_SOCKETS
 	    && t->type != TR_DATAGRAMS && !p->closed)
 		shutdown(p->fd, t->polarity == TR_INPUT ? SHUT_RD : SHUT_WR);
 	tr_point_settle(tr, p);
+	return 0;
 }
 
 int
@@ -199,7 +202,7 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 
 	if (sibling != NULL) {
 		p = sibling->point;
-		if (sibling->traffic != NULL || (sibling->flags & TF_TERMINATED) || p->io[polarity] != NULL)
+		if (sibling->traffic != NULL || sibling->life == TR_LIFE_TERMINATED || p->io[polarity] != NULL)
 			return -EINVAL;
 		if (type != sibling->type || fd != p->fd)
 			return -EINVAL;
@@ -313,7 +316,7 @@ tr_transit_status(tr_transit *t, int *error)
 	/* Exhausted once its exhaust event is delivered (the seed's definition). */
 	if ((t->flags & TF_EXHAUSTED) && !(t->events & TR_EV_EXHAUST))
 		status |= TR_ST_EXHAUSTED;
-	if (t->flags & (TF_TERMINATED | TF_TERMINATING))
+	if (tr_ending(t))
 		status |= TR_ST_TERMINATED;
 	if (t->flags & TF_REQUEST)
 		status |= TR_ST_REQUEST;
@@ -421,11 +424,11 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 	tr = tr_lock_traffic(t);
 	if (tr == NULL) {
 		tr_fds_close_all(dups, nfds);
-		return (t->flags & TF_TERMINATED) ? TR_ECLOSED : -ENOTCONN;
+		return t->life == TR_LIFE_TERMINATED ? TR_ECLOSED : -ENOTCONN;
 	}
 	if (tr->mode == TR_MODE_THREADED)
 		err = -EINVAL;
-	else if (t->flags & (TF_TERMINATED | TF_TERMINATING))
+	else if (tr_ending(t))
 		err = TR_ECLOSED;
 	else if (t->buf != NULL || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
 		err = -EBUSY;   /* the current resource is not exhausted, or its end not yet seen */
@@ -469,6 +472,7 @@ int
 tr_transit_terminate(tr_transit *t, int disregard)
 {
 	struct tr_traffic *tr = tr_lock_traffic(t);
+	int event;
 
 	if (tr == NULL) {
 		/* Not in traffic itself; its sibling's Traffic, if any, guards the point. */
@@ -478,28 +482,28 @@ tr_transit_terminate(tr_transit *t, int disregard)
 		owner = t->point->traffic;
 		if (owner != NULL)
 			pthread_mutex_lock(&owner->lock);
-		if (!(t->flags & TF_TERMINATED)) {
+		if (t->life != TR_LIFE_TERMINATED) {
 			if (disregard)
 				t->flags |= TF_DISREGARD;
-			tr_transit_end(owner, t, 0, 1);
+			tr_terminate(owner, t, TR_LIFE_OWNER_END, 0);
 		}
 		if (owner != NULL)
 			pthread_mutex_unlock(&owner->lock);
 		pthread_mutex_unlock(&tr_registry);
 		return 0;
 	}
-	if (t->flags & (TF_TERMINATED | TF_TERMINATING)) {
-		/* Ended by the kernel (EOF, an error) before: now closed by its owner too. */
-		t->flags |= TF_CLOSED;
-		pthread_mutex_unlock(&tr->lock);
-		return 0;
-	}
-	if (disregard)
+	event = (t->flags & TF_IN_SYSCALL) ? TR_LIFE_OWNER_DEFER : TR_LIFE_OWNER_END;
+	if (t->life == TR_LIFE_OPEN && disregard)
 		t->flags |= TF_DISREGARD;
-	if (t->flags & TF_IN_SYSCALL) {
-		t->flags |= TF_TERMINATING;   /* the transferring thread finishes it */
+	if (t->life != TR_LIFE_OPEN || event == TR_LIFE_OWNER_DEFER) {
+		/*
+		 * Ended by the kernel (EOF, an error) before, and now by its
+		 * owner too; or a system call is in flight, and the thread that
+		 * makes it finishes the termination.
+		 */
+		tr_life_step(&t->life, &t->by, event);
 	} else {
-		tr_transit_end(tr, t, 0, 1);
+		tr_terminate(tr, t, event, 0);
 		report_end(tr, t);
 	}
 	pthread_mutex_unlock(&tr->lock);
@@ -519,8 +523,8 @@ tr_transit_release(tr_transit *t)
 
 		if (owner != NULL)
 			pthread_mutex_lock(&owner->lock);
-		if (!(t->flags & TF_TERMINATED))
-			tr_transit_end(owner, t, 0, 1);
+		if (t->life != TR_LIFE_TERMINATED)
+			tr_terminate(owner, t, TR_LIFE_OWNER_END, 0);
 		tr_transit_free(t);
 		if (owner != NULL)
 			pthread_mutex_unlock(&owner->lock);
@@ -535,12 +539,12 @@ tr_transit_release(tr_transit *t)
 	 * resource; the struct goes when nothing refers to it.
 	 */
 	t->flags |= TF_RELEASED;
-	if (!(t->flags & (TF_TERMINATED | TF_TERMINATING))) {
+	if (t->life == TR_LIFE_OPEN) {
 		if (t->flags & TF_IN_SYSCALL) {
-			t->flags |= TF_TERMINATING;
+			tr_life_step(&t->life, &t->by, TR_LIFE_OWNER_DEFER);
 		} else {
 			tr_discard_accepted(t);
-			tr_transit_end(tr, t, 0, 1);
+			tr_terminate(tr, t, TR_LIFE_OWNER_END, 0);
 			report_end(tr, t);
 		}
 	} else if (!(t->flags & (TF_IN_SYSCALL | TF_REQUEST))) {
@@ -565,8 +569,9 @@ tr_transit_forget(tr_transit *t)
 	} else {
 		t->point->closed = 1;
 		t->point->fd = -1;
-		t->flags |= TF_TERMINATED;
-		t->point->open -= 1;
+		if (t->life != TR_LIFE_TERMINATED)
+			t->point->open -= 1;
+		tr_life_step(&t->life, &t->by, TR_LIFE_DISCARD);
 		tr_transit_free(t);
 	}
 	pthread_mutex_unlock(&tr_registry);
