@@ -859,7 +859,6 @@ class Traffic:
         self._pid = os.getpid()
         self._generation = _generation
         self._closed = False
-        self._threaded = False
         self._tokens = itertools.count(1)
         #: The threaded Traffic's requests (the trio and anyio layers' way
         #: into the core; see :mod:`traffic._requests`).
@@ -921,11 +920,11 @@ class Traffic:
         check(rc, "acquire")
         transit._traffic = self
         transit._token = token
-        if self._threaded:
+        if lib.tr_traffic_mode(self._c) == lib.TR_MODE_THREADED:
             return
         self._transits[token] = transit
         recorded = transit._resource
-        if recorded is not None and lib.tr_traffic_mode(self._c) != lib.TR_MODE_THREADED:
+        if recorded is not None:
             transit._resource = None
             transit.acquire(recorded)
 
@@ -1047,7 +1046,6 @@ class Traffic:
             raise RuntimeError("a synchronous Traffic cannot become threaded")
         rc = lib.tr_traffic_start(self._c, policies[policy])
         check(rc, "start")
-        self._threaded = True
 
     def completion_fileno(self) -> int:
         """The descriptor that is readable while completions wait to be collected."""

@@ -28,7 +28,7 @@ tr_cycle_enter(tr_traffic *tr, int timeout_ms)
 	pthread_mutex_lock(&tr->lock);
 	if (tr->stopping)
 		err = TR_ECLOSED;
-	else if (tr->mode == TR_MODE_THREADED)
+	else if (tr_threaded(tr))
 		err = -EINVAL;
 	else if (tr->cycling)
 		err = -EBUSY;
@@ -36,7 +36,7 @@ tr_cycle_enter(tr_traffic *tr, int timeout_ms)
 		pthread_mutex_unlock(&tr->lock);
 		return err;
 	}
-	tr->mode = TR_MODE_SYNCHRONOUS;
+	tr_set_mode(tr, TR_MODE_SYNCHRONOUS);
 	tr->cycling = 1;
 	/* Carried-over events, ready work or a wake: look, but do not wait. */
 	if (tr->reports != NULL || tr->work != NULL || tr->wake_pending)

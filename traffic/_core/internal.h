@@ -267,10 +267,14 @@ struct tr_transit {
 struct tr_traffic {
 	pthread_mutex_t lock;
 	struct tr_kernel *kernel;
+	/*
+	 * enum tr_mode: set once, from UNSET, under the lock (tr_set_mode) and
+	 * read from here alone; tr_traffic_mode reads it without the lock.
+	 */
 	int mode;
 	int signal_read, signal_write;
 	unsigned sleeping:1, wake_pending:1, signalled:1, cycling:1, stopping:1,
-	    threaded:1, failed:1, batching:1, signal_due:1;
+	    failed:1, batching:1, signal_due:1;
 	int fatal;                /* errno that stopped the cycle thread */
 	int policy;               /* tr_cycle_policy of the cycle thread */
 	int raised;               /* signalled, for readers without the lock (a hint) */
@@ -298,6 +302,19 @@ struct tr_traffic {
 extern pthread_mutex_t tr_registry;
 /* Set in the cycle thread, which blocks every signal for its whole life. */
 extern __thread int tr_signals_blocked;
+
+static inline int
+tr_threaded(const struct tr_traffic *tr)
+{
+	return tr->mode == TR_MODE_THREADED;
+}
+
+/* The Traffic's mode is decided: lock held, mode still TR_MODE_UNSET or the same. */
+static inline void
+tr_set_mode(struct tr_traffic *tr, int mode)
+{
+	__atomic_store_n(&tr->mode, mode, __ATOMIC_RELEASE);
+}
 
 /* Terminated, or terminating: no more transfers will start. */
 static inline int
@@ -380,6 +397,7 @@ void tr_report_request(struct tr_transit *t, tr_report *r);
 int tr_finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_report *report);
 int tr_wants_transfer(const struct tr_transit *t);
 int tr_arm(struct tr_traffic *tr, struct tr_point *p);
+int tr_report_owner_end(struct tr_traffic *tr, struct tr_transit *t, tr_report *report);
 int tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report);
 void tr_apply_events(struct tr_traffic *tr, int n);
 void tr_run_work(struct tr_traffic *tr);

@@ -85,7 +85,7 @@ tr_push_report(struct tr_traffic *tr, struct tr_transit *t)
 	else
 		tr->reports = t;
 	tr->reports_tail = t;
-	if (tr->threaded && !tr->signalled) {
+	if (tr_threaded(tr) && !tr->signalled) {
 		/*
 		 * One signal per batch: the collector clears it when it empties
 		 * the list.  The cycle thread raises it after its whole batch, not

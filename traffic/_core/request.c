@@ -173,7 +173,7 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 {
 	int outcome = TR_PENDING;
 
-	if (!tr->threaded || tr->stopping)
+	if (!tr_threaded(tr) || tr->stopping)
 		return tr->stopping ? TR_ECLOSED : -EINVAL;
 	if (tr->failed) {
 		report->error = tr->fatal;

@@ -93,12 +93,8 @@ tr_traffic_create(tr_traffic **out)
 int
 tr_traffic_mode(tr_traffic *tr)
 {
-	int mode;
-
-	pthread_mutex_lock(&tr->lock);
-	mode = tr->mode;
-	pthread_mutex_unlock(&tr->lock);
-	return mode;
+	/* Set once under the lock; a stale UNSET is what a racing caller would see anyway. */
+	return __atomic_load_n(&tr->mode, __ATOMIC_ACQUIRE);
 }
 
 long
@@ -204,10 +200,8 @@ tr_traffic_start(tr_traffic *tr, int policy)
 		if (err == 0)
 			pthread_setname_np(tr->thread, "traffic-cycle");
 #endif
-		if (err == 0) {
-			tr->mode = TR_MODE_THREADED;
-			tr->threaded = 1;
-		}
+		if (err == 0)
+			tr_set_mode(tr, TR_MODE_THREADED);
 	}
 	pthread_mutex_unlock(&tr->lock);
 	return err;
@@ -222,7 +216,7 @@ tr_traffic_destroy(tr_traffic *tr)
 	pthread_mutex_lock(&tr_registry);
 	pthread_mutex_lock(&tr->lock);
 	tr->stopping = 1;
-	if (tr->threaded) {
+	if (tr_threaded(tr)) {
 		tr_kernel_wake(tr->kernel);
 		pthread_mutex_unlock(&tr->lock);
 		pthread_join(tr->thread, NULL);

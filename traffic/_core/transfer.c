@@ -423,7 +423,7 @@ tr_wants_transfer(const struct tr_transit *t)
 		return 0;
 	if ((t->buf == NULL && !(t->flags & TF_ALLOC)) || (t->flags & TF_EXHAUSTED))
 		return 0;
-	if (t->traffic->threaded && !(t->flags & TF_REQUEST))
+	if (tr_threaded(t->traffic) && !(t->flags & TF_REQUEST))
 		return 0;
 	return 1;
 }
@@ -537,129 +537,191 @@ take_event_error(struct tr_point *p, const struct tr_transit *t, int rc, int *er
 }
 
 /*
- * Transfer for a transit until it has nothing to do, then settle: events
- * (synchronous) or the request's outcome (threaded).  Lock held on entry and
- * exit, dropped around the system calls.  report is non-NULL for an inline
+ * One transfer loop for the transit, the lock dropped around its system
+ * calls: memory first for a request that has the core allocate it, then
+ * the loop, the error an event carried, and the allocation fitted to what
+ * came.  Lock held on entry and exit.  Returns the loop's outcome (TX_*),
+ * with *error its errno.
+ */
+static int
+transfer_unlocked(struct tr_traffic *tr, struct tr_transit *t, int *error)
+{
+	struct tr_point *p = t->point;
+	int drain = p->hup;   /* read under the lock: the transfer runs without it */
+	int rc;
+
+	if (t->buf == NULL) {
+		/* TF_ALLOC: memory only while data is there, none while parked. */
+		t->buf = malloc(t->size);
+		if (t->buf == NULL) {
+			*error = ENOMEM;
+			return TX_FAULT;
+		}
+	}
+	t->flags |= TF_IN_SYSCALL;
+	p->busy += 1;
+	pthread_mutex_unlock(&tr->lock);
+	rc = transfer(t, drain, error);
+	pthread_mutex_lock(&tr->lock);
+	t->flags &= ~TF_IN_SYSCALL;
+	p->busy -= 1;
+	if (p->error != 0)
+		rc = take_event_error(p, t, rc, error);
+	/* Memory the core allocated (not the caller's, nor its scratch). */
+	if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC) {
+		if (t->pos == 0) {
+			free(t->buf);
+			t->buf = NULL;
+		} else if (t->pos < t->size) {
+			/*
+			 * Give back what the data did not fill (in place: no
+			 * copy).  Otherwise every receive holds a whole fresh
+			 * allocation until it is collected, and a batch of them
+			 * walks the cache and the heap's top (page faults,
+			 * trims) for a few bytes each.
+			 */
+			char *fitted = realloc(t->buf, t->pos);
+
+			if (fitted != NULL)
+				t->buf = fitted;
+			t->size = t->pos;
+		}
+	}
+	return rc;
+}
+
+/*
+ * What a transfer loop's outcome does to the transit whatever the mode:
+ * the exhaustion, the fault's errno, the kernel's end.  Lock held.
+ */
+static void
+record(struct tr_traffic *tr, struct tr_transit *t, int rc, int error)
+{
+	if (rc == TX_EXHAUSTED)
+		t->flags |= TF_EXHAUSTED;
+	else if (rc == TX_FAULT)
+		t->error = error;
+	else if (rc == TX_EOF || rc == TX_ERROR)
+		tr_terminate(tr, t, TR_LIFE_KERNEL_END, rc == TX_EOF ? 0 : error);
+}
+
+/*
+ * The synchronous cycle's settle step: a transit that waits subscribes
+ * for good (ensure_registered), and what the loop did becomes the
+ * transit's events for the cycle to report.  Lock held.
+ */
+static void
+settle_cycle(struct tr_traffic *tr, struct tr_transit *t, int rc, int error, int waits, size_t before)
+{
+	if (waits) {
+		int err = ensure_registered(tr, t->point, t);
+
+		if (err < 0) {
+			rc = TX_ERROR;
+			error = -err;
+		}
+	}
+	record(tr, t, rc, error);
+	if (t->pos > before)
+		t->events |= TR_EV_TRANSFER;
+	if (rc == TX_EXHAUSTED)
+		t->events |= TR_EV_EXHAUST;
+	if (rc == TX_FAULT) {
+		t->events |= TR_EV_FAULT;
+		t->flags |= TF_EXHAUSTED;
+	}
+	if (t->life == TR_LIFE_TERMINATED)
+		t->events |= TR_EV_TERMINATE;
+	if (t->events)
+		tr_push_report(tr, t);
+}
+
+/*
+ * A threaded Traffic's settle step: a request that goes on waiting arms
+ * the point (only now: see tr_arm), and one that is done (or withdrawn
+ * during its system call) completes.  Lock held.  Returns the request's
+ * outcome, TR_PENDING while it waits.
+ */
+static int
+settle_request(struct tr_traffic *tr, struct tr_transit *t, int rc, int error, int waits,
+    tr_report *report)
+{
+	int outcome;
+
+	if (waits && judge_request(t, rc) == TR_PENDING && !(t->flags & TF_WITHDRAW)) {
+		int err = tr_arm(tr, t->point);
+
+		if (err < 0) {
+			rc = TX_ERROR;
+			error = -err;
+		}
+	}
+	record(tr, t, rc, error);
+	outcome = judge_request(t, rc);
+	if (outcome == TR_PENDING && (t->flags & TF_WITHDRAW))
+		outcome = TR_WITHDRAWN;
+	if (outcome == TR_PENDING)
+		return TR_PENDING;
+	t->flags &= ~TF_EXHAUSTED;
+	return tr_finish_request(tr, t, outcome, report);
+}
+
+/*
+ * The owner's termination of the transit, reported in its Traffic's mode:
+ * the termination event (synchronous), or a waiting request's TR_CLOSED
+ * completion (threaded; returned instead of queued for an inline
+ * request's report).  Lock held.  Returns the request's outcome, or
+ * TR_PENDING when none completed.
+ */
+int
+tr_report_owner_end(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
+{
+	if (!tr_threaded(tr)) {
+		t->events |= TR_EV_TERMINATE;
+		tr_push_report(tr, t);
+		return TR_PENDING;
+	}
+	if (t->flags & TF_REQUEST)
+		return tr_finish_request(tr, t, TR_CLOSED, report);
+	return TR_PENDING;
+}
+
+/*
+ * Transfer for a transit until it has nothing to do: the transfer loop,
+ * then its Traffic's settle step after each pass (the synchronous cycle's
+ * events, or a threaded request's outcome).  Lock held on entry and exit,
+ * dropped around the system calls.  report is non-NULL for an inline
  * request: its outcome is returned instead of being queued.
  */
 int
 tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 {
-	struct tr_point *p = t->point;
 	int outcome = TR_PENDING;
 
-	while (tr_wants_transfer(t) && (t->flags & TF_READY)) {
+	while (outcome == TR_PENDING && tr_wants_transfer(t) && (t->flags & TF_READY)) {
 		unsigned long edges = t->edges;
 		size_t before = t->pos;
-		int drain = p->hup;   /* read under the lock: the transfer runs without it */
-		int error = 0, rc;
+		int error = 0;
+		int rc = transfer_unlocked(tr, t, &error);
+		/* Drained, with no edge during the call: it waits for the next. */
+		int waits = rc == TX_AGAIN && t->edges == edges;
 
-		if (t->buf == NULL) {
-			/* TF_ALLOC: memory only while data is there, none while parked. */
-			t->buf = malloc(t->size);
-			if (t->buf == NULL) {
-				t->error = ENOMEM;
-				outcome = tr_finish_request(tr, t, TR_FAULT, report);
-				break;
-			}
-		}
-		t->flags |= TF_IN_SYSCALL;
-		p->busy += 1;
-		pthread_mutex_unlock(&tr->lock);
-		rc = transfer(t, drain, &error);
-		pthread_mutex_lock(&tr->lock);
-		t->flags &= ~TF_IN_SYSCALL;
-		p->busy -= 1;
-		if (p->error != 0)
-			rc = take_event_error(p, t, rc, &error);
-		/* Memory the core allocated (not the caller's, nor its scratch). */
-		if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC) {
-			if (t->pos == 0) {
-				free(t->buf);
-				t->buf = NULL;
-			} else if (t->pos < t->size) {
-				/*
-				 * Give back what the data did not fill (in place: no
-				 * copy).  Otherwise every receive holds a whole fresh
-				 * allocation until it is collected, and a batch of them
-				 * walks the cache and the heap's top (page faults,
-				 * trims) for a few bytes each.
-				 */
-				char *fitted = realloc(t->buf, t->pos);
-
-				if (fitted != NULL)
-					t->buf = fitted;
-				t->size = t->pos;
-			}
-		}
-
+		if (waits)
+			t->flags &= ~TF_READY;
 		if (t->life == TR_LIFE_TERMINATING) {
 			/* The owner terminated it while we were in the kernel. */
 			if (t->flags & TF_RELEASED)
 				tr_discard_accepted(t);
 			tr_terminate(tr, t, TR_LIFE_SETTLE, 0);
-			if (tr->threaded && (t->flags & TF_REQUEST))
-				outcome = tr_finish_request(tr, t, TR_CLOSED, report);
-			else if (!tr->threaded) {
-				t->events |= TR_EV_TERMINATE;
-				tr_push_report(tr, t);
-			}
+			outcome = tr_report_owner_end(tr, t, report);
 			break;
 		}
-
-		switch (rc) {
-		case TX_AGAIN:
-			if (t->edges == edges) {
-				int err = 0;
-
-				t->flags &= ~TF_READY;
-				if (!tr->threaded)
-					err = ensure_registered(tr, p, t);
-				else if (judge_request(t, rc) == TR_PENDING && !(t->flags & TF_WITHDRAW))
-					err = tr_arm(tr, p);   /* it waits: only now */
-				if (err < 0) {
-					rc = TX_ERROR;
-					error = -err;
-				}
-			}
-			break;
-		case TX_EXHAUSTED:
-			t->flags |= TF_EXHAUSTED;
-			break;
-		case TX_FAULT:
-			t->error = error;
-			break;
-		default:
-			break;
-		}
-		if (rc == TX_EOF || rc == TX_ERROR)
-			tr_terminate(tr, t, TR_LIFE_KERNEL_END, rc == TX_EOF ? 0 : error);
-
-		if (tr->threaded) {
-			outcome = judge_request(t, rc);
-			if (outcome == TR_PENDING && (t->flags & TF_WITHDRAW))
-				outcome = TR_WITHDRAWN;
-			if (outcome != TR_PENDING) {
-				t->flags &= ~TF_EXHAUSTED;
-				outcome = tr_finish_request(tr, t, outcome, report);
-				break;
-			}
-		} else {
-			if (t->pos > before)
-				t->events |= TR_EV_TRANSFER;
-			if (rc == TX_EXHAUSTED)
-				t->events |= TR_EV_EXHAUST;
-			if (rc == TX_FAULT) {
-				t->events |= TR_EV_FAULT;
-				t->flags |= TF_EXHAUSTED;
-			}
-			if (t->life == TR_LIFE_TERMINATED)
-				t->events |= TR_EV_TERMINATE;
-			if (t->events)
-				tr_push_report(tr, t);
-		}
+		if (tr_threaded(tr))
+			outcome = settle_request(tr, t, rc, error, waits, report);
+		else
+			settle_cycle(tr, t, rc, error, waits, before);
 	}
-	tr_point_settle(tr, p);
+	tr_point_settle(tr, t->point);
 	return outcome;
 }
 
@@ -687,7 +749,7 @@ tr_apply_events(struct tr_traffic *tr, int n)
 			in = NULL;
 		if (out != NULL && out->traffic != tr)
 			out = NULL;
-		if (tr->threaded) {
+		if (tr_threaded(tr)) {
 			/*
 			 * The one-shot subscription fired, and the kernel disarmed
 			 * what the event says.  A direction it disarmed that still

@@ -426,14 +426,14 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 		tr_fds_close_all(dups, nfds);
 		return t->life == TR_LIFE_TERMINATED ? TR_ECLOSED : -ENOTCONN;
 	}
-	if (tr->mode == TR_MODE_THREADED)
+	if (tr_threaded(tr))
 		err = -EINVAL;
 	else if (tr_ending(t))
 		err = TR_ECLOSED;
 	else if (t->buf != NULL || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
 		err = -EBUSY;   /* the current resource is not exhausted, or its end not yet seen */
 	else {
-		tr->mode = TR_MODE_SYNCHRONOUS;
+		tr_set_mode(tr, TR_MODE_SYNCHRONOUS);
 		t->buf = resource;
 		t->size = size;
 		t->pos = t->mark = 0;
@@ -451,21 +451,16 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 }
 
 /*
- * The owner ended a transit: report it so the owner
- * can unpin the resource (a pending request completes TR_CLOSED; a
- * synchronous transit gets its termination event).  Lock held.
+ * The owner ended a transit: report it so the owner can unpin the
+ * resource (tr_report_owner_end), and have a synchronous cycle hand the
+ * event over at once.  Lock held.
  */
 static void
 report_end(struct tr_traffic *tr, struct tr_transit *t)
 {
-	if (tr->threaded) {
-		if (t->flags & TF_REQUEST)
-			tr_finish_request(tr, t, TR_CLOSED, NULL);
-	} else {
-		t->events |= TR_EV_TERMINATE;
-		tr_push_report(tr, t);
+	tr_report_owner_end(tr, t, NULL);
+	if (!tr_threaded(tr))
 		tr_wake_cycle(tr);
-	}
 }
 
 int
