@@ -27,12 +27,12 @@ from conftest import cycle_threads, cycle_threads_gone, recv_exactly
 from traffic import Completion, Octets, Sockets, Traffic, TransitClosedError
 from traffic._traffic import ffi, lib
 
-PENDING, DONE, TERMINATED, FAULT, CLOSED, WITHDRAWN, COMPLETING = (
+PENDING, DONE, TERMINATED, FAULT, OWNER_TERMINATED, WITHDRAWN, COMPLETING = (
     lib.TR_PENDING,
     lib.TR_DONE,
     lib.TR_TERMINATED,
     lib.TR_FAULT,
-    lib.TR_CLOSED,
+    lib.TR_OWNER_TERMINATED,
     lib.TR_WITHDRAWN,
     lib.TR_COMPLETING,
 )
@@ -148,7 +148,7 @@ def test_a_lazy_signal_is_written_only_while_the_collector_may_sleep(ttr: Traffi
     reads the flag after each I/O wait instead); the flag says completions
     wait either way, and collecting them clears both."""
     fd = ttr.completion_fileno()
-    flag = lib.tr_traffic_signal_flag(ttr._c)
+    flag = lib.tr_traffic_notify_flag(ttr._c)
     lib.tr_traffic_collector_asleep(ttr._c, 0)
     inp, _out, peer = pair(ttr)
     with peer:
@@ -289,7 +289,7 @@ def test_terminate_while_pending_completes_closed(ttr: Traffic) -> None:
         assert ttr.request(inp, bytearray(10))[0] == PENDING
         inp.terminate()
         c = one(ttr, inp)
-        assert c.outcome == CLOSED
+        assert c.outcome == OWNER_TERMINATED
         with pytest.raises(TransitClosedError):
             ttr.request(inp, bytearray(10))
 
@@ -476,7 +476,7 @@ def test_dropped_transit_with_pending_request(ttr: Traffic) -> None:
         gc.collect()
         # Its completion still arrives, so the resource is unpinned.
         got = completions(ttr, lambda c: any(x.token == token for x in c))
-        assert [c.outcome for c in got if c.token == token] == [CLOSED]
+        assert [c.outcome for c in got if c.token == token] == [OWNER_TERMINATED]
         assert token not in ttr._pins
 
 
@@ -606,7 +606,7 @@ def test_pending_receives_end_without_data(end: str) -> None:
                 inp.terminate()
         if end == "terminate":
             got = completions(t, lambda c: len(c) == len(receivers))
-            assert {c.outcome for c in got} == {CLOSED}
+            assert {c.outcome for c in got} == {OWNER_TERMINATED}
             assert all(c.data is None for c in got)
     finally:
         t.close()

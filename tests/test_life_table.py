@@ -3,7 +3,7 @@
 ``tests/fuzz/life_table.c`` holds the legal transitions written out on their
 own and walks every (state, event, who ended it) through the core's table
 in ``traffic/_core/life.c`` (see both files).  Built twice: a release build,
-where a step outside the table is refused with ``TR_ECLOSED`` and changes
+where a step outside the table is refused with ``TR_ETERMINATED`` and changes
 nothing, and an AddressSanitizer + UndefinedBehaviorSanitizer build, where
 the same step aborts the process (the core's sanitizer builds do so for a
 step the core itself takes wrongly).

@@ -34,11 +34,11 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 from ._traffic import ffi, lib
 
 __all__ = [
-    "CLOSED",
     "COMPLETING",
     "DONE",
     "FAULT",
     "NULL",
+    "OWNER_TERMINATED",
     "PENDING",
     "TERMINATED",
     "WITHDRAWN",
@@ -58,7 +58,7 @@ PENDING: int = lib.TR_PENDING  # it waits: a completion follows
 DONE: int = lib.TR_DONE
 TERMINATED: int = lib.TR_TERMINATED  # the transit ended (error: 0 at EOF, else the errno)
 FAULT: int = lib.TR_FAULT  # this transfer failed (error); the transit goes on
-CLOSED: int = lib.TR_CLOSED  # its owner terminated the transit, or the Traffic closed
+OWNER_TERMINATED: int = lib.TR_OWNER_TERMINATED  # by its owner, or its Traffic's close
 WITHDRAWN: int = lib.TR_WITHDRAWN
 COMPLETING: int = lib.TR_COMPLETING  # a withdraw too late: the completion follows
 
@@ -82,10 +82,11 @@ class Completion(NamedTuple):
     ``array('i')`` resource).  ``data`` holds what a receive into memory
     the core provides received (the scratch, or an allocation), else None.
     ``descriptors`` counts the descriptors a Descriptors request sent, or
-    received into its array (for an outcome other than ``CLOSED``: the core
-    closed those of a closed request).  ``error`` is the errno of a
-    ``TERMINATED`` or ``FAULT`` outcome, else 0.  ``token`` names the
-    transit (0 for a request that completed at once).
+    received into its array (for an outcome other than
+    ``OWNER_TERMINATED``: the core closed those of such a request).
+    ``error`` is the errno of a ``TERMINATED`` or ``FAULT`` outcome, else
+    0.  ``token`` names the transit (0 for a request that completed at
+    once).
     """
 
     token: int
@@ -106,8 +107,8 @@ Result = tuple[int, int, int, int, "bytes | None", int]
 class Refusal(enum.Enum):
     """Why the core refused a request (a negative return code)."""
 
-    #: The transit is terminated, or its Traffic is closed (``TR_ECLOSED``).
-    CLOSED = "closed"
+    #: The transit is terminated, or its Traffic is closed (``TR_ETERMINATED``).
+    TERMINATED = "terminated"
     #: Another request of the transit is outstanding (``EBUSY``).
     BUSY = "busy"
     #: A descriptor to send is not an open descriptor (``EBADF``).
@@ -117,14 +118,14 @@ class Refusal(enum.Enum):
 
 
 #: A layer's table: the exception to raise for each refusal, made from the
-#: errno (``EBADF`` for ``CLOSED``).
+#: errno (``EBADF`` for ``TERMINATED``).
 Refusals = Mapping[Refusal, Callable[[int], BaseException]]
 
 
 def refusal(code: int) -> tuple[Refusal, int]:
     """The refusal a negative return code means, and its errno."""
-    if code == lib.TR_ECLOSED:
-        return Refusal.CLOSED, errno.EBADF
+    if code == lib.TR_ETERMINATED:
+        return Refusal.TERMINATED, errno.EBADF
     if code == -errno.EBUSY:
         return Refusal.BUSY, errno.EBUSY
     if code == -errno.EBADF:
@@ -351,10 +352,10 @@ class Requests:
             if n < COLLECT_BATCH:
                 return completions
 
-    def signal_flag(self) -> Any:
+    def notify_flag(self) -> Any:
         """The core's flag, raised (nonzero) while completions wait: read
         without a call or a lock, a stale zero only defers them."""
-        return lib.tr_traffic_signal_flag(self._c)
+        return lib.tr_traffic_notify_flag(self._c)
 
     def collector_asleep(self, state: int) -> None:
         """Tell the core whether the collector may block in its I/O wait (1),

@@ -148,7 +148,7 @@ class Collector(trio.abc.Instrument):
     def __init__(self, delivery: Delivery) -> None:
         self.delivery = delivery
         self.requests = delivery.requests
-        self.flag = self.requests.signal_flag()
+        self.flag = self.requests.notify_flag()
         self.asleep = False
         self.installed = False  # the core signals every batch (its default)
         self.idle = 0  # I/O waits since one found something parked

@@ -139,11 +139,11 @@ from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
 from ._requests import (
-    CLOSED,
     COMPLETING,
     DONE,
     FAULT,
     NULL,
+    OWNER_TERMINATED,
     TERMINATED,
     Completion,
     Refusal,
@@ -213,7 +213,7 @@ IPPROTO_IPV6 = getattr(socket, "IPPROTO_IPV6", 41)
 
 # The core's refusals of a request, as anyio's exceptions (see _requests).
 _REFUSALS: Refusals = {
-    Refusal.CLOSED: lambda _: anyio.ClosedResourceError(),
+    Refusal.TERMINATED: lambda _: anyio.ClosedResourceError(),
     Refusal.BUSY: lambda _: anyio.BusyResourceError("transferring on"),
     Refusal.BAD_DESCRIPTOR: bad_descriptor,
     Refusal.OS_ERROR: os_error,
@@ -416,7 +416,7 @@ class _AsyncioParking:
         parked, self.parked = self.parked, {}
         for token, future in parked.items():
             if future is not None and not future.done() and not self.loop.is_closed():
-                future.set_result(Completion(token, CLOSED, 0, 0))
+                future.set_result(Completion(token, OWNER_TERMINATED, 0, 0))
         self.traffic.close()
         if (
             not self.keeper.done()
@@ -434,7 +434,7 @@ class _AsyncioParking:
         if future is not None:
             self.parked[token] = None
             if not future.done():
-                future.set_result(Completion(token, CLOSED, 0, 0))
+                future.set_result(Completion(token, OWNER_TERMINATED, 0, 0))
 
     async def transfer(
         self,

@@ -1,7 +1,7 @@
 """The core's exceptions, and the one place C return codes become them.
 
 Every C function of the core returns 0 (or a count, or an outcome) on
-success and a negative errno, or ``TR_ECLOSED``, on failure.  :func:`check`
+success and a negative errno, or ``TR_ETERMINATED``, on failure.  :func:`check`
 turns the failure of a synchronous call into an exception (the few codes
 that mean a misuse, such as ``EBUSY`` for a transit already in a Traffic,
 are told apart where the call is made, in :mod:`traffic.libkqueue`).  A
@@ -49,7 +49,7 @@ def check(rc: int, context: str = "") -> int:
     """Return ``rc`` if it is not an error; raise the matching exception otherwise."""
     if rc >= 0:
         return rc
-    if rc == lib.TR_ECLOSED:
+    if rc == lib.TR_ETERMINATED:
         raise TransitClosedError(
             f"{context}: transit is terminated" if context else "transit is terminated"
         )

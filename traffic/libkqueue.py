@@ -834,7 +834,7 @@ def _refused_os_error(error: int) -> BaseException:
 
 # The request methods' exceptions for the core's refusals (see _requests).
 _REFUSALS: _requests.Refusals = {
-    Refusal.CLOSED: lambda _: TransitClosedError("request: transit is terminated"),
+    Refusal.TERMINATED: lambda _: TransitClosedError("request: transit is terminated"),
     Refusal.BUSY: lambda _: RuntimeError("another request of this transit is outstanding"),
     Refusal.BAD_DESCRIPTOR: lambda error: TransitError(error, _requests.BAD_DESCRIPTOR_MESSAGE),
     Refusal.OS_ERROR: _refused_os_error,

@@ -160,7 +160,7 @@ _trio_parking.policy = _cycle_policy
 
 # The core's refusals of a request, as trio's exceptions (see _requests).
 _REFUSALS: Refusals = {
-    Refusal.CLOSED: lambda _: trio.ClosedResourceError("the transit is terminated"),
+    Refusal.TERMINATED: lambda _: trio.ClosedResourceError("the transit is terminated"),
     Refusal.BUSY: lambda _: trio.BusyResourceError(
         "another task is already transferring on this transit"
     ),

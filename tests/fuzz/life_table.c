@@ -7,7 +7,7 @@
  * table: the core's termination paths as they are (see tr_terminate,
  * tr_transit_terminate, tr_transit_release, tr_drive, tr_traffic_destroy).
  * A legal step must lead where the list says and change "who ended it"
- * only as it says; every other pair must be refused: with TR_ECLOSED and
+ * only as it says; every other pair must be refused: with TR_ETERMINATED and
  * nothing changed ("lenient": a release build), or by aborting the
  * process ("strict": the sanitizer builds, checked in a child per pair).
  *
@@ -48,7 +48,9 @@ static const struct legal legal[] = {
 };
 
 static const char *const state_names[] = {"open", "terminating", "terminated"};
-static const char *const event_names[] = {"owner-end", "owner-defer", "settle", "kernel-end", "discard"};
+static const char *const event_names[] = {
+	"owner-end", "owner-defer", "settle", "kernel-end", "discard",
+};
 
 static const struct legal *
 find(int from, int event)
@@ -131,8 +133,8 @@ main(int argc, char **argv)
 						continue;
 					}
 					rc = tr_life_step(&life, &who, event);
-					if (rc != TR_ECLOSED)
-						return fail(from, by, event, "illegal, and not refused with TR_ECLOSED");
+					if (rc != TR_ETERMINATED)
+						return fail(from, by, event, "illegal, and not refused with TR_ETERMINATED");
 					if (life != from || who != by)
 						return fail(from, by, event, "refused, but the life changed");
 					continue;
@@ -151,11 +153,11 @@ main(int argc, char **argv)
 	if (!strict) {
 		unsigned char life = TR_LIFE_STATES, who = 0;
 
-		if (tr_life_step(&life, &who, 0) != TR_ECLOSED || life != TR_LIFE_STATES)
+		if (tr_life_step(&life, &who, 0) != TR_ETERMINATED || life != TR_LIFE_STATES)
 			return fail(0, 0, 0, "a state out of range was not refused");
 		life = TR_LIFE_OPEN;
-		if (tr_life_step(&life, &who, TR_LIFE_EVENTS) != TR_ECLOSED || tr_life_step(&life, &who, -1) != TR_ECLOSED
-		    || life != TR_LIFE_OPEN)
+		if (tr_life_step(&life, &who, TR_LIFE_EVENTS) != TR_ETERMINATED
+		    || tr_life_step(&life, &who, -1) != TR_ETERMINATED || life != TR_LIFE_OPEN)
 			return fail(0, 0, 0, "an event out of range was not refused");
 	}
 	printf("life table: %d pairs checked, %d refused (%s): ok\n", checked, refused, argv[1]);

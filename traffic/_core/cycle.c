@@ -27,7 +27,7 @@ tr_cycle_enter(tr_traffic *tr, int timeout_ms)
 
 	pthread_mutex_lock(&tr->lock);
 	if (tr->stopping)
-		err = TR_ECLOSED;
+		err = TR_ETERMINATED;
 	else if (tr_threaded(tr))
 		err = -EINVAL;
 	else if (tr->cycling)

@@ -22,7 +22,7 @@
  *   already there.
  *
  * The wake is an eventfd registered edge-triggered with a NULL udata; the
- * completion signal is a second eventfd that trio or asyncio poll.
+ * completion notification is a second eventfd that trio or asyncio poll.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -194,7 +194,7 @@ tr_kernel_wake(struct tr_kernel *k)
 }
 
 int
-tr_signal_open(int *read_fd, int *write_fd)
+tr_notify_open(int *read_fd, int *write_fd)
 {
 	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 
@@ -205,14 +205,14 @@ tr_signal_open(int *read_fd, int *write_fd)
 }
 
 void
-tr_signal_close(int read_fd, int write_fd)
+tr_notify_close(int read_fd, int write_fd)
 {
 	(void)write_fd;  /* one eventfd serves both ends */
 	close(read_fd);
 }
 
 void
-tr_signal_raise(int write_fd)
+tr_notify_raise(int write_fd)
 {
 	uint64_t one = 1;
 
@@ -221,7 +221,7 @@ tr_signal_raise(int write_fd)
 }
 
 void
-tr_signal_clear(int read_fd)
+tr_notify_clear(int read_fd)
 {
 	uint64_t count;
 

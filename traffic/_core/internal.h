@@ -30,8 +30,9 @@
  *   is consumed inside the backend and is not reported as an event.
  * - tr_kernel_wake() makes a concurrent or the next tr_kernel_wait() return;
  *   safe from any thread.
- * - The signal is the completion descriptor: raised by the cycle thread,
- *   cleared by the collector, readable (poll/epoll/trio) while raised.
+ * - The notification is the completion descriptor: raised by the cycle
+ *   thread, cleared by the collector, readable (poll/epoll/trio) while
+ *   raised.
  */
 #ifndef TRAFFIC_INTERNAL_H
 #define TRAFFIC_INTERNAL_H
@@ -83,11 +84,11 @@ int tr_kernel_arm(struct tr_kernel *kernel, int fd, void *udata, unsigned int ha
 int tr_kernel_wait(struct tr_kernel *kernel, struct tr_kevent *events, int max, int timeout_ms);
 int tr_kernel_wake(struct tr_kernel *kernel);
 
-/* The completion signal: read_fd is what consumers wait on. */
-int tr_signal_open(int *read_fd, int *write_fd);
-void tr_signal_close(int read_fd, int write_fd);
-void tr_signal_raise(int write_fd);
-void tr_signal_clear(int read_fd);
+/* The completion notification: read_fd is what consumers wait on. */
+int tr_notify_open(int *read_fd, int *write_fd);
+void tr_notify_close(int read_fd, int write_fd);
+void tr_notify_raise(int write_fd);
+void tr_notify_clear(int read_fd);
 
 /*
  * Descriptor passing (descriptors.c).  TR_FDS_PER_MESSAGE is in traffic.h;
@@ -167,7 +168,7 @@ enum tr_life_event {
 	TR_LIFE_EVENTS
 };
 
-/* 0, or TR_ECLOSED (and the life unchanged) for a step outside the table. */
+/* 0, or TR_ETERMINATED (and the life unchanged) for a step outside the table. */
 int tr_life_step(unsigned char *life, unsigned char *by, int event);
 
 /* Transit flags: the facts independent of its life. */
@@ -272,22 +273,22 @@ struct tr_traffic {
 	 * read from here alone; tr_traffic_mode reads it without the lock.
 	 */
 	int mode;
-	int signal_read, signal_write;
-	unsigned sleeping:1, wake_pending:1, signalled:1, cycling:1, stopping:1,
-	    failed:1, batching:1, signal_due:1;
+	int notify_read_fd, notify_write_fd;
+	unsigned sleeping:1, wake_pending:1, notified:1, cycling:1, stopping:1,
+	    failed:1, batching:1, notify_due:1;
 	int fatal;                /* errno that stopped the cycle thread */
 	int policy;               /* tr_cycle_policy of the cycle thread */
-	int raised;               /* signalled, for readers without the lock (a hint) */
+	int raised;               /* notified, for readers without the lock (a hint) */
 	/*
 	 * The completion descriptor is written outside the lock (the collector
 	 * it wakes wants the lock at once), so it has a lock of its own, taken
 	 * after the main one when both are held: written says the descriptor
 	 * holds a count; lazy that the collector reports when it may block in
 	 * its I/O wait (tr_traffic_collector_asleep), asleep that it may now.
-	 * A lazy signal is written only while the collector may be blocked: an
+	 * A lazy notification is written only while the collector may be blocked: an
 	 * awake one reads raised after each of its waits instead.
 	 */
-	pthread_mutex_t signal_lock;
+	pthread_mutex_t notify_lock;
 	int written, lazy, asleep;
 	pthread_t thread;
 	struct tr_transit *work, *work_tail;
@@ -372,8 +373,8 @@ void tr_live(long delta);
 void tr_wake_cycle(struct tr_traffic *tr);
 
 /* notify.c */
-void tr_mark_signal(struct tr_traffic *tr);
-void tr_write_signal(struct tr_traffic *tr);
+void tr_notify_mark(struct tr_traffic *tr);
+void tr_notify_write(struct tr_traffic *tr);
 void tr_push_report(struct tr_traffic *tr, struct tr_transit *t);
 
 /* transit.c */
@@ -390,7 +391,7 @@ int tr_fds_submit(struct tr_transit *t, size_t size, int *fds, size_t nfds, int 
 void tr_fds_install(struct tr_transit *t, int *fds, size_t nfds, int *dups);
 
 /* transfer.c */
-void tr_discard_accepted(struct tr_transit *t);
+void tr_close_unreported(struct tr_transit *t);
 void tr_fds_release(struct tr_transit *t);
 void tr_release_resource(struct tr_transit *t);
 void tr_report_request(struct tr_transit *t, tr_report *r);

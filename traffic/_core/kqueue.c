@@ -42,7 +42,7 @@
  * NOTE_TRIGGER; where EVFILT_USER is missing it is a non-blocking pipe
  * whose read end is registered for EVFILT_READ with a NULL udata and
  * drained when it fires.  Either way a wait consumes it without reporting
- * it.  The completion signal is a non-blocking pipe: no eventfd here.
+ * it.  The completion notification is a non-blocking pipe: no eventfd here.
  */
 #if defined(__linux__)
 #define _GNU_SOURCE  /* pipe2() when built against libkqueue */
@@ -438,7 +438,7 @@ tr_kernel_wake(struct tr_kernel *k)
 }
 
 int
-tr_signal_open(int *read_fd, int *write_fd)
+tr_notify_open(int *read_fd, int *write_fd)
 {
 	int fds[2];
 	int err;
@@ -451,21 +451,21 @@ tr_signal_open(int *read_fd, int *write_fd)
 }
 
 void
-tr_signal_close(int read_fd, int write_fd)
+tr_notify_close(int read_fd, int write_fd)
 {
 	close(read_fd);
 	close(write_fd);
 }
 
 void
-tr_signal_raise(int write_fd)
+tr_notify_raise(int write_fd)
 {
 	/* EAGAIN: already raised, the pipe still holds a byte. */
 	(void)tr_poke(write_fd);
 }
 
 void
-tr_signal_clear(int read_fd)
+tr_notify_clear(int read_fd)
 {
 	tr_drain(read_fd);
 }

@@ -15,7 +15,7 @@
  * that is not in it is a bug in the core, never the caller's bad input (the
  * public functions check their callers first), so the sanitizer build
  * aborts on it, where the report points at the caller; other builds leave
- * the life unchanged and return TR_ECLOSED, the error a terminated
+ * the life unchanged and return TR_ETERMINATED, the error a terminated
  * transit's callers get.
  *
  * The effects of a termination (the owner's shutdown, the point's close
@@ -82,7 +82,7 @@ tr_life_step(unsigned char *life, unsigned char *by, int event)
 #ifdef TR_LIFE_STRICT
 		abort();
 #endif
-		return TR_ECLOSED;
+		return TR_ETERMINATED;
 	}
 	*life = s->next;
 	if (s->by != SAME)

@@ -2,7 +2,7 @@
  * notify.c: telling the collector that completions wait, and handing them
  * over.
  *
- * The completion descriptor (the "signal", read by trio or asyncio) is
+ * The notification, the completion descriptor read by trio or asyncio, is
  * raised by the cycle thread and cleared by the collector; a flag of the
  * core mirrors it for collectors that look without a system call.  The
  * descriptor is written outside the main lock (the collector it wakes
@@ -26,51 +26,51 @@
 
 #include "internal.h"
 
-/* Mark the signal raised, without the system call: lock held. */
+/* Mark the notification raised, without the system call: lock held. */
 void
-tr_mark_signal(struct tr_traffic *tr)
+tr_notify_mark(struct tr_traffic *tr)
 {
-	tr->signalled = 1;
+	tr->notified = 1;
 	__atomic_store_n(&tr->raised, 1, __ATOMIC_RELAXED);
 }
 
 /*
  * Write the completion descriptor if completions wait, nothing was written
  * for them yet, and the collector may be blocked (always, unless lazy):
- * signal_lock held.  It reads raised, not signalled: a collector that took
+ * notify_lock held.  It reads raised, not notified: a collector that took
  * the completions since they were marked cleared it, and a write now would
  * leave the descriptor readable with nothing behind it (a pump waiting on
  * it would wake for nothing, forever).
  */
 static void
-write_signal_locked(struct tr_traffic *tr)
+notify_write_locked(struct tr_traffic *tr)
 {
 	if (!tr->written && __atomic_load_n(&tr->raised, __ATOMIC_RELAXED) &&
 	    (tr->asleep || !tr->lazy)) {
-		tr_signal_raise(tr->signal_write);
+		tr_notify_raise(tr->notify_write_fd);
 		tr->written = 1;
 	}
 }
 
 /*
  * The cycle thread calls it without the main lock at the end of a batch
- * that marked the signal (a system call made holding the lock would put the
+ * that marked the notification (a system call made holding the lock would put the
  * collector it wakes to sleep on the mutex); others with it.
  */
 void
-tr_write_signal(struct tr_traffic *tr)
+tr_notify_write(struct tr_traffic *tr)
 {
-	pthread_mutex_lock(&tr->signal_lock);
-	write_signal_locked(tr);
-	pthread_mutex_unlock(&tr->signal_lock);
+	pthread_mutex_lock(&tr->notify_lock);
+	notify_write_locked(tr);
+	pthread_mutex_unlock(&tr->notify_lock);
 }
 
 /* Tell the collector that completions wait: lock held. */
 static void
-raise_signal(struct tr_traffic *tr)
+notify_collector(struct tr_traffic *tr)
 {
-	tr_mark_signal(tr);
-	tr_write_signal(tr);
+	tr_notify_mark(tr);
+	tr_notify_write(tr);
 }
 
 void
@@ -85,18 +85,18 @@ tr_push_report(struct tr_traffic *tr, struct tr_transit *t)
 	else
 		tr->reports = t;
 	tr->reports_tail = t;
-	if (tr_threaded(tr) && !tr->signalled) {
+	if (tr_threaded(tr) && !tr->notified) {
 		/*
-		 * One signal per batch: the collector clears it when it empties
+		 * One notification per batch: the collector clears it when it empties
 		 * the list.  The cycle thread raises it after its whole batch, not
 		 * at the first completion: a consumer woken mid-batch (it may
 		 * preempt the cycle thread on a shared CPU) would collect one
 		 * completion per wake.
 		 */
 		if (tr->batching) {
-			tr->signal_due = 1;
+			tr->notify_due = 1;
 		} else {
-			raise_signal(tr);
+			notify_collector(tr);
 		}
 	}
 }
@@ -104,11 +104,11 @@ tr_push_report(struct tr_traffic *tr, struct tr_transit *t)
 int
 tr_traffic_completion_fd(tr_traffic *tr)
 {
-	return tr->signal_read;
+	return tr->notify_read_fd;
 }
 
 const int *
-tr_traffic_signal_flag(tr_traffic *tr)
+tr_traffic_notify_flag(tr_traffic *tr)
 {
 	return &tr->raised;
 }
@@ -116,12 +116,12 @@ tr_traffic_signal_flag(tr_traffic *tr)
 int
 tr_traffic_collector_asleep(tr_traffic *tr, int asleep)
 {
-	pthread_mutex_lock(&tr->signal_lock);
+	pthread_mutex_lock(&tr->notify_lock);
 	tr->lazy = asleep >= 0;
 	tr->asleep = asleep != 0;
 	if (tr->asleep)
-		write_signal_locked(tr);   /* marked while it was awake */
-	pthread_mutex_unlock(&tr->signal_lock);
+		notify_write_locked(tr);   /* marked while it was awake */
+	pthread_mutex_unlock(&tr->notify_lock);
 	return 0;
 }
 
@@ -138,16 +138,16 @@ tr_collect(tr_traffic *tr, tr_report *reports, int max)
 		++n;
 	}
 	if (tr->reports == NULL) {
-		if (tr->signalled) {
-			tr->signalled = 0;
+		if (tr->notified) {
+			tr->notified = 0;
 			__atomic_store_n(&tr->raised, 0, __ATOMIC_RELAXED);
 		}
-		pthread_mutex_lock(&tr->signal_lock);
+		pthread_mutex_lock(&tr->notify_lock);
 		if (tr->written) {
-			tr_signal_clear(tr->signal_read);
+			tr_notify_clear(tr->notify_read_fd);
 			tr->written = 0;
 		}
-		pthread_mutex_unlock(&tr->signal_lock);
+		pthread_mutex_unlock(&tr->notify_lock);
 	}
 	pthread_mutex_unlock(&tr->lock);
 	return n;

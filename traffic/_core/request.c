@@ -37,7 +37,7 @@ void *
 tr_cycle_main(void *arg)
 {
 	struct tr_traffic *tr = arg;
-	int due = 0;   /* a batch's signal to write once the lock is dropped */
+	int due = 0;   /* a batch's notification to write once the lock is dropped */
 
 	tr_signals_blocked = 1;   /* tr_traffic_start created it with every signal blocked */
 #ifdef __linux__
@@ -72,7 +72,7 @@ tr_cycle_main(void *arg)
 		tr->sleeping = timeout != 0;
 		pthread_mutex_unlock(&tr->lock);
 		if (due) {
-			tr_write_signal(tr);
+			tr_notify_write(tr);
 			due = 0;
 		}
 		n = tr_kernel_wait(tr->kernel, tr->events, TR_BATCH, timeout);
@@ -87,10 +87,10 @@ tr_cycle_main(void *arg)
 			tr_apply_events(tr, n);
 		tr_run_work(tr);
 		tr->batching = 0;
-		if (tr->signal_due) {
-			tr->signal_due = 0;
-			if (!tr->signalled && tr->reports != NULL) {
-				tr_mark_signal(tr);
+		if (tr->notify_due) {
+			tr->notify_due = 0;
+			if (!tr->notified && tr->reports != NULL) {
+				tr_notify_mark(tr);
 				due = 1;
 			}
 		}
@@ -110,7 +110,7 @@ tr_cycle_main(void *arg)
 	}
 	pthread_mutex_unlock(&tr->lock);
 	if (due)
-		tr_write_signal(tr);
+		tr_notify_write(tr);
 	return NULL;
 }
 
@@ -138,7 +138,7 @@ tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds
 	tr = tr_lock_traffic(t);
 	if (tr == NULL) {
 		tr_fds_close_all(dups, nfds);
-		return TR_ECLOSED;
+		return TR_ETERMINATED;
 	}
 	outcome = request_locked(tr, t, resource, size, fds, nfds, &dups, inline_first, NULL, report);
 	pthread_mutex_unlock(&tr->lock);
@@ -160,7 +160,7 @@ tr_receive(tr_transit *t, size_t size, void *scratch, tr_report *report)
 		return -EINVAL;
 	tr = tr_lock_traffic(t);
 	if (tr == NULL)
-		return TR_ECLOSED;
+		return TR_ETERMINATED;
 	outcome = request_locked(tr, t, NULL, size, NULL, 0, &dups, 1, scratch, report);
 	pthread_mutex_unlock(&tr->lock);
 	return outcome;
@@ -174,13 +174,13 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 	int outcome = TR_PENDING;
 
 	if (!tr_threaded(tr) || tr->stopping)
-		return tr->stopping ? TR_ECLOSED : -EINVAL;
+		return tr->stopping ? TR_ETERMINATED : -EINVAL;
 	if (tr->failed) {
 		report->error = tr->fatal;
 		outcome = TR_TERMINATED;
 	} else if (tr_ending(t)) {
 		if (t->by == TR_BY_OWNER)
-			return TR_ECLOSED;
+			return TR_ETERMINATED;
 		report->error = t->error;
 		outcome = TR_TERMINATED;
 	} else if (t->flags & (TF_REQUEST | TF_ON_REPORTS)) {
@@ -261,7 +261,7 @@ tr_withdraw(tr_transit *t, tr_report *report)
 	memset(report, 0, sizeof *report);
 	report->token = t->token;
 	if (tr == NULL)
-		return TR_ECLOSED;
+		return TR_ETERMINATED;
 	if (t->flags & TF_ON_REPORTS) {
 		outcome = TR_COMPLETING;    /* completed, not yet collected */
 	} else if (!(t->flags & TF_REQUEST)) {

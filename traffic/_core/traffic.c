@@ -78,13 +78,13 @@ tr_traffic_create(tr_traffic **out)
 		free(tr);
 		return err;
 	}
-	if ((err = tr_signal_open(&tr->signal_read, &tr->signal_write)) < 0) {
+	if ((err = tr_notify_open(&tr->notify_read_fd, &tr->notify_write_fd)) < 0) {
 		tr_kernel_close(tr->kernel);
 		free(tr);
 		return err;
 	}
 	pthread_mutex_init(&tr->lock, NULL);
-	pthread_mutex_init(&tr->signal_lock, NULL);
+	pthread_mutex_init(&tr->notify_lock, NULL);
 	tr_live(1);
 	*out = tr;
 	return 0;
@@ -127,11 +127,11 @@ tr_traffic_acquire(tr_traffic *tr, tr_transit *t, unsigned long long token)
 	pthread_mutex_lock(&tr_registry);
 	pthread_mutex_lock(&tr->lock);
 	if (tr->stopping)
-		err = TR_ECLOSED;
+		err = TR_ETERMINATED;
 	else if (t->traffic == tr)
 		err = -EALREADY;
 	else if (t->life == TR_LIFE_TERMINATED)
-		err = TR_ECLOSED;   /* before "in another Traffic": the end is what matters */
+		err = TR_ETERMINATED;   /* before "in another Traffic": the end is what matters */
 	else if (t->traffic != NULL)
 		err = -EBUSY;
 	else {
@@ -184,7 +184,7 @@ tr_traffic_start(tr_traffic *tr, int policy)
 
 	pthread_mutex_lock(&tr->lock);
 	if (tr->stopping)
-		err = TR_ECLOSED;
+		err = TR_ETERMINATED;
 	else if (tr->mode == TR_MODE_SYNCHRONOUS)
 		err = -EINVAL;
 	else if (policy != TR_CYCLE_NORMAL && policy != TR_CYCLE_IDLE && policy != TR_CYCLE_BATCH)
@@ -250,8 +250,8 @@ tr_traffic_destroy(tr_traffic *tr)
 	pthread_mutex_unlock(&tr_registry);
 
 	pthread_mutex_destroy(&tr->lock);
-	pthread_mutex_destroy(&tr->signal_lock);
-	tr_signal_close(tr->signal_read, tr->signal_write);
+	pthread_mutex_destroy(&tr->notify_lock);
+	tr_notify_close(tr->notify_read_fd, tr->notify_write_fd);
 	tr_kernel_close(tr->kernel);
 	free(tr);
 	tr_live(-1);
@@ -291,6 +291,6 @@ tr_traffic_abandon(tr_traffic *tr)
 		p->traffic = NULL;
 	}
 	tr->points = NULL;
-	tr_signal_close(tr->signal_read, tr->signal_write);
+	tr_notify_close(tr->notify_read_fd, tr->notify_write_fd);
 	tr_kernel_abandon(tr->kernel);
 }

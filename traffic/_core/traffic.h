@@ -3,14 +3,18 @@
  *
  * Written in cdef's subset: no preprocessor lines, opaque structures, enums
  * for constants.  Every function that can fail returns 0 (or a count) on
- * success and a negative errno, or TR_ECLOSED, on failure; nothing here ever
- * aborts the process on bad input.
+ * success and a negative errno, or TR_ETERMINATED, on failure; nothing here
+ * ever aborts the process on bad input.
  *
  * Vocabulary (see the seed): a Traffic owns a kernel queue and the transits
  * acquired into it; a transit transfers in one direction (its polarity) over
  * one kernel point (a descriptor); a transfer resource is the memory the
  * transit transfers into or out of.  Exhaustion is the resource fully used;
- * termination is the end of the transit's ability to transfer.
+ * termination is the end of the transit's ability to transfer, by its owner
+ * or by the kernel.  "Closed" means only what close() does: a descriptor
+ * closed, a Traffic destroyed (Python's Traffic.close()); a transit is not
+ * closed, it terminates.  The notification is the completion descriptor a
+ * threaded Traffic raises; "signal" means a POSIX signal.
  *
  * Threads.  A Traffic is synchronous (tr_cycle_enter/take/exit, run by one
  * calling thread at a time) or threaded (tr_traffic_start: the core's own
@@ -24,7 +28,7 @@ typedef struct tr_traffic tr_traffic;
 typedef struct tr_transit tr_transit;
 
 /* The core's own error for a terminated transit or a closed Traffic. */
-enum tr_error { TR_ECLOSED = -100000 };
+enum tr_error { TR_ETERMINATED = -100000 };
 
 enum tr_type { TR_OCTETS = 1, TR_SOCKETS = 2, TR_DESCRIPTORS = 3, TR_DATAGRAMS = 4 };
 
@@ -100,13 +104,13 @@ enum tr_event {
  * tr_withdraw and carried by completions.
  */
 enum tr_outcome {
-	TR_PENDING = 0,     /* queued in the core; a completion will follow */
-	TR_DONE = 1,        /* transferred: input some, output all of it */
-	TR_TERMINATED = 2,  /* the transit terminated: EOF (error 0) or errno */
-	TR_FAULT = 3,       /* transient accept failure; the transit is intact */
-	TR_CLOSED = 4,      /* terminated by its owner while the request waited */
-	TR_WITHDRAWN = 5,   /* withdrawn before completion; transferred says how much */
-	TR_COMPLETING = 6   /* withdraw lost the race: the completion follows promptly */
+	TR_PENDING = 0,           /* queued in the core; a completion will follow */
+	TR_DONE = 1,              /* transferred: input some, output all of it */
+	TR_TERMINATED = 2,        /* the transit terminated: EOF (error 0) or errno */
+	TR_FAULT = 3,             /* transient accept failure; the transit is intact */
+	TR_OWNER_TERMINATED = 4,  /* terminated by its owner while the request waited */
+	TR_WITHDRAWN = 5,         /* withdrawn before completion; transferred says how much */
+	TR_COMPLETING = 6         /* withdraw lost the race: the completion follows promptly */
 };
 
 /* State bits of a transit, from tr_transit_status. */
@@ -153,13 +157,13 @@ int tr_traffic_completion_fd(tr_traffic *traffic);
  * stale zero only means the descriptor's wake-up comes instead).  Valid
  * until tr_traffic_destroy.
  */
-const int *tr_traffic_signal_flag(tr_traffic *traffic);
+const int *tr_traffic_notify_flag(tr_traffic *traffic);
 /*
  * A collector that reads the flag after each of its I/O waits can spare
  * the completion descriptor's system calls while it is awake: it calls
  * this with 1 just before a wait that may block and with 0 after it.  The
- * first call makes the signal lazy: from then on the descriptor is written
- * only between a 1 and the next 0 (at once on the 1 if completions
+ * first call makes the notification lazy: from then on the descriptor is
+ * written only between a 1 and the next 0 (at once on the 1 if completions
  * already wait).  Without a call, or after a call with -1 (the collector
  * stops reading the flag), it is written for every batch.
  */

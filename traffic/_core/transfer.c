@@ -313,7 +313,7 @@ transfer(struct tr_transit *t, int drain, int *error)
  * closed request.  Lock held, not IN_SYSCALL.
  */
 void
-tr_discard_accepted(struct tr_transit *t)
+tr_close_unreported(struct tr_transit *t)
 {
 	size_t at;
 
@@ -338,7 +338,7 @@ tr_discard_accepted(struct tr_transit *t)
 /*
  * Let go of a Descriptors resource's array: the duplicates not sent are
  * closed and freed (they are the core's own); received descriptors not
- * reported are closed (discard_accepted); the owner's array is forgotten.
+ * reported are closed (tr_close_unreported); the owner's array is forgotten.
  */
 void
 tr_fds_release(struct tr_transit *t)
@@ -350,7 +350,7 @@ tr_fds_release(struct tr_transit *t)
 			close(t->fds[at]);
 		free(t->fds);
 	} else {
-		tr_discard_accepted(t);
+		tr_close_unreported(t);
 	}
 	t->fds = NULL;
 	t->fds_owned = 0;
@@ -361,7 +361,7 @@ tr_fds_release(struct tr_transit *t)
 void
 tr_release_resource(struct tr_transit *t)
 {
-	tr_discard_accepted(t);
+	tr_close_unreported(t);
 	tr_fds_release(t);
 	if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC)
 		free(t->buf);
@@ -387,7 +387,7 @@ tr_report_request(struct tr_transit *t, tr_report *r)
 	r->fd_start = 0;
 	r->fd_stop = t->fdpos;
 	r->data = NULL;
-	if (t->outcome != TR_CLOSED) {
+	if (t->outcome != TR_OWNER_TERMINATED) {
 		t->mark = t->pos;
 		t->fdmark = t->fdpos;
 		if ((t->flags & TF_ALLOC) && t->pos > 0) {
@@ -611,7 +611,8 @@ record(struct tr_traffic *tr, struct tr_transit *t, int rc, int error)
  * transit's events for the cycle to report.  Lock held.
  */
 static void
-settle_cycle(struct tr_traffic *tr, struct tr_transit *t, int rc, int error, int waits, size_t before)
+settle_cycle(struct tr_traffic *tr, struct tr_transit *t, int rc, int error, int waits,
+    size_t before)
 {
 	if (waits) {
 		int err = ensure_registered(tr, t->point, t);
@@ -668,7 +669,7 @@ settle_request(struct tr_traffic *tr, struct tr_transit *t, int rc, int error, i
 
 /*
  * The owner's termination of the transit, reported in its Traffic's mode:
- * the termination event (synchronous), or a waiting request's TR_CLOSED
+ * the termination event (synchronous), or a waiting request's TR_OWNER_TERMINATED
  * completion (threaded; returned instead of queued for an inline
  * request's report).  Lock held.  Returns the request's outcome, or
  * TR_PENDING when none completed.
@@ -682,7 +683,7 @@ tr_report_owner_end(struct tr_traffic *tr, struct tr_transit *t, tr_report *repo
 		return TR_PENDING;
 	}
 	if (t->flags & TF_REQUEST)
-		return tr_finish_request(tr, t, TR_CLOSED, report);
+		return tr_finish_request(tr, t, TR_OWNER_TERMINATED, report);
 	return TR_PENDING;
 }
 
@@ -711,7 +712,7 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		if (t->life == TR_LIFE_TERMINATING) {
 			/* The owner terminated it while we were in the kernel. */
 			if (t->flags & TF_RELEASED)
-				tr_discard_accepted(t);
+				tr_close_unreported(t);
 			tr_terminate(tr, t, TR_LIFE_SETTLE, 0);
 			outcome = tr_report_owner_end(tr, t, report);
 			break;

@@ -143,7 +143,7 @@ tr_transit_consider_free(struct tr_transit *t)
 /*
  * Terminate the transit by event (a tr_life_event: see life.c), with the
  * errno of a kernel's end; lock held, not IN_SYSCALL.  Returns 0, or
- * TR_ECLOSED for a step outside the life's table.
+ * TR_ETERMINATED for a step outside the life's table.
  *
  * The owner's termination shuts down its own direction of a connection
  * (half-close); disregard and kernel-reported ends do not.  The last
@@ -332,7 +332,7 @@ tr_transit_inject(tr_transit *t, int error)
 	struct tr_traffic *tr = tr_lock_traffic(t);
 
 	if (tr == NULL)
-		return TR_ECLOSED;
+		return TR_ETERMINATED;
 	t->inject = error;
 	/* Fire at once if a transfer is waiting, rather than at the next edge. */
 	t->flags |= TF_READY;
@@ -424,12 +424,12 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 	tr = tr_lock_traffic(t);
 	if (tr == NULL) {
 		tr_fds_close_all(dups, nfds);
-		return t->life == TR_LIFE_TERMINATED ? TR_ECLOSED : -ENOTCONN;
+		return t->life == TR_LIFE_TERMINATED ? TR_ETERMINATED : -ENOTCONN;
 	}
 	if (tr_threaded(tr))
 		err = -EINVAL;
 	else if (tr_ending(t))
-		err = TR_ECLOSED;
+		err = TR_ETERMINATED;
 	else if (t->buf != NULL || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
 		err = -EBUSY;   /* the current resource is not exhausted, or its end not yet seen */
 	else {
@@ -538,12 +538,12 @@ tr_transit_release(tr_transit *t)
 		if (t->flags & TF_IN_SYSCALL) {
 			tr_life_step(&t->life, &t->by, TR_LIFE_OWNER_DEFER);
 		} else {
-			tr_discard_accepted(t);
+			tr_close_unreported(t);
 			tr_terminate(tr, t, TR_LIFE_OWNER_END, 0);
 			report_end(tr, t);
 		}
 	} else if (!(t->flags & (TF_IN_SYSCALL | TF_REQUEST))) {
-		tr_discard_accepted(t);
+		tr_close_unreported(t);
 	}
 	tr_transit_consider_free(t);
 	pthread_mutex_unlock(&tr->lock);
