@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import select
+import signal
 import socket
 import sys
 import time
@@ -93,7 +94,17 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """With ``TRAFFIC_EXPECT_BACKEND`` set (CI does), refuse to test another core."""
+    """With ``TRAFFIC_EXPECT_BACKEND`` set (CI does), refuse to test another core.
+
+    A shell without job control starts a background command (``cmd &``,
+    ``nohup``) with SIGINT ignored, and an ignored signal stays ignored in
+    every child: Python then installs no KeyboardInterrupt handler, and the
+    Ctrl-C tests (here and in the subprocesses they start) would wait for
+    an interrupt that never comes.  Python's own handler is put back, so
+    the suite behaves the same however it was started.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     expected = os.environ.get("TRAFFIC_EXPECT_BACKEND")
     if expected and traffic.backend != expected:
         raise pytest.UsageError(
