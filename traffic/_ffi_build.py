@@ -182,6 +182,7 @@ CORE_SOURCES = (
     "transit.c",
     "life.c",
     "transfer.c",
+    "readiness.c",
     "cycle.c",
     "request.c",
     "notify.c",

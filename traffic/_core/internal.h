@@ -17,7 +17,7 @@
  *   next edge.  Registering reports the descriptor's current readiness in
  *   the directions added.
  * - tr_kernel_arm() (a threaded Traffic) subscribes one-shot instead: see
- *   below and tr_arm() in transfer.c.
+ *   below and tr_arm() in readiness.c.
  * - An event carries the error the kernel reported with it (error: an
  *   errno, 0 for none), where the kernel hands it over in the event
  *   itself: kqueue's EV_EOF carries the socket's pending error in fflags,
@@ -72,7 +72,7 @@ int tr_kernel_register(struct tr_kernel *kernel, int fd, void *udata, unsigned i
     unsigned int want);
 int tr_kernel_unregister(struct tr_kernel *kernel, int fd);
 /*
- * A threaded Traffic subscribes differently (see tr_arm() in transfer.c):
+ * A threaded Traffic subscribes differently (see tr_arm() in readiness.c):
  * one-shot and level-triggered, for the directions whose requests wait
  * (TR_K_READ, TR_K_WRITE in want).  had: the directions armed on the descriptor before
  * (0 the first time); armed: those of them still armed, not reported since.
@@ -124,9 +124,10 @@ long tr_dg_send(int sock, const char *buf, size_t size, size_t *pos);
 /*
  * The core's own state, shared by its files: traffic.c (a Traffic's life),
  * transit.c (kernel points and transits), life.c (a transit's life as a
- * table), transfer.c (the transfer loops and tr_drive), cycle.c (the
- * synchronous cycle), request.c (threaded requests and the cycle thread),
- * notify.c (the completion notification).
+ * table), transfer.c (the transfer loops and tr_drive), readiness.c (the
+ * subscriptions and the kernel's events), cycle.c (the synchronous cycle),
+ * request.c (threaded requests and the cycle thread), notify.c (the
+ * completion notification).
  *
  * Who owns what, across threads
  * -----------------------------
@@ -396,12 +397,15 @@ void tr_fds_release(struct tr_transit *t);
 void tr_release_resource(struct tr_transit *t);
 void tr_report_request(struct tr_transit *t, tr_report *r);
 int tr_finish_request(struct tr_traffic *tr, struct tr_transit *t, int outcome, tr_report *report);
-int tr_wants_transfer(const struct tr_transit *t);
-int tr_arm(struct tr_traffic *tr, struct tr_point *p);
 int tr_report_owner_end(struct tr_traffic *tr, struct tr_transit *t, tr_report *report);
 int tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report);
-void tr_apply_events(struct tr_traffic *tr, int n);
 void tr_run_work(struct tr_traffic *tr);
+
+/* readiness.c */
+int tr_wants_transfer(const struct tr_transit *t);
+int tr_subscribe(struct tr_traffic *tr, struct tr_point *p, const struct tr_transit *t);
+int tr_arm(struct tr_traffic *tr, struct tr_point *p);
+void tr_apply_events(struct tr_traffic *tr, int n);
 
 /* request.c */
 void *tr_cycle_main(void *arg);

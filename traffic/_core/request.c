@@ -210,7 +210,7 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 			outcome = tr_finish_request(tr, t, TR_DONE, report);
 		else {
 			/*
-			 * Nothing is subscribed while nobody waits (see arm): an input
+			 * Nothing is subscribed while nobody waits (see tr_arm): an input
 			 * request tries its system call whatever the last one said,
 			 * as trio's sockets do, and so does the cycle thread for a
 			 * request handed to it (it arms at EAGAIN).
