@@ -38,7 +38,9 @@ QUICK_IDLE_CONNECTIONS = 2000
 #: Rows in table order.  c-epoll is the C reference server (epoll_server.c);
 #: traffic-trio-normal and traffic-trio-idle are traffic-trio with its cycle
 #: thread at SCHED_OTHER and SCHED_IDLE ($TRAFFIC_CYCLE_POLICY=normal, idle);
-#: traffic-trio itself runs the default policy.
+#: traffic-trio itself runs the default policy.  anyio-uvloop and
+#: traffic-anyio-uvloop are anyio-asyncio and traffic-anyio-asyncio on
+#: uvloop's event loop (servers.ANYIO_LOOPS).
 ALL_SERVERS = (
     workloads.C_SERVER,
     "traffic-trio",
@@ -50,14 +52,23 @@ ALL_SERVERS = (
     "anyio-trio",
     "traffic-anyio-asyncio",
     "anyio-asyncio",
+    "traffic-anyio-uvloop",
+    "anyio-uvloop",
     "asyncio",
     "uvloop",
     "uvloop-protocol",
 )
 
-#: Rows left out (with a note) rather than shown as missing when their
-#: module is absent: traffic's own layers that may not exist yet.
-OPTIONAL_SERVERS = ("traffic-anyio-trio", "traffic-anyio-asyncio")
+#: Rows left out (with a note) rather than shown as missing when a module
+#: they need is absent: traffic's own layers that may not exist yet, and the
+#: anyio rows on uvloop, variants of the asyncio rows that mean nothing
+#: without uvloop (whose own rows then say "not installed").
+OPTIONAL_SERVERS = (
+    "traffic-anyio-trio",
+    "traffic-anyio-asyncio",
+    "traffic-anyio-uvloop",
+    "anyio-uvloop",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,11 +164,11 @@ def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[s
     names = [name for name in ALL_SERVERS if name in chosen]
     runnable, missing = [], []
     for name in names:
-        why = servers.available(workloads.base_name(name))
-        if why is None:
+        absent = servers.missing_module(workloads.base_name(name))
+        if absent is None:
             runnable.append(name)
         elif name in OPTIONAL_SERVERS:
-            notes.append(f"{name} skipped: traffic.anyio_backend is not importable")
+            notes.append(f"{name} skipped: {absent} is not importable")
         else:
             missing.append(name)
 

@@ -9,6 +9,10 @@ connection is closed as soon as it is accepted (the accept workload).
 ``traffic-trio`` reads ``$TRAFFIC_CYCLE_POLICY`` ("batch", "normal" or
 "idle") as the trio layer does; the driver's ``traffic-trio-normal`` and
 ``traffic-trio-idle`` rows are this server with the variable set.
+
+anyio's streams and traffic's have one server body between them
+(``_anyio_main``), run on each loop of :data:`ANYIO_LOOPS`: ``anyio-uvloop``
+is ``anyio-asyncio`` on uvloop's event loop, nothing else changed.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 HOST = "127.0.0.1"
+
+T = TypeVar("T")
 
 #: Bytes one receive asks for: trio's DEFAULT_RECEIVE_SIZE, anyio's default.
 RECEIVE_SIZE = 65536
@@ -188,35 +194,64 @@ async def _anyio_main(create_tcp_listener: Callable[..., Any], accept_only: bool
     await listener.serve(close if accept_only else echo)
 
 
-def _anyio_run(backend: str, accept_only: bool) -> None:
+#: The event loops the anyio rows run on: row suffix -> ``anyio.run``'s
+#: ``backend`` and ``backend_options``.  "uvloop" is anyio's asyncio backend
+#: on uvloop's loop, so ``anyio-uvloop`` differs from ``anyio-asyncio`` in the
+#: loop alone.
+ANYIO_LOOPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "trio": ("trio", {}),
+    "asyncio": ("asyncio", {}),
+    "uvloop": ("asyncio", {"use_uvloop": True}),
+}
+
+
+def anyio_run(loop: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``anyio.run(func, *args)`` on ``loop``, a key of :data:`ANYIO_LOOPS`.
+
+    Shared with the stream workload (stream.py), so a row name means the same
+    loop in every workload."""
     import anyio
 
-    anyio.run(_anyio_main, anyio.create_tcp_listener, accept_only, backend=backend)
+    backend, options = ANYIO_LOOPS[loop]
+    return anyio.run(func, *args, backend=backend, backend_options=options)
 
 
-def _traffic_anyio_run(backend: str, accept_only: bool) -> None:
+def _anyio_run(loop: str, accept_only: bool) -> None:
     import anyio
 
+    anyio_run(loop, _anyio_main, anyio.create_tcp_listener, accept_only)
+
+
+def _traffic_anyio_run(loop: str, accept_only: bool) -> None:
     from traffic import anyio_backend  # type: ignore[attr-defined,unused-ignore]
 
-    anyio.run(_anyio_main, anyio_backend.create_tcp_listener, accept_only, backend=backend)
+    anyio_run(loop, _anyio_main, anyio_backend.create_tcp_listener, accept_only)
 
 
-def available(name: str) -> str | None:
-    """None if server ``name`` can run here, else why not ("not installed")."""
-    needs = {
-        "uvloop": "uvloop",
-        "uvloop-protocol": "uvloop",
-        "traffic-anyio-trio": "traffic.anyio_backend",
-        "traffic-anyio-asyncio": "traffic.anyio_backend",
-    }.get(name)
-    if needs is None:
-        return None
-    try:
-        found = importlib.util.find_spec(needs) is not None
-    except ImportError:
-        found = False
-    return None if found else "not installed"
+#: Modules a server needs beyond trio and anyio (traffic's own dependencies):
+#: uvloop is an optional peer (the [bench] extra), traffic.anyio_backend a
+#: layer that may not exist yet.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "uvloop": ("uvloop",),
+    "uvloop-protocol": ("uvloop",),
+    "anyio-uvloop": ("uvloop",),
+    "traffic-anyio-trio": ("traffic.anyio_backend",),
+    "traffic-anyio-asyncio": ("traffic.anyio_backend",),
+    "traffic-anyio-uvloop": ("traffic.anyio_backend", "uvloop"),
+}
+
+
+def missing_module(name: str) -> str | None:
+    """The first module server ``name`` needs (:data:`NEEDS`) that cannot be
+    imported here, or None if it has them all."""
+    for module in NEEDS.get(name, ()):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # its parent package is absent
+            found = False
+        if not found:
+            return module
+    return None
 
 
 #: Server name -> function(accept_only).  ``traffic-trio-normal`` and
@@ -231,8 +266,10 @@ SERVERS: dict[str, Callable[[bool], None]] = {
     "uvloop-protocol": uvloop_protocol,
     "anyio-trio": partial(_anyio_run, "trio"),
     "anyio-asyncio": partial(_anyio_run, "asyncio"),
+    "anyio-uvloop": partial(_anyio_run, "uvloop"),
     "traffic-anyio-trio": partial(_traffic_anyio_run, "trio"),
     "traffic-anyio-asyncio": partial(_traffic_anyio_run, "asyncio"),
+    "traffic-anyio-uvloop": partial(_traffic_anyio_run, "uvloop"),
 }
 
 

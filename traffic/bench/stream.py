@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, cast
 
+from .servers import anyio_run
+
 #: Bytes per write, as the benchmark's workloads specify (docs/benchmark.rst).
 CHUNK = 65536
 
@@ -243,22 +245,16 @@ async def _anyio_pair(
     return window
 
 
-def _anyio_run(backend: str, seconds: float) -> Window:
-    import anyio
+def _anyio_run(loop: str, seconds: float) -> Window:
     from anyio.abc import UNIXSocketStream
 
-    result: Window = anyio.run(_anyio_pair, UNIXSocketStream.from_socket, seconds, backend=backend)
-    return result
+    return anyio_run(loop, _anyio_pair, UNIXSocketStream.from_socket, seconds)
 
 
-def _traffic_anyio_run(backend: str, seconds: float) -> Window:
-    import anyio
-
+def _traffic_anyio_run(loop: str, seconds: float) -> Window:
     from traffic import anyio_backend
 
-    wrap = anyio_backend.TrafficUNIXSocketStream.from_socket
-    result: Window = anyio.run(_anyio_pair, wrap, seconds, backend=backend)
-    return result
+    return anyio_run(loop, _anyio_pair, anyio_backend.TrafficUNIXSocketStream.from_socket, seconds)
 
 
 STREAMS: dict[str, Callable[[float], Window]] = {
@@ -270,8 +266,10 @@ STREAMS: dict[str, Callable[[float], Window]] = {
     "uvloop-protocol": uvloop_protocol,
     "anyio-trio": partial(_anyio_run, "trio"),
     "anyio-asyncio": partial(_anyio_run, "asyncio"),
+    "anyio-uvloop": partial(_anyio_run, "uvloop"),
     "traffic-anyio-trio": partial(_traffic_anyio_run, "trio"),
     "traffic-anyio-asyncio": partial(_traffic_anyio_run, "asyncio"),
+    "traffic-anyio-uvloop": partial(_traffic_anyio_run, "uvloop"),
 }
 
 
