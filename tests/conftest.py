@@ -115,16 +115,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _process_resources() -> None:
-    """Let the kqueue backend's libkqueue make its process-wide resources first.
+    """Let libkqueue and libuv make their process-wide resources first.
 
     libkqueue (the kqueue backend built on Linux) opens two descriptors of its
     own at the process's first kqueue(), an epoll set and an eventfd that
     watch every kqueue's closing, and keeps them until the process exits.
-    They belong to no Traffic, so they are made here, before any test's leak
-    check takes its baseline; everything a Traffic opens is still checked.
+    libuv (uvloop's, for the anyio tests' uvloop cases) opens a pipe at its
+    first loop (``uv__signal_global_once_init``: the lock of its signal
+    handling) and keeps it until the process exits.  They belong to no
+    Traffic and no test, so they are made here, before any test's leak check
+    takes its baseline; everything a Traffic or a loop opens is still checked.
     """
     if traffic.backend == "kqueue" and sys.platform.startswith("linux"):
         Traffic().close()
+    try:
+        import uvloop
+    except ImportError:
+        pass  # no uvloop cases run
+    else:
+        uvloop.new_event_loop().close()
 
 
 @pytest.fixture(autouse=True)

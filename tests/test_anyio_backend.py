@@ -30,6 +30,16 @@ import pytest
 import sniffio
 from anyio import CancelScope, EndOfStream, create_task_group, fail_after, move_on_after
 from anyio.abc import ByteStream, SocketAttribute, SocketStream
+from anyio_support import (
+    ASYNCIO_BACKENDS,
+    ASYNCIO_RUNS,
+    BACKENDS,
+    LOOP_FACTORIES,
+    RUN_BACKENDS,
+    AsyncioRun,
+    LoopFactory,
+    on_uvloop,
+)
 
 import traffic
 import traffic.anyio_backend as tab
@@ -39,9 +49,9 @@ from traffic.anyio_backend import TrafficSocketStream
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
 
 
 def pseudorandom(size: int, seed: int) -> bytes:
@@ -192,7 +202,7 @@ async def test_receive_in_cancelled_scope_takes_nothing() -> None:
             assert await stream.receive() == b"kept"
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
 async def test_asyncio_cancel_after_inline_receive_keeps_data() -> None:
     """asyncio: the inline receive succeeds, the cancellation lands at the
     checkpoint after it; the bytes are kept and the next receive returns
@@ -399,6 +409,16 @@ async def test_swap_one_import() -> None:
 # One Traffic per run or loop, no call_soon_threadsafe
 
 
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_asyncio_case_runs_on_the_loop_it_names(
+    anyio_backend_name: str, anyio_backend_options: dict[str, Any]
+) -> None:
+    """The asyncio+uvloop cases run on a uvloop loop, the asyncio cases on
+    asyncio's own (so neither set silently tests the other)."""
+    assert anyio_backend_name == "asyncio"
+    assert on_uvloop() == bool(anyio_backend_options.get("use_uvloop"))
+
+
 async def test_one_traffic_per_run() -> None:
     multi = await tab.create_tcp_listener(local_host="127.0.0.1")
     port = multi.extra(SocketAttribute.local_port)
@@ -413,7 +433,7 @@ async def test_one_traffic_per_run() -> None:
                 assert tab.current_traffic() is traffic.current_traffic()
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
 async def test_asyncio_no_call_soon_threadsafe(monkeypatch: pytest.MonkeyPatch) -> None:
     """Completions reach the loop through its reader, never through
     ``call_soon_threadsafe`` (counted over 200 round trips of two traffic
@@ -455,44 +475,49 @@ async def _use_a_stream() -> None:
         assert tab.current_traffic().threaded  # the run's Traffic is running
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_run_closes_traffic(backend: str) -> None:
+@pytest.mark.parametrize("backend", RUN_BACKENDS)
+def test_run_closes_traffic(backend: tuple[str, dict[str, Any]]) -> None:
     """``anyio.run`` ends: the cycle thread is joined and the Traffic's
     descriptors closed at once (no garbage collection needed)."""
+    name, options = backend
     before = open_fds()
     gc.disable()
     try:
-        anyio.run(_use_a_stream, backend=backend)
+        anyio.run(_use_a_stream, backend=name, backend_options=options)
         assert cycle_threads_gone()
         assert open_fds() == before
     finally:
         gc.enable()
 
 
-def test_asyncio_run_closes_traffic() -> None:
+@pytest.mark.parametrize("asyncio_run", ASYNCIO_RUNS)
+def test_asyncio_run_closes_traffic(asyncio_run: AsyncioRun) -> None:
+    """``asyncio.run`` (or ``uvloop.run``) ends: closed at once."""
     before = open_fds()
     gc.disable()
     try:
-        asyncio.run(_use_a_stream())
+        asyncio_run(_use_a_stream())
         assert cycle_threads_gone()
         assert open_fds() == before
     finally:
         gc.enable()
 
 
-def test_asyncio_runs_in_turn_get_fresh_traffics() -> None:
+@pytest.mark.parametrize("asyncio_run", ASYNCIO_RUNS)
+def test_asyncio_runs_in_turn_get_fresh_traffics(asyncio_run: AsyncioRun) -> None:
     async def traffic_of_run() -> int:
         await _use_a_stream()
         return id(tab.current_traffic())
 
     for _ in range(3):
-        asyncio.run(traffic_of_run())
+        asyncio_run(traffic_of_run())
         assert cycle_threads_gone()
 
 
-def test_manual_loop_close_traffic() -> None:
+@pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
+def test_manual_loop_close_traffic(loop_factory: LoopFactory) -> None:
     """A loop run by hand: ``close_traffic`` closes its Traffic at once."""
-    loop = asyncio.new_event_loop()
+    loop = loop_factory()
     try:
         loop.run_until_complete(_use_a_stream())
         tab.close_traffic(loop)
@@ -501,10 +526,11 @@ def test_manual_loop_close_traffic() -> None:
         loop.close()
 
 
-def test_manual_loop_closed_without_cancelling() -> None:
+@pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
+def test_manual_loop_closed_without_cancelling(loop_factory: LoopFactory) -> None:
     """A loop closed by hand with the keeper still pending: its Traffic is
     closed when the loop's objects are collected, silently."""
-    loop = asyncio.new_event_loop()
+    loop = loop_factory()
     loop.run_until_complete(_use_a_stream())
     loop.close()
     del loop
@@ -515,12 +541,69 @@ def test_manual_loop_closed_without_cancelling() -> None:
     assert cycle_threads_gone()
 
 
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_close_traffic_while_running_then_a_fresh_traffic() -> None:
+    """``close_traffic()`` on the running loop: a receive parked on the loop's
+    Traffic wakes with ``ClosedResourceError``, the loop stops reading the
+    completion descriptor before it is closed, and the next stream gets a
+    fresh Traffic whose descriptor (often the same number, reused) the loop
+    reads: its transfers complete."""
+    loop = asyncio.get_running_loop()
+    first = tab.current_traffic()
+    fd = first.completion_fileno()
+    a, b = socket.socketpair()
+    with b:
+        stream = await tab.TrafficUNIXSocketStream.from_socket(a)
+        outcome: list[BaseException] = []
+
+        async def receive() -> None:
+            try:
+                await stream.receive()
+            except anyio.ClosedResourceError as exc:
+                outcome.append(exc)
+
+        with fail_after(10):
+            async with create_task_group() as tg:
+                tg.start_soon(receive)
+                await anyio.wait_all_tasks_blocked()
+                tab.close_traffic()
+        assert first.closed
+        assert [type(exc) for exc in outcome] == [anyio.ClosedResourceError]
+        assert not loop.remove_reader(fd)  # removed already, by close_traffic
+        await stream.aclose()
+    second = tab.current_traffic()
+    assert second is not first
+    with fail_after(10):
+        await _use_a_stream()
+    assert tab.current_traffic() is second
+
+
+@pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
+def test_manual_loop_closed_and_kept(loop_factory: LoopFactory) -> None:
+    """A loop closed by hand, keeper pending, the loop object still held:
+    closing it drops its reader (asyncio's selector, uvloop's poll handles),
+    the only strong path to its Traffic, which is then closed at collection
+    although the loop object lives on."""
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(_use_a_stream())
+        loop.close()
+        for _ in range(100):
+            gc.collect()
+            if not cycle_threads():
+                break
+        assert cycle_threads_gone()
+    finally:
+        loop.close()
+
+
 def test_outside_a_loop() -> None:
     with pytest.raises(sniffio.AsyncLibraryNotFoundError):
         tab.current_traffic()
 
 
-def test_unix_listener_removes_stale_socket() -> None:
+@pytest.mark.parametrize("backend", RUN_BACKENDS)
+def test_unix_listener_removes_stale_socket(backend: tuple[str, dict[str, Any]]) -> None:
     async def main() -> None:
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "sock")
@@ -536,4 +619,5 @@ def test_unix_listener_removes_stale_socket() -> None:
                 await client.send(b"hi")
                 assert await accepted.receive() == b"hi"
 
-    anyio.run(main, backend="asyncio")
+    name, options = backend
+    anyio.run(main, backend=name, backend_options=options)

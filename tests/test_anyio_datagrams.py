@@ -16,15 +16,16 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import SocketAttribute
+from anyio_support import BACKENDS
 
 import traffic.anyio_datagrams as tad
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
 
 
 def stdlib_peer() -> socket.socket:

@@ -22,6 +22,8 @@ test by ``conftest._no_leaks``.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import socket
 import ssl
@@ -53,6 +55,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, UNIXSocketS
 from anyio.lowlevel import checkpoint
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSListener, TLSStream
+from anyio_support import BACKENDS, HAVE_UVLOOP
 
 from traffic.anyio_backend import (
     RawSocketView,
@@ -89,9 +92,9 @@ has_ipv6 = _has_ipv6()
 skip_ipv6_mark = pytest.mark.skipif(not has_ipv6, reason="IPv6 is not available")
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
 
 
 @pytest.fixture(
@@ -139,6 +142,21 @@ def fake_localhost_dns(monkeypatch: pytest.MonkeyPatch) -> None:
         return sorted(results, key=lambda item: item[0])
 
     monkeypatch.setattr("socket.getaddrinfo", fake_getaddrinfo)
+    if HAVE_UVLOOP:
+        # uvloop resolves names with libuv's resolver, never through
+        # socket.getaddrinfo: its loops are sent to the fake (in the default
+        # executor, as asyncio's own loop.getaddrinfo calls
+        # socket.getaddrinfo), so the uvloop cases see the same answers.
+        import uvloop
+
+        async def loop_getaddrinfo(
+            loop: asyncio.AbstractEventLoop, host: Any, port: Any, **kwargs: Any
+        ) -> Any:
+            return await loop.run_in_executor(
+                None, functools.partial(socket.getaddrinfo, host, port, **kwargs)
+            )
+
+        monkeypatch.setattr(uvloop.Loop, "getaddrinfo", loop_getaddrinfo)
 
 
 class TestTCPStream:

@@ -18,10 +18,12 @@ import random
 import resource
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import anyio
 import pytest
 import trio
+from anyio_support import BACKENDS
 
 import traffic
 from traffic import anyio_backend as traffic_anyio
@@ -99,10 +101,10 @@ async def test_trio_serve_tcp_soak(descriptors: None) -> None:
     # run by conftest's autouse fixture (the run's Traffic closes with it).
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("anyio_backend", BACKENDS)
 @pytest.mark.anyio
 @pytest.mark.timeout(120)
-async def test_anyio_listener_soak(anyio_backend: str, descriptors: None) -> None:
+async def test_anyio_listener_soak(anyio_backend: Any, descriptors: None) -> None:
     connections = min(CONNECTIONS, 200)
 
     async def echo(stream: anyio.abc.SocketStream) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import project
 from .datagrams import Datagram, DatagramArray, Datagrams
-from .errors import TransitClosedError, TransitError
+from .errors import OutOfRangeError, TransitClosedError, TransitError
 from .libkqueue import (
     Completion,
     Descriptors,
@@ -103,6 +103,7 @@ __all__ = [
     "Datagrams",
     "Descriptors",
     "Octets",
+    "OutOfRangeError",
     "Polarity",
     "SocketView",
     "Sockets",

@@ -41,7 +41,10 @@ The backend is chosen when a stream is made, with
   every waiting completion in one C call and resolves the futures of the
   tasks waiting on them.  No ``call_soon_threadsafe`` per completion: the
   cycle thread never takes the GIL to wake the loop, it writes the
-  completion descriptor, once per batch.
+  completion descriptor, once per batch.  asyncio's own loop and uvloop's
+  (``anyio.run(..., backend_options={"use_uvloop": True})``) are served
+  alike: the parking uses no more of a loop than ``add_reader``,
+  ``remove_reader``, ``create_future``, ``create_task`` and ``is_closed``.
 
 Closing the asyncio Traffic with its loop.  asyncio has no loop-close hook,
 so two mechanisms cover the ways loops end:
@@ -54,12 +57,16 @@ so two mechanisms cover the ways loops end:
    the cycle thread is joined and every descriptor it owns is closed
    before ``loop.close()`` runs.
 2. A loop managed by hand (``run_until_complete`` then ``close``, no task
-   cancelled): closing the loop drops its selector, the only strong path
-   to the loop's Traffic (the registry of loops holds weak references), so
-   the Traffic's own finalizer closes it at the next garbage collection;
+   cancelled): closing the loop drops its reader (asyncio's selector,
+   uvloop's libuv poll handles), the only strong path to the loop's
+   Traffic (the registry of loops holds weak references), so the
+   Traffic's own finalizer closes it at the next garbage collection;
    ``libkqueue``'s exit hook closes it at the latest when the interpreter
    exits.  Such programs can call :func:`close_traffic` before
-   ``loop.close()`` to have it closed at once.
+   ``loop.close()`` to have it closed at once.  A uvloop loop that has run
+   and is dropped *without* ``close()`` is never collected (libuv's active
+   handles hold it, and its own descriptors stay open), so its Traffic
+   lives as long: close such loops, or call :func:`close_traffic`.
 
 Cancellation loses nothing
 --------------------------
@@ -168,6 +175,7 @@ from ._sockets import (
     socket_identity,
     wants_nodelay,
 )
+from .errors import OutOfRangeError
 from .libkqueue import (
     Descriptors,
     Octets,
@@ -412,6 +420,10 @@ class _AsyncioParking:
         if ref is not None and ref() is self:
             del _LOOPS[self.loop]
         if not self.loop.is_closed():
+            # Before the Traffic closes the descriptor: its number is soon
+            # reused (often by the loop's next Traffic), and a loop still
+            # watching a closed number misses the new descriptor under it
+            # (asyncio's selector keeps a key that epoll has dropped).
             self.loop.remove_reader(self.fd)
         parked, self.parked = self.parked, {}
         for token, future in parked.items():
@@ -673,7 +685,7 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         Raises ``ValueError`` for a socket that is not a connected
         ``SOCK_STREAM`` socket (the socket is then left with the caller).
         """
-        _check_socket(sock_or_fd, connected=True)
+        check_socket(sock_or_fd, connected=True)
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
@@ -859,7 +871,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUNIXSocketStream:
         """Wrap a connected ``AF_UNIX`` stream socket (or its descriptor), taking ownership."""
-        _check_socket(sock_or_fd, connected=True, family=socket.AF_UNIX)
+        check_socket(sock_or_fd, connected=True, family=socket.AF_UNIX)
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
@@ -1018,7 +1030,7 @@ class TrafficSocketListener(anyio.abc.SocketListener):
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficSocketListener:
         """Wrap a bound, listening stream socket (or its descriptor), taking ownership."""
-        _check_socket(sock_or_fd, bound=True)
+        check_socket(sock_or_fd, bound=True)
         await anyio.lowlevel.checkpoint()
         fd = _take(sock_or_fd)
         if _identity_family(fd) == socket.AF_UNIX:
@@ -1134,22 +1146,36 @@ def _identity_family(fd: int) -> socket.AddressFamily:
     return socket_identity(fd)[0]
 
 
-def _check_socket(
+def check_socket(
     sock_or_fd: socket.socket | int,
+    kind: socket.SocketKind = socket.SOCK_STREAM,
     *,
     connected: bool = False,
     bound: bool = False,
     family: socket.AddressFamily = socket.AF_UNSPEC,
 ) -> None:
-    """anyio's checks of ``from_socket`` arguments: ``ValueError`` if they fail."""
-    if isinstance(sock_or_fd, int) and not 0 <= sock_or_fd <= 2**31 - 1:
-        raise ValueError(f"{sock_or_fd} is not a file descriptor")
+    """anyio's checks of a ``from_socket`` argument, in anyio's order and words.
+
+    ``TypeError`` for neither an int nor a socket; ``ValueError`` for a
+    descriptor that is not a socket (or, where the socket must be connected
+    or bound, one that cannot be looked at, as a closed one), and for a
+    socket that is not connected, not bound, or of another family or kind.
+    :class:`~traffic.errors.OutOfRangeError` (a ``ValueError``, and the
+    ``OverflowError`` anyio lets through) for a descriptor number beyond a
+    C ``int``.  Leaves the socket non-blocking and with its caller.
+    """
+    if isinstance(sock_or_fd, int) and sock_or_fd > 2**31 - 1:  # beyond a C int
+        raise OutOfRangeError(f"{sock_or_fd} is beyond any descriptor number")
     if isinstance(sock_or_fd, int):
         try:
             sock = socket.socket(fileno=sock_or_fd)
         except OSError as exc:
             if exc.errno == errno.ENOTSOCK:
                 raise ValueError("the file descriptor does not refer to a socket") from exc
+            if connected:
+                raise ValueError("the socket must be connected") from exc
+            if bound:
+                raise ValueError("the socket must be bound to a local address") from exc
             raise
     elif isinstance(sock_or_fd, socket.socket):
         sock = sock_or_fd
@@ -1173,15 +1199,33 @@ def _check_socket(
             raise ValueError(
                 f"address family mismatch: expected {family.name}, got {sock.family.name}"
             )
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"socket type mismatch: expected SOCK_STREAM, got {sock.type.name}")
+        if sock.type != kind:
+            raise ValueError(f"socket type mismatch: expected {kind.name}, got {sock.type.name}")
+        sock.setblocking(False)
     finally:
         if isinstance(sock_or_fd, int):
             sock.detach()
-    sock.setblocking(False)
 
 
 # Connecting
+
+
+async def resolve_port(port: object, kind: int = socket.SOCK_STREAM) -> int:
+    """A port as anyio's factories take it, as an int in 0-65535.
+
+    An int is checked (``TypeError`` for another type,
+    :class:`~traffic.errors.OutOfRangeError` outside the range); a ``str``
+    is a port number or a service name, which the resolver turns into a
+    port, as it does for anyio (``socket.gaierror`` for an unknown name).
+    A number outside the range is refused as a str too: the resolver would
+    wrap it to the port modulo 65536, a connection to the wrong port.
+    """
+    if isinstance(port, str):
+        if port.isdigit():
+            return check_port(int(port))
+        infos = await anyio.getaddrinfo(None, port, type=kind)
+        return int(infos[0][4][1])
+    return check_port(port)
 
 
 async def _connect(family: int, address: Any, local_address: Any = None) -> socket.socket:
@@ -1203,9 +1247,7 @@ async def _connect(family: int, address: Any, local_address: Any = None) -> sock
                     continue
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
-                    raise OSError(
-                        error, f"Connect call failed {address!r}: {os.strerror(error)}"
-                    ) from None
+                    raise OSError(error, f"Connect call failed {address!r}") from None
             break
     except BaseException:
         sock.close()
@@ -1246,11 +1288,15 @@ async def connect_tcp(
     Raises ``OSError("All connection attempts failed")`` chained to the
     attempts' error(s) (an ``ExceptionGroup`` for several), the
     resolver's ``socket.gaierror``, ``ssl.SSLError`` if the handshake
-    fails.  ``ValueError`` for a port outside 0-65535.
+    fails.  Ports are ints or, as for anyio, strs the resolver turns into
+    ports (:func:`resolve_port`); one outside 0-65535 raises
+    :class:`~traffic.errors.OutOfRangeError` (a ``ValueError`` and an
+    ``OverflowError``) before any attempt, where anyio's attempts raise
+    ``OverflowError`` or, on uvloop, connect to the port modulo 65536.
     """
-    check_port(remote_port)
+    remote_port = await resolve_port(remote_port)
     if local_port is not None:
-        check_port(local_port)
+        local_port = await resolve_port(local_port)
     connected: TrafficSocketStream | None = None
     oserrors: list[OSError] = []
 
@@ -1476,22 +1522,45 @@ async def create_unix_listener(
     if kind != socket.SOCK_STREAM:
         raise NotImplementedError("traffic's streams are SOCK_STREAM only")
     backlog = min(backlog, 65536)
-    path_str = os.fsdecode(path)
-    if not path_str.startswith("\0"):
-        try:
-            if stat.S_ISSOCK(os.stat(path_str).st_mode):
-                os.unlink(path_str)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
-                raise
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = await unix_local_socket(path, mode, socket.SOCK_STREAM)
     try:
-        sock.setblocking(False)
-        await anyio.to_thread.run_sync(sock.bind, path_str, abandon_on_cancel=True)
-        if mode is not None:
-            await anyio.to_thread.run_sync(os.chmod, path_str, mode, abandon_on_cancel=True)
         sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
     return TrafficUNIXSocketListener(sock.detach())
+
+
+async def unix_local_socket(
+    path: str | bytes | os.PathLike[Any] | None, mode: int | None, kind: int
+) -> socket.socket:
+    """A non-blocking AF_UNIX socket of ``kind``, bound to ``path`` unless None.
+
+    As anyio's factories make theirs: a socket already at a filesystem path
+    is removed first (and nothing else is); a Linux abstract address (a
+    leading NUL, ``str`` or ``bytes``) has no file, so nothing is looked up
+    for it.  ``mode`` is given to ``os.chmod`` on the path, which refuses an
+    abstract address as it does for anyio (``ValueError``).  ``bind`` and
+    ``chmod`` run in a worker thread: on a slow filesystem they block.
+    Raises ``OSError`` from ``bind``, ``TypeError`` for a path that is not a
+    path; the socket is closed on any failure.
+    """
+    name = os.fsdecode(path) if path is not None else None
+    if name is not None and not name.startswith("\0"):
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):  # type: ignore[arg-type]
+                os.unlink(name)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+                raise
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.setblocking(False)
+        if name is not None:
+            await anyio.to_thread.run_sync(sock.bind, name, abandon_on_cancel=True)
+            if mode is not None:
+                await anyio.to_thread.run_sync(os.chmod, name, mode, abandon_on_cancel=True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

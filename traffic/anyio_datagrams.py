@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 from os import PathLike
 from typing import Any
 
@@ -35,7 +34,15 @@ import anyio.abc
 
 from ._requests import DONE, FAULT, TERMINATED, Result
 from ._sockets import socket_identity
-from .anyio_backend import RawSocketView, _Parking, _parking, _take
+from .anyio_backend import (
+    RawSocketView,
+    _Parking,
+    _parking,
+    _take,
+    check_socket,
+    resolve_port,
+    unix_local_socket,
+)
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
 
 __all__ = [
@@ -177,7 +184,11 @@ class TrafficUDPSocket(_Datagrams, anyio.abc.UDPSocket):
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUDPSocket:
-        """Wrap a bound UDP socket (or its descriptor), taking ownership."""
+        """Wrap a bound UDP socket (or its descriptor), taking ownership.
+
+        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
+        """
+        check_socket(sock_or_fd, socket.SOCK_DGRAM, bound=True)
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
@@ -196,7 +207,11 @@ class TrafficConnectedUDPSocket(_Datagrams, anyio.abc.ConnectedUDPSocket):
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficConnectedUDPSocket:
-        """Wrap a connected UDP socket (or its descriptor), taking ownership."""
+        """Wrap a connected UDP socket (or its descriptor), taking ownership.
+
+        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
+        """
+        check_socket(sock_or_fd, socket.SOCK_DGRAM, connected=True)
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
@@ -215,7 +230,11 @@ class TrafficUNIXDatagramSocket(_Datagrams, anyio.abc.UNIXDatagramSocket):
 
     @classmethod
     async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUNIXDatagramSocket:
-        """Wrap an AF_UNIX datagram socket (or its descriptor), taking ownership."""
+        """Wrap an AF_UNIX datagram socket (or its descriptor), taking ownership.
+
+        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
+        """
+        check_socket(sock_or_fd, socket.SOCK_DGRAM, family=socket.AF_UNIX)
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
@@ -236,7 +255,12 @@ class TrafficConnectedUNIXDatagramSocket(_Datagrams, anyio.abc.ConnectedUNIXData
     async def from_socket(
         cls, sock_or_fd: socket.socket | int
     ) -> TrafficConnectedUNIXDatagramSocket:
-        """Wrap a connected AF_UNIX datagram socket (or its descriptor), taking ownership."""
+        """Wrap a connected AF_UNIX datagram socket (or its descriptor), taking
+        ownership.
+
+        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
+        """
+        check_socket(sock_or_fd, socket.SOCK_DGRAM, connected=True, family=socket.AF_UNIX)
         await anyio.lowlevel.checkpoint()
         return cls(_take(sock_or_fd))
 
@@ -271,7 +295,12 @@ async def create_udp_socket(
     local_port: int = 0,
     reuse_port: bool = False,
 ) -> TrafficUDPSocket:
-    """A UDP socket, as ``anyio.create_udp_socket``."""
+    """A UDP socket, as ``anyio.create_udp_socket``.
+
+    A port outside 0-65535 raises :class:`~traffic.errors.OutOfRangeError`
+    where anyio's resolver wraps it to the port modulo 65536.
+    """
+    local_port = await resolve_port(local_port, socket.SOCK_DGRAM)
     if family == socket.AF_UNSPEC and not local_host:
         raise ValueError('Either "family" or "local_host" must be given')
     if local_host:
@@ -293,7 +322,12 @@ async def create_connected_udp_socket(
     local_port: int = 0,
     reuse_port: bool = False,
 ) -> TrafficConnectedUDPSocket:
-    """A connected UDP socket, as ``anyio.create_connected_udp_socket``."""
+    """A connected UDP socket, as ``anyio.create_connected_udp_socket``.
+
+    Ports as for :func:`create_udp_socket`.
+    """
+    remote_port = await resolve_port(remote_port, socket.SOCK_DGRAM)
+    local_port = await resolve_port(local_port, socket.SOCK_DGRAM)
     local_address = None
     if local_host:
         family, local_address = await _local(family, local_host, local_port)
@@ -311,22 +345,18 @@ async def create_connected_udp_socket(
 
 
 async def _unix(local_path: Any, local_mode: int | None, remote_path: Any) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    """An AF_UNIX datagram socket: bound as anyio binds it, then connected.
+
+    An AF_UNIX datagram ``connect()`` never waits (it names the peer, or
+    fails at once: ``FileNotFoundError``, ``ConnectionRefusedError`` for an
+    abstract name nobody holds).
+    """
+    if remote_path is not None:
+        remote_path = os.fspath(remote_path)
+    sock = await unix_local_socket(local_path, local_mode, socket.SOCK_DGRAM)
     try:
-        sock.setblocking(False)
-        if local_path is not None:
-            path = os.fspath(local_path)
-            # anyio removes a socket left at the path, and nothing else.
-            try:
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.unlink(path)
-            except OSError:
-                pass  # nothing there (or not ours to remove): bind() says what is wrong
-            sock.bind(path)
-            if local_mode is not None:
-                os.chmod(path, local_mode)
         if remote_path is not None:
-            sock.connect(os.fspath(remote_path))
+            sock.connect(remote_path)
     except BaseException:
         sock.close()
         raise

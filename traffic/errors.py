@@ -19,7 +19,7 @@ import os
 
 from ._traffic import lib
 
-__all__ = ["TransitClosedError", "TransitError", "check", "transit_error"]
+__all__ = ["OutOfRangeError", "TransitClosedError", "TransitError", "check", "transit_error"]
 
 
 class TransitError(OSError):
@@ -34,6 +34,18 @@ class TransitClosedError(TransitError):
 
     def __init__(self, message: str = "transit is terminated") -> None:
         super().__init__(errno.EBADF, message)
+
+
+class OutOfRangeError(ValueError, OverflowError):
+    """A number the kernel cannot take, refused before any system call: a
+    port outside 0-65535, a descriptor number beyond a C ``int``.
+
+    A ``ValueError``, and an ``OverflowError`` too: that is what the socket
+    module raises for such a number (``bind()``, ``connect()``,
+    ``socket(fileno=...)``), and what code written against anyio's own
+    factories catches.  (For a port, the resolver would instead wrap it
+    silently, to the port modulo 65536.)
+    """
 
 
 def transit_error(code: int, context: str = "") -> TransitError:

@@ -54,7 +54,7 @@ from typing import Any, ClassVar, TypeVar
 from . import _requests
 from ._requests import Completion, Refusal, Requests
 from ._traffic import ffi, lib
-from .errors import TransitClosedError, TransitError, check
+from .errors import OutOfRangeError, TransitClosedError, TransitError, check
 
 __all__ = [
     "Completion",
@@ -148,11 +148,12 @@ def _address(address: object) -> str | bytes | tuple[Any, ...]:
 
 
 def check_port(port: object) -> int:
-    """A TCP port: ``TypeError`` for a non-int, ``ValueError`` outside 0-65535."""
+    """A port: ``TypeError`` for a non-int, :class:`~traffic.errors.OutOfRangeError`
+    (a ``ValueError``) outside 0-65535."""
     if not isinstance(port, int) or isinstance(port, bool):
         raise TypeError(f"a port is an int, not {type(port).__name__}")
     if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0-65535, not {port}")
+        raise OutOfRangeError(f"port must be 0-65535, not {port}")
     return port
 
 
