@@ -203,10 +203,12 @@ async def test_receive_in_cancelled_scope_takes_nothing() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
-async def test_asyncio_cancel_after_inline_receive_keeps_data() -> None:
-    """asyncio: the inline receive succeeds, the cancellation lands at the
-    checkpoint after it; the bytes are kept and the next receive returns
-    them first (here, deterministically: the cancel is queued just before)."""
+async def test_asyncio_cancel_before_inline_receive_takes_nothing() -> None:
+    """asyncio: a receive's checkpoint comes before its transfer, as anyio's
+    own streams take theirs, so a cancellation queued just before lands
+    there: the receive takes nothing, the bytes stay in the kernel, and the
+    next receives return them in order.  (A receive cancelled after its
+    bytes arrived keeps them: test_cancelled_receives_lose_nothing.)"""
 
     async def send_then_wait(stream: SocketStream) -> None:
         async with stream:
@@ -224,7 +226,7 @@ async def test_asyncio_cancel_after_inline_receive_keeps_data() -> None:
             await stream.receive()
             pytest.fail("the receive was not cancelled")
         assert scope.cancelled_caught
-        assert bytes(stream._pending) == b"first"  # kept, not lost
+        assert bytes(stream._pending) == b""  # nothing taken: the kernel keeps them
         with fail_after(10):
             assert await stream.receive(3) == b"fir"
             assert await stream.receive() == b"st"

@@ -810,8 +810,8 @@ class TestTCPListener:
                 raw = stream.extra(SocketAttribute.raw_socket)
                 assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
                 data = await stream.receive()
-                served.append(data)
                 await stream.send(data)
+                served.append(data)
 
         listener = await create_tcp_listener(local_host="127.0.0.1")
         port = listener.extra(SocketAttribute.local_port)

@@ -473,7 +473,12 @@ class _AsyncioParking:
         token = transit._token
         if token in self.late:
             await self.settle(transit)
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        # The checkpoint comes first, as anyio's own streams take theirs: a
+        # cancellation pending for the task is delivered here, before
+        # anything is transferred, and the other tasks run.  A request that
+        # then completes at once returns without another yield (nothing is
+        # awaited between the transfer and its result, so nothing is lost).
+        await asyncio.sleep(0)
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
         if pin is NULL:
@@ -481,11 +486,6 @@ class _AsyncioParking:
         else:
             done = self.requests.submit(transit, pin, size, _REFUSALS, fdpin, nfds)
         if done is not None:
-            try:
-                await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                orphan(done)
-                raise
             return done
 
         future: asyncio.Future[Completion] = self.loop.create_future()
