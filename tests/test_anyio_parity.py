@@ -93,6 +93,12 @@ def addresses(obj: anyio.TypedAttributeProvider, tag: str) -> dict[str, Any]:
     return found
 
 
+def abstract(tag: str, as_bytes: bool) -> str | bytes:
+    """The abstract address named ``tag``, as ``str`` or as ``bytes``."""
+    name = f"\0{tag}"
+    return os.fsencode(name) if as_bytes else name
+
+
 # UNIX streams
 
 
@@ -100,12 +106,9 @@ def addresses(obj: anyio.TypedAttributeProvider, tag: str) -> dict[str, Any]:
 @pytest.mark.parametrize("connect_as_bytes", [False, True], ids=["connect-str", "connect-bytes"])
 async def test_unix_stream_on_an_abstract_address(as_bytes: bool, connect_as_bytes: bool) -> None:
     async def scenario(streams: ModuleType, _: ModuleType, tag: str) -> Any:
-        name = f"\0{tag}"
-        bind: str | bytes = os.fsencode(name) if as_bytes else name
-        connect: str | bytes = os.fsencode(name) if connect_as_bytes else name
         async with (
-            await streams.create_unix_listener(bind) as listener,
-            await streams.connect_unix(connect) as client,
+            await streams.create_unix_listener(abstract(tag, as_bytes)) as listener,
+            await streams.connect_unix(abstract(tag, connect_as_bytes)) as client,
             await listener.accept() as server,
         ):
             await client.send(b"ping")
@@ -189,11 +192,11 @@ async def test_seqpacket_stays_a_documented_refusal(tmp_path: Path, factory: str
 @pytest.mark.parametrize("send_as_bytes", [False, True], ids=["send-str", "send-bytes"])
 async def test_unix_datagrams_on_abstract_addresses(as_bytes: bool, send_as_bytes: bool) -> None:
     async def scenario(_: ModuleType, datagrams: ModuleType, tag: str) -> Any:
-        name = f"\0{tag}"
-        bind: str | bytes = os.fsencode(name) if as_bytes else name
-        target: str | bytes = os.fsencode(name) if send_as_bytes else name
-        sender_name = os.fsencode(f"\0{tag}-sender") if as_bytes else f"\0{tag}-sender"
-        async with await datagrams.create_unix_datagram_socket(local_path=bind) as receiver:
+        target = abstract(tag, send_as_bytes)
+        sender_name = abstract(f"{tag}-sender", as_bytes)
+        async with await datagrams.create_unix_datagram_socket(
+            local_path=abstract(tag, as_bytes)
+        ) as receiver:
             async with await datagrams.create_unix_datagram_socket() as unbound:
                 await unbound.sendto(b"one", target)
                 first = await receiver.receive()
