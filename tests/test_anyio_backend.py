@@ -421,6 +421,27 @@ async def test_asyncio_case_runs_on_the_loop_it_names(
     assert on_uvloop() == bool(anyio_backend_options.get("use_uvloop"))
 
 
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_a_traffic_closed_by_hand_is_replaced() -> None:
+    """``current_traffic().close()`` on asyncio: the next stream gets a new
+    Traffic, on a loop that no longer watches the old one's completion
+    descriptor (whose number the new one often reuses)."""
+    first = tab.current_traffic()
+    first.close()
+    second = tab.current_traffic()
+    assert second is not first and not second.closed
+    for _ in range(2):
+        a, b = socket.socketpair()
+        with b:
+            async with await TrafficSocketStream.from_socket(a) as stream:
+                b.sendall(b"after")
+                with fail_after(10):
+                    assert await stream.receive() == b"after"
+                await stream.send(b"back")
+                assert b.recv(4) == b"back"
+    assert tab.current_traffic() is second
+
+
 async def test_one_traffic_per_run() -> None:
     multi = await tab.create_tcp_listener(local_host="127.0.0.1")
     port = multi.extra(SocketAttribute.local_port)

@@ -381,6 +381,11 @@ class _AsyncioParking:
         loop = asyncio.get_running_loop()
         ref = _LOOPS.get(loop)
         parking = ref() if ref is not None else None
+        if parking is not None and not parking.closed and parking.traffic.closed:
+            # Its Traffic was closed by hand (current_traffic().close()):
+            # close the parking too, so the loop stops watching a descriptor
+            # number that the next Traffic may well reuse.
+            parking.close()
         if parking is None or parking.closed:
             parking = cls(loop)
             # A weak reference: the dictionary must not keep the loop (its
