@@ -500,3 +500,42 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
     finally:
         kernel_side.close()
         b.close()
+
+
+def test_the_runs_traffic_closed_by_hand_is_replaced() -> None:
+    """``traffic.current_traffic().close()`` inside a run: the pump stops
+    watching the completion descriptor before it closes, a task parked on
+    the old Traffic wakes closed, and the next stream gets a new Traffic
+    (it used to get the closed one, and the run died of an internal error
+    of trio's)."""
+
+    async def main() -> None:
+        first = traffic.current_traffic()
+        (rx, _tx), _ = traffic.Octets.socketpair()
+        parked: list[BaseException] = []
+
+        async def park() -> None:
+            try:
+                await traffic.recv_into(rx, bytearray(8))
+            except trio.ClosedResourceError as exc:
+                parked.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(park)
+            await trio.testing.wait_all_tasks_blocked()
+            first.close()
+        assert len(parked) == 1
+        second = traffic.current_traffic()
+        assert second is not first and not second.closed
+        a, b = socket.socketpair()
+        with b:
+            stream = traffic.TrafficStream(a)
+            b.sendall(b"after")
+            with trio.fail_after(10):
+                assert await stream.receive_some() == b"after"
+                await stream.send_all(b"back")
+            assert b.recv(4) == b"back"
+            await stream.aclose()
+        assert traffic.current_traffic() is second
+
+    trio.run(main)

@@ -214,11 +214,26 @@ class Requests:
     pinned memory any more.
     """
 
-    __slots__ = ("_c", "_reports", "closed", "pins", "received", "report", "room", "scratch")
+    __slots__ = (
+        "_c",
+        "_reports",
+        "closed",
+        "on_close",
+        "pins",
+        "received",
+        "report",
+        "room",
+        "scratch",
+    )
 
     def __init__(self, c: Any) -> None:
         self._c = c
         self.closed = False
+        #: Called once by ``Traffic.close()``, in the closing thread, before
+        #: anything is torn down: the layer that watches the completion
+        #: descriptor (a trio run's pump, an asyncio loop's reader) stops
+        #: watching it there, whoever closes the Traffic.
+        self.on_close: Callable[[], None] | None = None
         self.report: Any = ffi.new("tr_report *")
         self._reports: Any = ffi.new("tr_report[]", COLLECT_BATCH)
         # Resources handed to the core, by transit token: whatever must stay

@@ -91,14 +91,27 @@ class Delivery:
     transit token.  Only the pump and the tasks of this run touch it (all in
     trio's thread)."""
 
-    __slots__ = ("collector", "parked", "requests", "traffic")
+    __slots__ = ("collector", "fd", "parked", "requests", "traffic")
 
     def __init__(self, traffic: Traffic) -> None:
         self.traffic = traffic
+        self.fd = traffic.completion_fileno()
         self.requests: Requests = traffic.requests
         self.requests.reserve_scratch(_sockets.DEFAULT_RECEIVE_SIZE)
         self.parked: dict[int, Parked] = {}
         self.collector = Collector(self)
+        self.requests.on_close = self.closing
+
+    def closing(self) -> None:
+        """The Traffic is about to close (its owner closed it by hand, or the
+        run ends): the collector stops reading the core's memory, and the
+        pump's wait on the completion descriptor ends (trio's
+        ``notify_closing``) before the descriptor is closed under it.  The
+        next :func:`delivery` makes a new Traffic for the run."""
+        with contextlib.suppress(KeyError, RuntimeError):  # removed, or outside trio
+            trio.lowlevel.remove_instrument(self.collector)
+        with contextlib.suppress(RuntimeError):  # outside trio: the pump ends with the run
+            trio.lowlevel.notify_closing(self.fd)
 
 
 def deliver(delivery: Delivery) -> None:
@@ -283,9 +296,12 @@ _DELIVERY: trio.lowlevel.RunVar[Delivery] = trio.lowlevel.RunVar("traffic")
 def delivery() -> Delivery:
     """The run's delivery, created (and its cycle thread started) on first use."""
     try:
-        return _DELIVERY.get()
+        made = _DELIVERY.get()
     except LookupError:
         pass
+    else:
+        if not made.traffic.closed:
+            return made
     traffic = Traffic()
     try:
         traffic.start(policy() or cycle_policy())
@@ -309,9 +325,11 @@ async def pump(delivery: Delivery) -> None:
     traffic = delivery.traffic
     parked = delivery.parked
     try:
-        fd = traffic.completion_fileno()
         while True:
-            await trio.lowlevel.wait_readable(fd)
+            try:
+                await trio.lowlevel.wait_readable(delivery.fd)
+            except trio.ClosedResourceError:
+                break  # the Traffic was closed by hand (Delivery.closing)
             deliver(delivery)
     finally:
         # The collector reads the core's memory: gone before the Traffic.

@@ -356,6 +356,11 @@ class _AsyncioParking:
         self.traffic = traffic
         self.requests = traffic.requests
         self.requests.reserve_scratch(DEFAULT_RECEIVE_SIZE)
+        # Closed by hand (current_traffic().close()), the Traffic closes
+        # the parking first: the loop must stop watching a descriptor
+        # number that the next Traffic may well reuse (in the loop's
+        # thread, as every use of a loop's Traffic).
+        self.requests.on_close = self.close
         self.loop = loop
         self.closed = False
         # token -> the future its task awaits; None: the waiter was woken
@@ -381,11 +386,6 @@ class _AsyncioParking:
         loop = asyncio.get_running_loop()
         ref = _LOOPS.get(loop)
         parking = ref() if ref is not None else None
-        if parking is not None and not parking.closed and parking.traffic.closed:
-            # Its Traffic was closed by hand (current_traffic().close()):
-            # close the parking too, so the loop stops watching a descriptor
-            # number that the next Traffic may well reuse.
-            parking.close()
         if parking is None or parking.closed:
             parking = cls(loop)
             # A weak reference: the dictionary must not keep the loop (its

@@ -1203,6 +1203,11 @@ class Traffic:
             raise RuntimeError(
                 "close() while another thread runs a cycle: wake() it and close there"
             )
+        on_close, self.requests.on_close = self.requests.on_close, None
+        if on_close is not None:
+            on_close()  # the layer lets go of the descriptor (it may close us itself)
+            if self._closed:
+                return
         with self._lifecycle:
             self._closed = True
             self.requests.closed = True  # before the core's memory goes
