@@ -332,15 +332,14 @@ async def pump(delivery: Delivery) -> None:
                 break  # the Traffic was closed by hand (Delivery.closing)
             deliver(delivery)
     finally:
-        # The collector reads the core's memory: gone before the Traffic.
-        with contextlib.suppress(KeyError, RuntimeError):  # removed, or outside trio
-            trio.lowlevel.remove_instrument(delivery.collector)
-        # Cancelled at the end of the run: normally no task is parked any
-        # more.  Only reschedule() of trio here: a run abandoned mid-way (an
-        # internal error, a guest run dropped) closes this coroutine outside
-        # trio, and the Traffic must still be closed then (close() does not
-        # block on trio).  Once it is closed (the cycle thread joined), no
-        # completion can come: a task still parked wakes closed, not never.
+        # Closing the Traffic removes the collector first (Delivery.closing):
+        # it reads the core's memory.  Cancelled at the end of the run:
+        # normally no task is parked any more.  Only reschedule() of trio
+        # here: a run abandoned mid-way (an internal error, a guest run
+        # dropped) closes this coroutine outside trio, and the Traffic must
+        # still be closed then (close() does not block on trio).  Once it is
+        # closed (the cycle thread joined), no completion can come: a task
+        # still parked wakes closed, not never.
         traffic.close()
         while parked:
             _, waiter = parked.popitem()

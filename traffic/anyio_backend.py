@@ -177,6 +177,7 @@ from ._sockets import (
 )
 from .errors import OutOfRangeError
 from .libkqueue import (
+    MAX_DESCRIPTOR,
     Descriptors,
     Octets,
     Sockets,
@@ -1169,7 +1170,7 @@ def check_socket(
     ``OverflowError`` anyio lets through) for a descriptor number beyond a
     C ``int``.  Leaves the socket non-blocking and with its caller.
     """
-    if isinstance(sock_or_fd, int) and sock_or_fd > 2**31 - 1:  # beyond a C int
+    if isinstance(sock_or_fd, int) and sock_or_fd > MAX_DESCRIPTOR:
         raise OutOfRangeError(f"{sock_or_fd} is beyond any descriptor number")
     if isinstance(sock_or_fd, int):
         try:
@@ -1226,7 +1227,7 @@ async def resolve_port(port: object, kind: int = socket.SOCK_STREAM) -> int:
     wrap it to the port modulo 65536, a connection to the wrong port.
     """
     if isinstance(port, str):
-        if port.isdigit():
+        if port.isascii() and port.isdigit():  # int() takes every such string
             return check_port(int(port))
         infos = await anyio.getaddrinfo(None, port, type=kind)
         return int(infos[0][4][1])
@@ -1553,7 +1554,7 @@ async def unix_local_socket(
     name = os.fsdecode(path) if path is not None else None
     if name is not None and not name.startswith("\0"):
         try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):  # type: ignore[arg-type]
+            if stat.S_ISSOCK(os.stat(name).st_mode):
                 os.unlink(name)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):

@@ -82,7 +82,7 @@ DEFAULT_BACKLOG = 128
 MAX_RECEIVE = 1 << 24
 
 #: The largest descriptor number a C ``int`` holds.
-_MAX_FD = 2**31 - 1
+MAX_DESCRIPTOR = 2**31 - 1
 
 
 def _descriptor(fd: object, kind: str) -> int:
@@ -91,7 +91,7 @@ def _descriptor(fd: object, kind: str) -> int:
     no descriptor can have (beyond a C ``int``)."""
     if not isinstance(fd, int) or isinstance(fd, bool):
         raise TypeError(f"a descriptor is an int, not {type(fd).__name__}")
-    if fd > _MAX_FD or fd < -_MAX_FD:
+    if fd > MAX_DESCRIPTOR or fd < -MAX_DESCRIPTOR:
         article = "an" if kind[0] in "AEIOU" else "a"
         raise TransitError(
             errno.EBADF,
