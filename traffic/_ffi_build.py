@@ -188,6 +188,7 @@ CORE_SOURCES = (
     "notify.c",
     "descriptors.c",
     "datagrams.c",
+    "files.c",
 )
 
 SOURCES = [*(os.path.join(CORE, name) for name in CORE_SOURCES), BACKEND.source]

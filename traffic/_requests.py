@@ -37,6 +37,7 @@ __all__ = [
     "COMPLETING",
     "DONE",
     "FAULT",
+    "FILE_ENDED",
     "NULL",
     "OWNER_TERMINATED",
     "PENDING",
@@ -62,6 +63,9 @@ OWNER_TERMINATED: int = lib.TR_OWNER_TERMINATED  # by its owner, or its Traffic'
 WITHDRAWN: int = lib.TR_WITHDRAWN
 COMPLETING: int = lib.TR_COMPLETING  # a withdraw too late: the completion follows
 
+#: A file request's FAULT error when the file ended before its region.
+FILE_ENDED: int = lib.TR_FILE_ENDED
+
 NULL: Any = ffi.NULL
 
 # The core's request calls, bound once: an attribute of the compiled
@@ -69,6 +73,7 @@ NULL: Any = ffi.NULL
 _tr_request = lib.tr_request
 _tr_request_fds = lib.tr_request_fds
 _tr_receive = lib.tr_receive
+_tr_request_file = lib.tr_request_file
 
 #: Reports collected per C call; more simply take another call.
 COLLECT_BATCH = 256
@@ -309,6 +314,33 @@ class Requests:
             refuse(code, refusals)
         stop = report.stop
         return (0, code, report.error, stop, self.received[:stop], 0)
+
+    def submit_file(
+        self,
+        transit: Any,
+        fd: int,
+        offset: int,
+        count: int,
+        refusals: Refusals,
+        inline: int = 1,
+    ) -> Result | None:
+        """Hand the core a request to transfer ``count`` bytes between the
+        stream transit and the regular file ``fd`` from ``offset`` (the
+        core duplicates ``fd``: nothing of the caller's needs pinning).
+
+        An output request completes when the region is sent; an input one
+        when it is full or the stream ends (``DONE`` with what was written,
+        the next request sees the end).  ``FAULT`` is the file's failure:
+        its errno, or ``FILE_ENDED``.  ``transferred`` counts the bytes
+        moved in every outcome.
+        """
+        report = self.report
+        code = _tr_request_file(transit._c, fd, offset, count, inline, report)
+        if code == PENDING:
+            return None
+        if code < 0:
+            refuse(code, refusals)
+        return (0, code, report.error, report.stop, None, 0)
 
     def allocate(
         self, transit: Any, size: int, refusals: Refusals, inline: int = 1

@@ -19,7 +19,14 @@ import os
 
 from ._traffic import lib
 
-__all__ = ["OutOfRangeError", "TransitClosedError", "TransitError", "check", "transit_error"]
+__all__ = [
+    "FileEndedError",
+    "OutOfRangeError",
+    "TransitClosedError",
+    "TransitError",
+    "check",
+    "transit_error",
+]
 
 
 class TransitError(OSError):
@@ -46,6 +53,20 @@ class OutOfRangeError(ValueError, OverflowError):
     factories catches.  (For a port, the resolver would instead wrap it
     silently, to the port modulo 65536.)
     """
+
+
+class FileEndedError(EOFError):
+    """A file ended before the region a ``send_file`` was asked to send:
+    it was truncated while being sent.
+
+    ``sent`` counts the bytes that went out (the file's position is left
+    after them), ``expected`` those that were asked for.
+    """
+
+    def __init__(self, sent: int, expected: int) -> None:
+        super().__init__(f"the file ended after {sent} of {expected} bytes")
+        self.sent = sent
+        self.expected = expected
 
 
 def transit_error(code: int, context: str = "") -> TransitError:

@@ -127,7 +127,7 @@ long tr_dg_send(int sock, const char *buf, size_t size, size_t *pos);
  * table), transfer.c (the transfer loops and tr_drive), readiness.c (the
  * subscriptions and the kernel's events), cycle.c (the synchronous cycle),
  * request.c (threaded requests and the cycle thread), notify.c (the
- * completion notification).
+ * completion notification), files.c (a file region as a resource).
  *
  * Who owns what, across threads
  * -----------------------------
@@ -185,9 +185,16 @@ int tr_life_step(unsigned char *life, unsigned char *by, int event);
 #define TF_FAULT       (1u << 9)   /* threaded: a fault waits to be reported */
 #define TF_ALLOC       (1u << 10)  /* threaded: the core allocates the resource on arrival */
 #define TF_SCRATCH     (1u << 11)  /* TF_ALLOC, for now in the caller's scratch (tr_receive) */
+#define TF_YIELD       (1u << 12)  /* a pass ended with more to do: others go first */
 
 /* Outcomes of one transfer loop. */
-enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT };
+/*
+ * Outcomes of one transfer loop.  TX_YIELD: the loop stopped with more to
+ * do and the kernel still ready (a file transfer's pass is bounded, and an
+ * inline one stops at pages not in memory): the transit waits for no
+ * event, it goes to the back of the work.
+ */
+enum tx { TX_AGAIN, TX_EXHAUSTED, TX_EOF, TX_ERROR, TX_FAULT, TX_YIELD };
 
 struct tr_point {
 	int fd;
@@ -262,6 +269,22 @@ struct tr_transit {
 	int *fds;
 	size_t nfds, fdpos, fdmark;
 	int fds_owned;
+	/*
+	 * A file request's region (files.c): the core's duplicate of the
+	 * file's descriptor (-1: the resource is memory) and the file offset
+	 * of the resource's start; append: the file is O_APPEND; copy: the
+	 * kernel cannot move these bytes itself.  Input: the pipe splice(2)
+	 * goes through (-1: none), with piped bytes in it during a pass.
+	 * hold: the bounce buffer of a copy, and the bytes held: [held_pos,
+	 * held_len) came from the socket and no file took them yet.
+	 */
+	int file;
+	long long file_offset;
+	unsigned file_append:1, file_copy:1;
+	int pipe_rd, pipe_wr;
+	size_t pipe_room, piped;
+	char *hold;
+	size_t held_pos, held_len;
 	struct tr_transit *next_work, *next_report;
 	struct tr_transit *next_all, *prev_all;
 };
@@ -392,6 +415,10 @@ int tr_fds_submit(struct tr_transit *t, size_t size, int *fds, size_t nfds, int 
 void tr_fds_install(struct tr_transit *t, int *fds, size_t nfds, int *dups);
 
 /* transfer.c */
+#include <signal.h>
+int tr_sigpipe_hold(sigset_t *saved);
+void tr_sigpipe_release(const sigset_t *saved, int held, int epipe);
+ssize_t tr_write_nosigpipe(int fd, const void *buf, size_t size);
 void tr_close_unreported(struct tr_transit *t);
 void tr_fds_release(struct tr_transit *t);
 void tr_release_resource(struct tr_transit *t);
@@ -406,6 +433,23 @@ int tr_wants_transfer(const struct tr_transit *t);
 int tr_subscribe(struct tr_traffic *tr, struct tr_point *p, const struct tr_transit *t);
 int tr_arm(struct tr_traffic *tr, struct tr_point *p);
 void tr_apply_events(struct tr_traffic *tr, int n);
+
+/* files.c: a file region, checked and taken outside the lock, then installed. */
+struct tr_file_region {
+	int file;            /* the duplicate */
+	int append;
+	int pipe_rd, pipe_wr;
+	size_t pipe_room;
+	char *hold;
+};
+int tr_file_submit(struct tr_transit *t, int file, long long offset, unsigned long long count,
+    struct tr_file_region *region);
+void tr_file_region_close(struct tr_file_region *region);
+void tr_file_install(struct tr_transit *t, struct tr_file_region *region, long long offset);
+int tr_file_transfer(struct tr_transit *t, int drain, int nodisk, int *error);
+int tr_file_take_held(struct tr_transit *t);
+void tr_file_release(struct tr_transit *t);
+void tr_file_discard(struct tr_transit *t);
 
 /* request.c */
 void *tr_cycle_main(void *arg);

@@ -24,7 +24,7 @@ tr_wants_transfer(const struct tr_transit *t)
 {
 	if (tr_ending(t) || (t->flags & TF_IN_SYSCALL))
 		return 0;
-	if ((t->buf == NULL && !(t->flags & TF_ALLOC)) || (t->flags & TF_EXHAUSTED))
+	if ((t->buf == NULL && t->file < 0 && !(t->flags & TF_ALLOC)) || (t->flags & TF_EXHAUSTED))
 		return 0;
 	if (tr_threaded(t->traffic) && !(t->flags & TF_REQUEST))
 		return 0;

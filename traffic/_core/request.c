@@ -29,9 +29,26 @@
 /* Set in the cycle thread, which blocks every signal for its whole life. */
 __thread int tr_signals_blocked;
 
-static int request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource,
-    size_t size, int *fds, size_t nfds, int **dups, int inline_first, void *scratch,
-    tr_report *report);
+/*
+ * What a request asks the core to transfer with: memory (resource, size),
+ * a Descriptors request's array and the core's duplicates of it, the
+ * caller's scratch (tr_receive), or a file region (tr_request_file).
+ * request_locked takes dups and the region's descriptors if it takes the
+ * resource (they are then NULL and -1); the caller closes what is left.
+ */
+struct ask {
+	void *resource;
+	size_t size;
+	int *fds;
+	size_t nfds;
+	int *dups;
+	void *scratch;
+	struct tr_file_region *region;
+	long long offset;
+};
+
+static int request_locked(struct tr_traffic *tr, struct tr_transit *t, struct ask *ask,
+    int inline_first, tr_report *report);
 
 void *
 tr_cycle_main(void *arg)
@@ -124,8 +141,8 @@ int
 tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds,
     int inline_first, tr_report *report)
 {
+	struct ask ask = {resource, size, fds, nfds, NULL, NULL, NULL, 0};
 	struct tr_traffic *tr;
-	int *dups;
 	int outcome;
 
 	memset(report, 0, sizeof *report);
@@ -133,24 +150,24 @@ tr_request_fds(tr_transit *t, void *resource, size_t size, int *fds, size_t nfds
 	/* A Datagrams request brings its records: the core cannot lay them out. */
 	if (t->type == TR_DATAGRAMS && (resource == NULL || tr_datagrams_check(resource, size, t->polarity) < 0))
 		return -EINVAL;
-	if ((outcome = tr_fds_submit(t, size, fds, nfds, &dups)) < 0)
+	if ((outcome = tr_fds_submit(t, size, fds, nfds, &ask.dups)) < 0)
 		return outcome;
 	tr = tr_lock_traffic(t);
 	if (tr == NULL) {
-		tr_fds_close_all(dups, nfds);
+		tr_fds_close_all(ask.dups, nfds);
 		return TR_ETERMINATED;
 	}
-	outcome = request_locked(tr, t, resource, size, fds, nfds, &dups, inline_first, NULL, report);
+	outcome = request_locked(tr, t, &ask, inline_first, report);
 	pthread_mutex_unlock(&tr->lock);
-	tr_fds_close_all(dups, nfds);   /* not taken: the duplicates go */
+	tr_fds_close_all(ask.dups, nfds);   /* not taken: the duplicates go */
 	return outcome;
 }
 
 int
 tr_receive(tr_transit *t, size_t size, void *scratch, tr_report *report)
 {
+	struct ask ask = {NULL, size, NULL, 0, NULL, scratch, NULL, 0};
 	struct tr_traffic *tr;
-	int *dups = NULL;
 	int outcome;
 
 	memset(report, 0, sizeof *report);
@@ -161,16 +178,43 @@ tr_receive(tr_transit *t, size_t size, void *scratch, tr_report *report)
 	tr = tr_lock_traffic(t);
 	if (tr == NULL)
 		return TR_ETERMINATED;
-	outcome = request_locked(tr, t, NULL, size, NULL, 0, &dups, 1, scratch, report);
+	outcome = request_locked(tr, t, &ask, 1, report);
 	pthread_mutex_unlock(&tr->lock);
+	return outcome;
+}
+
+int
+tr_request_file(tr_transit *t, int file, long long offset, unsigned long long count,
+    int inline_first, tr_report *report)
+{
+	struct tr_file_region region;
+	struct ask ask = {NULL, 0, NULL, 0, NULL, NULL, &region, offset};
+	struct tr_traffic *tr;
+	int outcome;
+
+	memset(report, 0, sizeof *report);
+	report->token = t->token;
+	/* Checked, duplicated and given its pipe outside the lock: system calls. */
+	if ((outcome = tr_file_submit(t, file, offset, count, &region)) < 0)
+		return outcome;
+	ask.size = (size_t)count;
+	tr = tr_lock_traffic(t);
+	if (tr == NULL) {
+		tr_file_region_close(&region);
+		return TR_ETERMINATED;
+	}
+	outcome = request_locked(tr, t, &ask, inline_first, report);
+	pthread_mutex_unlock(&tr->lock);
+	tr_file_region_close(&region);   /* not taken: the duplicate and the pipe go */
 	return outcome;
 }
 
 /* The request proper; lock held, and left held.  Takes *dups if it takes the resource. */
 static int
-request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size_t size,
-    int *fds, size_t nfds, int **dups, int inline_first, void *scratch, tr_report *report)
+request_locked(struct tr_traffic *tr, struct tr_transit *t, struct ask *ask, int inline_first,
+    tr_report *report)
 {
+	size_t size = ask->size;
 	int outcome = TR_PENDING;
 
 	if (!tr_threaded(tr) || tr->stopping)
@@ -191,18 +235,21 @@ request_locked(struct tr_traffic *tr, struct tr_transit *t, void *resource, size
 		report->error = t->error;
 		outcome = TR_FAULT;
 	} else {
-		t->buf = resource;
+		t->buf = ask->resource;
 		t->size = size;
 		t->pos = t->mark = 0;
-		tr_fds_install(t, fds, nfds, *dups);
-		*dups = NULL;
+		tr_fds_install(t, ask->fds, ask->nfds, ask->dups);
+		ask->dups = NULL;
+		if (ask->region != NULL)
+			tr_file_install(t, ask->region, ask->offset);
 		t->error = 0;
 		t->flags |= TF_REQUEST;
-		if (resource == NULL && t->type != TR_SOCKETS && t->polarity == TR_INPUT && size > 0)
+		if (ask->resource == NULL && ask->region == NULL && t->type != TR_SOCKETS &&
+		    t->polarity == TR_INPUT && size > 0)
 			t->flags |= TF_ALLOC;
-		if ((t->flags & TF_ALLOC) && scratch != NULL && inline_first) {
+		if ((t->flags & TF_ALLOC) && ask->scratch != NULL && inline_first) {
 			/* Tried at once into the caller's memory: no allocation. */
-			t->buf = scratch;
+			t->buf = ask->scratch;
 			t->flags |= TF_SCRATCH;
 		}
 		t->flags &= ~TF_EXHAUSTED;

@@ -83,6 +83,41 @@ enum tr_datagram_flags { TR_DG_TRUNCATED = 1 };
 /* Records in a Datagrams resource, or -EINVAL if it is not well formed. */
 long tr_datagrams_check(const void *resource, size_t size, int polarity);
 
+/*
+ * Files.  A request of a stream's Octets or Descriptors transit can name a
+ * region of a regular file instead of memory (tr_request_file): output
+ * sends count bytes of the file from offset, input writes what arrives to
+ * the file from offset until count bytes are written or the stream ends.
+ * The file descriptor is duplicated at submission (the caller may close
+ * its own at once) and the duplicate closed when the request ends.  The
+ * bytes never leave the kernel where it can: out of a file, sendfile(2)
+ * (Linux's, FreeBSD's, macOS's: chosen by operating system, not by event
+ * backend); into a file, splice(2) through a pipe the transit owns
+ * (Linux).  Elsewhere, or where the kernel refuses (a file type, a file
+ * opened O_APPEND), the core copies (pread + send, read + pwrite or write).
+ * Each system call moves at most TR_FILE_CALL bytes and each pass of the
+ * transfer loop at most TR_FILE_PASS, after which the transit yields to
+ * the others (an inline request goes on in the cycle thread).  An inline
+ * output request probes the file's pages first and hands the transfer to
+ * the cycle thread when they are not in memory: a read from disk never
+ * blocks the caller's thread there.
+ *
+ * Outcomes: TR_DONE once the region is transferred, or for input at the
+ * stream's end with something written (the next request sees the end);
+ * TR_TERMINATED for the stream's end otherwise; TR_FAULT for a failure of
+ * the file (the stream is intact): its errno, or TR_FILE_ENDED when the
+ * file ended before the region did.  transferred (the report's stop)
+ * counts the bytes moved in every outcome, withdrawn requests included.
+ * An input transfer whose file write fails keeps the bytes read from the
+ * socket that the file did not take: the transit's next request, into
+ * memory or a file, takes them first.  -EINVAL for a transit that is not
+ * a stream's Octets or Descriptors transit, or a file that is not a
+ * regular one; -EBADF for a descriptor that is not open or not open for
+ * the direction.
+ */
+enum tr_file_limits { TR_FILE_CALL = 1048576, TR_FILE_PASS = 4194304, TR_FILE_HOLD = 262144 };
+enum tr_file_errors { TR_FILE_ENDED = 100001 };
+
 /* The seed's polarity: "on" is gain (input), "off" is loss (output). */
 enum tr_polarity { TR_OUTPUT = 0, TR_INPUT = 1 };
 
@@ -201,6 +236,8 @@ int tr_request_fds(tr_transit *transit, void *resource, size_t size, int *fds, s
  * transit or a NULL scratch.
  */
 int tr_receive(tr_transit *transit, size_t size, void *scratch, tr_report *report);
+int tr_request_file(tr_transit *transit, int file, long long offset, unsigned long long count,
+    int inline_first, tr_report *report);
 int tr_withdraw(tr_transit *transit, tr_report *report);
 int tr_collect(tr_traffic *traffic, tr_report *reports, int max);
 void tr_free(void *data);

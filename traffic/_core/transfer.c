@@ -91,33 +91,53 @@ transfer_sockets(struct tr_transit *t, int *error)
 
 /*
  * write(2) to a pipe whose reader is gone raises SIGPIPE, and pipes have
- * no MSG_NOSIGNAL: a program that restored SIGPIPE's default disposition
- * would die.  Block it around the write and consume the one the write
- * raised (thread-directed, so it is ours; one pending from before can only
- * exist if the thread had it blocked already, and then nothing is touched).
+ * no MSG_NOSIGNAL (nor has sendfile(2)): a program that restored SIGPIPE's
+ * default disposition would die.  Block it around the call and consume the
+ * one the call raised (thread-directed, so it is ours; one pending from
+ * before can only exist if the thread had it blocked already, and then
+ * nothing is touched).  The cycle thread has every signal blocked for
+ * life: there it stays pending, blocked.  tr_sigpipe_hold returns whether
+ * it blocked it, for tr_sigpipe_release.
  */
-static ssize_t
-write_nosigpipe(int fd, const void *buf, size_t size)
+int
+tr_sigpipe_hold(sigset_t *saved)
 {
-	static const struct timespec zero = {0, 0};
-	sigset_t pipe_set, saved;
-	ssize_t n;
-	int saved_errno;
+	sigset_t pipe_set;
 
 	if (tr_signals_blocked)
-		return write(fd, buf, size);   /* stays pending, blocked, in the cycle thread */
+		return 0;
 	sigemptyset(&pipe_set);
 	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &saved);
-	n = write(fd, buf, size);
-	if (sigismember(&saved, SIGPIPE))
-		return n;
-	saved_errno = errno;
-	if (n < 0 && saved_errno == EPIPE)
+	pthread_sigmask(SIG_BLOCK, &pipe_set, saved);
+	return !sigismember(saved, SIGPIPE);
+}
+
+void
+tr_sigpipe_release(const sigset_t *saved, int held, int epipe)
+{
+	static const struct timespec zero = {0, 0};
+	sigset_t pipe_set;
+	int saved_errno = errno;
+
+	if (!held)
+		return;
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	if (epipe)
 		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
 			;
-	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	pthread_sigmask(SIG_SETMASK, saved, NULL);
 	errno = saved_errno;
+}
+
+ssize_t
+tr_write_nosigpipe(int fd, const void *buf, size_t size)
+{
+	sigset_t saved;
+	int held = tr_sigpipe_hold(&saved);
+	ssize_t n = write(fd, buf, size);
+
+	tr_sigpipe_release(&saved, held, n < 0 && errno == EPIPE);
 	return n;
 }
 
@@ -137,7 +157,7 @@ transfer_octets(struct tr_transit *t, int drain, int *error)
 		else if (p->is_socket)
 			n = send(p->fd, t->buf + t->pos, want, MSG_NOSIGNAL);
 		else
-			n = write_nosigpipe(p->fd, t->buf + t->pos, want);
+			n = tr_write_nosigpipe(p->fd, t->buf + t->pos, want);
 
 		if (n > 0) {
 			t->pos += (size_t)n;
@@ -279,8 +299,12 @@ transfer_datagrams(struct tr_transit *t, int *error)
 	}
 }
 
+/*
+ * nodisk: the call is inline, in the owner's thread, which a read from the
+ * disk must not block (files.c).
+ */
 static int
-transfer(struct tr_transit *t, int drain, int *error)
+transfer(struct tr_transit *t, int drain, int nodisk, int *error)
 {
 	if (t->inject != 0) {
 		*error = t->inject;
@@ -289,6 +313,10 @@ transfer(struct tr_transit *t, int drain, int *error)
 			return datagram_is_fault(*error) ? TX_FAULT : TX_ERROR;
 		return (t->type == TR_SOCKETS && accept_is_fault(*error)) ? TX_FAULT : TX_ERROR;
 	}
+	if (t->file >= 0)
+		return tr_file_transfer(t, drain, nodisk, error);
+	if (t->held_len > 0 && t->polarity == TR_INPUT && tr_file_take_held(t))
+		return TX_EXHAUSTED;   /* bytes a file refused come first */
 	if (t->type == TR_SOCKETS)
 		return transfer_sockets(t, error);
 	if (t->type == TR_DESCRIPTORS)
@@ -353,6 +381,7 @@ void
 tr_release_resource(struct tr_transit *t)
 {
 	tr_close_unreported(t);
+	tr_file_release(t);
 	tr_fds_release(t);
 	if ((t->flags & (TF_ALLOC | TF_SCRATCH)) == TF_ALLOC)
 		free(t->buf);
@@ -422,15 +451,18 @@ judge_request(struct tr_transit *t, int rc)
 			return TR_DONE;
 		return TR_TERMINATED;
 	case TX_FAULT:
-		if (t->pos > 0) {
+		if (t->pos > 0 && t->file < 0) {
 			t->flags |= TF_FAULT;   /* report it with the next request */
 			return TR_DONE;
 		}
 		return TR_FAULT;
 	case TX_EXHAUSTED:
 		return TR_DONE;
+	case TX_YIELD:
+		return TR_PENDING;
 	default:
-		if (t->polarity == TR_INPUT && (t->pos > 0 || t->fdpos > 0))
+		/* Input completes with what came; into a file, with the region full. */
+		if (t->polarity == TR_INPUT && t->file < 0 && (t->pos > 0 || t->fdpos > 0))
 			return TR_DONE;
 		return TR_PENDING;
 	}
@@ -468,14 +500,14 @@ take_event_error(struct tr_point *p, const struct tr_transit *t, int rc, int *er
  * with *error its errno.
  */
 static int
-transfer_unlocked(struct tr_traffic *tr, struct tr_transit *t, int *error)
+transfer_unlocked(struct tr_traffic *tr, struct tr_transit *t, int nodisk, int *error)
 {
 	struct tr_point *p = t->point;
 	int drain = p->hup;   /* read under the lock: the transfer runs without it */
 	int rc;
 
-	if (t->buf == NULL) {
-		/* TF_ALLOC: memory only while data is there, none while parked. */
+	if (t->buf == NULL && (t->flags & TF_ALLOC)) {
+		/* Memory only while data is there, none while parked. */
 		t->buf = malloc(t->size);
 		if (t->buf == NULL) {
 			*error = ENOMEM;
@@ -485,7 +517,7 @@ transfer_unlocked(struct tr_traffic *tr, struct tr_transit *t, int *error)
 	t->flags |= TF_IN_SYSCALL;
 	p->busy += 1;
 	pthread_mutex_unlock(&tr->lock);
-	rc = transfer(t, drain, error);
+	rc = transfer(t, drain, nodisk, error);
 	pthread_mutex_lock(&tr->lock);
 	t->flags &= ~TF_IN_SYSCALL;
 	p->busy -= 1;
@@ -627,7 +659,7 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 		unsigned long edges = t->edges;
 		size_t before = t->pos;
 		int error = 0;
-		int rc = transfer_unlocked(tr, t, &error);
+		int rc = transfer_unlocked(tr, t, report != NULL, &error);
 		/* Drained, with no edge during the call: it waits for the next. */
 		int waits = rc == TX_AGAIN && t->edges == edges;
 
@@ -645,20 +677,53 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 			outcome = settle_request(tr, t, rc, error, waits, report);
 		else
 			settle_cycle(tr, t, rc, error, waits, before);
+		if (rc == TX_YIELD && outcome == TR_PENDING && tr_wants_transfer(t)) {
+			/*
+			 * Still ready, with more to do: the others go first.  An
+			 * inline request goes on in the cycle thread; the cycle
+			 * takes the transit up again after this batch's work.
+			 */
+			if (report != NULL) {
+				push_work(tr, t);
+				tr_wake_cycle(tr);
+			} else {
+				t->flags |= TF_YIELD;
+			}
+			break;
+		}
 	}
 	tr_point_settle(tr, t->point);
 	return outcome;
 }
 
+/*
+ * Run the ready transits once each.  One that yields (TF_YIELD) joins the
+ * work again after this batch, behind the kernel's next events.
+ */
 void
 tr_run_work(struct tr_traffic *tr)
 {
-	struct tr_transit *t;
+	struct tr_transit *t, *later = NULL, *later_tail = NULL;
 
 	while ((t = pop_work(tr)) != NULL) {
-		if (!tr_transit_consider_free(t)) {
-			tr_drive(tr, t, NULL);
-			tr_transit_consider_free(t);
+		if (tr_transit_consider_free(t))
+			continue;
+		tr_drive(tr, t, NULL);
+		if (t->flags & TF_YIELD) {
+			t->flags &= ~TF_YIELD;
+			t->flags |= TF_ON_WORK;   /* pushes meanwhile find it queued */
+			t->next_work = NULL;
+			if (later_tail != NULL)
+				later_tail->next_work = t;
+			else
+				later = t;
+			later_tail = t;
+			continue;
 		}
+		tr_transit_consider_free(t);
+	}
+	if (later != NULL) {
+		tr->work = later;
+		tr->work_tail = later_tail;
 	}
 }

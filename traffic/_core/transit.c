@@ -122,6 +122,7 @@ tr_transit_free(struct tr_transit *t)
 	}
 	if (t->fds_owned)
 		tr_fds_release(t);   /* the core's duplicates; never the owner's array */
+	tr_file_discard(t);
 	point_unlink(owner, t->point);
 	free(t);
 	tr_live(-1);
@@ -272,6 +273,7 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 	t->type = type;
 	t->polarity = polarity;
 	t->flags = TF_READY;   /* unknown readiness: try first, register at EAGAIN */
+	t->file = t->pipe_rd = t->pipe_wr = -1;
 	p->io[polarity] = t;
 	p->links += 1;
 	p->open += 1;
