@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import project
 from .datagrams import Datagram, DatagramArray, Datagrams
-from .errors import OutOfRangeError, TransitClosedError, TransitError
+from .errors import FileEndedError, OutOfRangeError, TransitClosedError, TransitError
 from .libkqueue import (
     Completion,
     Descriptors,
@@ -41,9 +41,11 @@ if TYPE_CHECKING:
         open_unix_listener,
         open_unix_stream,
         receive_fds,
+        receive_file,
         recv_into,
         send_all,
         send_fds,
+        send_file,
         serve_listeners,
         serve_tcp,
         serve_unix,
@@ -69,9 +71,11 @@ _TRIO_LAYER = {
             "open_unix_listener",
             "open_unix_stream",
             "receive_fds",
+            "receive_file",
             "recv_into",
             "send_all",
             "send_fds",
+            "send_file",
             "serve_listeners",
             "serve_tcp",
             "serve_unix",
@@ -102,6 +106,7 @@ __all__ = [
     "DatagramArray",
     "Datagrams",
     "Descriptors",
+    "FileEndedError",
     "Octets",
     "OutOfRangeError",
     "Polarity",
@@ -126,9 +131,11 @@ __all__ = [
     "open_unix_listener",
     "open_unix_stream",
     "receive_fds",
+    "receive_file",
     "recv_into",
     "send_all",
     "send_fds",
+    "send_file",
     "serve_listeners",
     "serve_tcp",
     "serve_unix",

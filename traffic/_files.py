@@ -25,13 +25,12 @@ from __future__ import annotations
 import io
 import os
 import stat
-import sys
 from typing import Any
 
 __all__ = ["UNTIL_END", "Region", "receive_region", "send_region"]
 
 #: The count of a receive that goes on until the stream ends.
-UNTIL_END = sys.maxsize
+UNTIL_END = 1 << 62  # beyond any stream; offset + count still fits an off_t
 
 
 class Region:
@@ -102,9 +101,7 @@ def _descriptor(file: Any, doing: str, reading: bool) -> tuple[int, Any]:
     if isinstance(file, io.TextIOBase):
         raise TypeError(f"{doing}() needs a binary file, not a text one (open it with 'b')")
     if not isinstance(file, io.IOBase) and not hasattr(file, "fileno"):
-        raise TypeError(
-            f"{doing}() needs a binary file or a descriptor, not {type(file).__name__}"
-        )
+        raise TypeError(f"{doing}() needs a binary file or a descriptor, not {type(file).__name__}")
     if getattr(file, "closed", False):
         raise ValueError(f"{doing}(): I/O operation on closed file")
     able = file.readable() if reading else file.writable()

@@ -38,6 +38,7 @@ import outcome
 import trio
 
 from . import _sockets
+from ._files import Region
 from ._requests import (
     COMPLETING,
     NULL,
@@ -57,6 +58,7 @@ __all__ = [
     "checkpoint_if_cancelled",
     "delivery",
     "transfer",
+    "transfer_file",
     "wait_task_rescheduled",
 ]
 
@@ -123,8 +125,10 @@ def deliver(delivery: Delivery) -> None:
             continue  # a dropped transit's last word
         raise_cancel = waiter.raise_cancel
         if raise_cancel is not None and completion.outcome == WITHDRAWN:
-            # Its abort failed while the core was in the system call,
-            # and nothing was transferred: deliver the cancellation.
+            # Its abort failed while the core was in the system call, and
+            # the request was withdrawn after it: deliver the cancellation
+            # (a file transfer reads what moved from the waiter).
+            waiter.withdrawn = completion.transferred
             _reschedule(waiter.task, outcome.capture(raise_cancel))
         else:
             _reschedule(waiter.task, outcome.Value(completion))
@@ -231,7 +235,10 @@ class Parked:
     not only by the parking task's frame.
     """
 
-    __slots__ = ("delivery", "raise_cancel", "task", "transit")
+    __slots__ = ("delivery", "raise_cancel", "task", "transit", "withdrawn")
+
+    # ``withdrawn``: set when the request was withdrawn, to the bytes it
+    # had transferred (unset on the hot path, which never reads it).
 
     def __init__(self, delivery: Delivery, transit: Transit, keep: object) -> None:
         self.delivery = delivery
@@ -249,7 +256,7 @@ class Parked:
     def __call__(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         """Withdraw the request (trio's abort function)."""
         transit = self.transit
-        code, _ = self.delivery.requests.withdraw(transit)
+        code, self.withdrawn = self.delivery.requests.withdraw(transit)
         if code != COMPLETING:
             # Withdrawn; or the Traffic is gone (closed, its thread joined),
             # so no completion will ever come and the memory is free.
@@ -285,6 +292,31 @@ async def transfer(
         if keep is None:
             keep = pin if fdpin is NULL else (pin, fdpin)
         completion: Result = await wait_task_rescheduled(Parked(delivery, transit, keep))
+        return completion
+    await cancel_shielded_checkpoint()
+    return done
+
+
+@protected
+async def transfer_file(
+    delivery: Delivery, transit: Transit, region: Region, refusals: Refusals
+) -> Result:
+    """Perform one file request (the region of a regular file to or from
+    the stream transit) and return its result.  A checkpoint.
+
+    Cancelled while it waits, the request is withdrawn and the bytes it
+    had moved are recorded in ``region.moved`` before the cancellation
+    propagates, so the caller can settle the file's position exactly.
+    """
+    await checkpoint_if_cancelled()
+    done = delivery.requests.submit_file(transit, region.fd, region.offset, region.count, refusals)
+    if done is None:
+        parked = Parked(delivery, transit, None)  # the core holds its own duplicate
+        try:
+            completion: Result = await wait_task_rescheduled(parked)
+        except BaseException:
+            region.moved = getattr(parked, "withdrawn", 0)
+            raise
         return completion
     await cancel_shielded_checkpoint()
     return done

@@ -76,10 +76,11 @@ from typing import Any, NoReturn
 
 import trio
 
-from . import _trio_parking
+from . import _files, _trio_parking
 from ._requests import (
     DONE,
     FAULT,
+    FILE_ENDED,
     TERMINATED,
     Refusal,
     Refusals,
@@ -108,9 +109,10 @@ from ._trio_parking import (
     cancel_shielded_checkpoint,
     checkpoint_if_cancelled,
     transfer,
+    transfer_file,
     wait_task_rescheduled,
 )
-from .errors import TransitClosedError
+from .errors import FileEndedError, TransitClosedError
 from .libkqueue import (
     Descriptors,
     Octets,
@@ -137,9 +139,11 @@ __all__ = [
     "open_unix_listener",
     "open_unix_stream",
     "receive_fds",
+    "receive_file",
     "recv_into",
     "send_all",
     "send_fds",
+    "send_file",
     "serve_listeners",
     "serve_tcp",
     "serve_unix",
@@ -449,6 +453,117 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
     return b"", []
 
 
+# Files
+
+
+def _file_transits(target: Any, doing: str, polarity: Polarity) -> tuple[Octets, Any]:
+    """The stream transit of ``target`` for ``polarity`` (a TrafficStream's
+    sender or receiver, or an Octets/Descriptors transit), and the stream or None."""
+    if isinstance(target, TrafficStream):
+        transit = target._sender if polarity == Polarity.OUTPUT else target._receiver
+        return transit, target
+    if isinstance(target, Octets):
+        if target.polarity != polarity:
+            direction = "an output" if polarity == Polarity.OUTPUT else "an input"
+            raise ValueError(f"{doing}() needs {direction} transit")
+        return target, None
+    raise TypeError(
+        f"{doing}() needs a TrafficStream or an Octets transit, not {type(target).__name__}"
+    )
+
+
+async def _transfer_region(
+    delivery: Delivery, transit: Octets, region: _files.Region, sending: bool
+) -> int:
+    """Move the region and say how much moved; the file's position is
+    settled after what moved in every outcome, cancellation included."""
+    try:
+        if region.count == 0:
+            await trio.lowlevel.checkpoint()  # nothing left to send
+            return 0
+        _, outcome, error, moved, _, _ = await transfer_file(delivery, transit, region, _REFUSALS)
+        region.moved = moved
+    finally:
+        region.settle()
+    if outcome == DONE:
+        return moved
+    if outcome == FAULT:
+        # The file failed; the stream is intact.
+        if error == FILE_ENDED:
+            raise FileEndedError(moved, region.count)
+        doing = "send_file" if sending else "receive_file"
+        raise OSError(error, f"{doing}: the file: {os.strerror(error)}")
+    if outcome == TERMINATED:
+        if not sending and error == 0:
+            return 0  # the end of the stream, with nothing written
+        raise _broken(error or errno.EPIPE, "send" if sending else "receive")
+    raise trio.ClosedResourceError("the transit was terminated during the transfer")
+
+
+@protected
+async def send_file(
+    target: Any, file: Any, *, offset: int | None = None, count: int | None = None
+) -> int:
+    """Send ``count`` bytes of ``file`` from ``offset`` over a stream (a
+    :class:`TrafficStream` or an output Octets transit); return the bytes
+    sent, which is ``count``.  The core sends them itself (``sendfile(2)``
+    where the system has it): they never enter Python.
+
+    ``file`` is a binary file object open for reading (also one wrapped by
+    ``trio.wrap_file`` or ``anyio``), or a descriptor; it must be a
+    regular file.  ``offset`` None starts at the file's position
+    (``tell()``); ``count`` None sends to the end of the file as it is
+    now.  Afterwards, in every outcome (cancellation and errors too), the
+    file's position is just after the last byte sent: ``offset + sent``.
+
+    A checkpoint.  Refused before anything is sent: ``ValueError`` for a
+    negative ``offset``, ``count < 1`` or a region past the end of the
+    file, and for a file that is not a regular one (``IsADirectoryError``
+    for a directory); ``TypeError`` for a text file; ``ValueError`` for a
+    closed one; ``io.UnsupportedOperation`` for one not open for reading.
+    During the transfer: :class:`~traffic.errors.FileEndedError` (with
+    ``sent``) if the file was truncated, ``OSError`` for a failure to read
+    the file (the stream is intact), and what :meth:`TrafficStream.send_all`
+    raises for the stream.  TLS streams are not supported: their bytes
+    must be encrypted in Python.
+    """
+    transit, stream = _file_transits(target, "send_file", Polarity.OUTPUT)
+    if stream is not None:
+        sent: int = await stream.send_file(file, offset=offset, count=count)
+        return sent
+    region = _files.send_region(file, offset, count)
+    return await _transfer_region(_in_run(transit), transit, region, sending=True)
+
+
+@protected
+async def receive_file(target: Any, file: Any, *, count: int | None = None) -> int:
+    """Write what arrives on a stream (a :class:`TrafficStream` or an input
+    Octets transit) to ``file``, from its position, until ``count`` bytes
+    (None: until the peer ends the stream); return the bytes written (less
+    than ``count`` if the stream ended first, 0 if it had ended).  The core
+    writes them itself (``splice(2)`` on Linux): they never enter Python.
+
+    ``file`` is a binary file object open for writing (a buffered one is
+    flushed first; wrapped by ``trio.wrap_file`` or anyio too), or a
+    descriptor, of a regular file; one opened for appending is written at
+    its end.  Afterwards, in every outcome, the file's position is just
+    after the last byte written.
+
+    A checkpoint.  Refused before anything is received: ``ValueError`` for
+    ``count < 1`` and a file that is not a regular one; ``TypeError`` for a
+    text file; ``ValueError`` for a closed one; ``io.UnsupportedOperation``
+    for one not open for writing.  A failure to write the file (``OSError``:
+    ``ENOSPC``...) keeps the bytes it did not take in the stream: the next
+    receive returns them first.  Else as :meth:`TrafficStream.receive_some`.
+    """
+    transit, stream = _file_transits(target, "receive_file", Polarity.INPUT)
+    if stream is not None:
+        written: int = await stream.receive_file(file, count=count)
+        return written
+    region = _files.receive_region(file, count)
+    return await _transfer_region(_in_run(transit), transit, region, sending=False)
+
+
 # Streams and listeners
 
 
@@ -618,6 +733,42 @@ class TrafficStream(trio.abc.HalfCloseableStream):
                 _sent(done)
         finally:
             self._sending = False
+
+    @protected
+    async def send_file(
+        self, file: Any, *, offset: int | None = None, count: int | None = None
+    ) -> int:
+        """Send ``count`` bytes of ``file`` from ``offset`` (default: its
+        position, to its end); return the bytes sent.  The file's position
+        ends after them in every outcome.  See :func:`traffic.send_file`.
+
+        A checkpoint.  Raises ``trio.BusyResourceError`` if another task is
+        sending, ``trio.ClosedResourceError`` after :meth:`aclose` or
+        :meth:`send_eof`.
+        """
+        with claimed(self, "_sending", _busy_send):
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            region = _files.send_region(file, offset, count)
+            return await _transfer_region(self._delivery, self._sender, region, sending=True)
+
+    @protected
+    async def receive_file(self, file: Any, *, count: int | None = None) -> int:
+        """Write what arrives to ``file`` from its position until ``count``
+        bytes or the end of the stream; return the bytes written.  See
+        :func:`traffic.receive_file`.
+
+        A checkpoint.  Raises ``trio.BusyResourceError`` if another task is
+        receiving, ``trio.ClosedResourceError`` after :meth:`aclose`.
+        """
+        with claimed(self, "_receiving", _busy_receive):
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            region = _files.receive_region(file, count)
+            written = await _transfer_region(self._delivery, self._receiver, region, sending=False)
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed while receiving")
+            return written
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket can take more data.  A checkpoint."""
