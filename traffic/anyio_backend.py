@@ -145,13 +145,16 @@ import sniffio
 from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
+from . import _files
 from ._requests import (
     COMPLETING,
     DONE,
     FAULT,
+    FILE_ENDED,
     NULL,
     OWNER_TERMINATED,
     TERMINATED,
+    WITHDRAWN,
     Completion,
     Refusal,
     Refusals,
@@ -175,7 +178,7 @@ from ._sockets import (
     socket_identity,
     wants_nodelay,
 )
-from .errors import OutOfRangeError
+from .errors import FileEndedError, OutOfRangeError
 from .libkqueue import (
     MAX_DESCRIPTOR,
     Descriptors,
@@ -258,6 +261,11 @@ class _Parking(Protocol):
         keep: object = None,
     ) -> Awaitable[Result]: ...
 
+    def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
+        """One file request, and its result.  A checkpoint.  Cancelled, the
+        bytes it moved are in ``region.moved`` when the cancellation
+        propagates."""
+
     async def settle(self, transit: Transit) -> None: ...
 
     def wake(self, transit: Transit) -> None: ...
@@ -279,7 +287,7 @@ _Parked: Any = None
 class _TrioParking:
     """The trio run's delivery (:mod:`traffic._trio_parking`)."""
 
-    __slots__ = ("_transfer", "delivery", "late", "requests", "traffic", "trio")
+    __slots__ = ("_transfer", "_transfer_file", "delivery", "late", "requests", "traffic", "trio")
 
     def __init__(self) -> None:
         global _checkpoint_if_cancelled, _cancel_shielded_checkpoint
@@ -297,6 +305,7 @@ class _TrioParking:
         self.trio = self
         self.late: dict[int, asyncio.Future[Completion]] = {}  # always empty
         self._transfer = parking.transfer
+        self._transfer_file = parking.transfer_file
 
     async def settle(self, transit: Transit) -> None:
         """Nothing is ever late on trio."""
@@ -316,6 +325,9 @@ class _TrioParking:
         # never orphans a completion: an abort that lost the race waits for
         # the completion and returns it (trio's rule).
         return self._transfer(self.delivery, transit, pin, size, _REFUSALS, fdpin, nfds, keep)
+
+    def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
+        return self._transfer_file(self.delivery, transit, region, _REFUSALS)
 
     def wake(self, transit: Transit) -> None:
         """Nothing to do: a task parked on a transit its owner terminated is
@@ -505,6 +517,38 @@ class _AsyncioParking:
             self._cancelled(transit, future, orphan)
             raise
 
+    async def transfer_file(self, transit: Transit, region: _files.Region) -> Result:
+        """One file request, and its result.  A checkpoint.
+
+        Cancelled while it waits, the request is withdrawn; if the core is
+        inside its system call, the cancellation waits (shielded) for the
+        completion, which comes promptly: either way ``region.moved``
+        holds what moved when the cancellation propagates.
+        """
+        token = transit._token
+        if token in self.late:
+            await self.settle(transit)
+        await asyncio.sleep(0)
+        if self.closed:
+            raise anyio.ClosedResourceError("the event loop's Traffic is closed")
+        done = self.requests.submit_file(transit, region.fd, region.offset, region.count, _REFUSALS)
+        if done is not None:
+            return done
+
+        def moved(done: Result) -> None:
+            region.moved = done[3]
+
+        future: asyncio.Future[Completion] = self.loop.create_future()
+        self.parked[token] = future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._cancelled(transit, future, moved)
+            if token in self.late:
+                with anyio.CancelScope(shield=True):
+                    await self.settle(transit)
+            raise
+
     async def settle(self, transit: Transit) -> None:
         """Wait until the completion of ``transit``'s cancelled request has
         arrived (promptly: the core is in or just out of the system call)
@@ -525,10 +569,12 @@ class _AsyncioParking:
         if completion is not None:
             orphan(completion)  # collected after the cancellation
             return
-        code, _ = self.requests.withdraw(transit)
+        code, transferred = self.requests.withdraw(transit)
         if code != COMPLETING:
             # Withdrawn (nothing more will happen), or the Traffic is gone.
             self.parked.pop(token, None)
+            if code == WITHDRAWN and transferred:
+                orphan((token, WITHDRAWN, 0, transferred, None, 0))  # what had moved
             return
         # Inside the system call, or done and not yet collected: the
         # resource stays pinned, and the completion goes to ``orphan`` on
@@ -822,6 +868,105 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 _sent(done, self._closed)
         finally:
             self._sending = False
+
+    @protected
+    async def send_file(
+        self, file: Any, *, offset: int | None = None, count: int | None = None
+    ) -> int:
+        """Send ``count`` bytes of ``file`` from ``offset`` (default: its
+        position, to its end); return the bytes sent.  The core sends them
+        itself (``sendfile(2)`` where the system has it).  In every
+        outcome, cancellation included, the file's position ends just after
+        the last byte sent.  The trio layer's :func:`traffic.send_file`
+        says what ``file`` may be and what is refused before anything is
+        sent (``ValueError``, ``TypeError``, ``io.UnsupportedOperation``).
+
+        Raises :class:`~traffic.errors.FileEndedError` if the file was
+        truncated while being sent, ``OSError`` if reading it failed (the
+        stream is intact), else as :meth:`send`.
+        """
+        with claimed(self, "_sending", _busy_send):
+            if self._closed:
+                raise anyio.ClosedResourceError
+            region = _files.send_region(file, offset, count)
+            return await self._transfer_region(self._sender, region, sending=True)
+
+    @protected
+    async def receive_file(self, file: Any, *, count: int | None = None) -> int:
+        """Write what arrives to ``file``, from its position, until ``count``
+        bytes (None: until the peer ends the stream); return the bytes
+        written (0 if the stream had ended: no ``EndOfStream``).  Bytes the
+        stream already holds from a cancelled receive are written first.
+        The file's position ends just after the last byte written, in every
+        outcome.  A failure to write the file (``OSError``: ``ENOSPC``...)
+        keeps the bytes it did not take for the next receive.
+        """
+        with claimed(self, "_receiving", _busy_receive):
+            if self._closed:
+                raise anyio.ClosedResourceError
+            region = _files.receive_region(file, count)
+            if self._parking.late:
+                await self._parking.settle(self._receiver)
+                if self._closed:
+                    raise anyio.ClosedResourceError
+            held = self._write_pending(region)
+            if held and region.count == 0:
+                await anyio.lowlevel.checkpoint()
+                return held
+            written = held + await self._transfer_region(self._receiver, region, sending=False)
+            if self._closed:
+                raise anyio.ClosedResourceError
+            return written
+
+    def _write_pending(self, region: _files.Region) -> int:
+        """Write the bytes kept from a cancelled receive at the region's
+        start, and move the region past them; return how many."""
+        pending = self._pending
+        written = 0
+        try:
+            while pending and written < region.count:
+                chunk = pending[: region.count - written]
+                if region.append:
+                    n = os.write(region.fd, chunk)
+                else:
+                    n = os.pwrite(region.fd, chunk, region.offset + written)
+                del pending[:n]
+                written += n
+        finally:
+            region.moved = written
+            if written:
+                region.settle()
+        region.offset += written
+        region.moved = 0
+        if region.count != _files.UNTIL_END:
+            region.count -= written
+        return written
+
+    async def _transfer_region(self, transit: Octets, region: _files.Region, sending: bool) -> int:
+        """Move the region and say how much moved; the file's position is
+        settled after what moved in every outcome."""
+        try:
+            if region.count == 0:
+                await anyio.lowlevel.checkpoint()  # nothing left to send
+                return 0
+            _, outcome, error, moved, _, _ = await self._parking.transfer_file(transit, region)
+            region.moved = moved
+        finally:
+            region.settle()
+        if outcome == DONE:
+            return moved
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if outcome == FAULT:
+            if error == FILE_ENDED:
+                raise FileEndedError(moved, region.count)
+            doing = "send_file" if sending else "receive_file"
+            raise OSError(error, f"{doing}: the file: {os.strerror(error)}")
+        if outcome == TERMINATED:
+            if not sending and error == 0:
+                return 0  # the end of the stream, nothing written
+            _broken(error or errno.EPIPE)
+        raise anyio.ClosedResourceError
 
     async def send_eof(self) -> None:
         """Shut down the sending direction (half-close); receiving goes on.
