@@ -518,7 +518,7 @@ tr_file_install(struct tr_transit *t, struct tr_file_region *region, long long o
 	t->file = region->file;
 	t->file_offset = offset;
 	t->file_append = region->append;
-	t->file_copy = region->append || region->pipe_rd < 0;
+	t->file_copy = t->polarity == TR_INPUT && (region->append || region->pipe_rd < 0);
 	t->pipe_rd = region->pipe_rd;
 	t->pipe_wr = region->pipe_wr;
 	t->pipe_room = region->pipe_room;
