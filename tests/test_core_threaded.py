@@ -11,7 +11,9 @@ import contextlib
 import errno
 import gc
 import hashlib
+import io
 import os
+import pathlib
 import select
 import socket
 import threading
@@ -719,3 +721,128 @@ def test_a_send_after_one_withdrawn_inside_its_system_call_goes_out(ttr: Traffic
             ttr.collect()
             inp.terminate()
             out.terminate()
+
+
+# File regions (tr_request_file): the core's sendfile/splice paths.
+
+
+def test_file_request_sends_a_region(ttr: Traffic, tmp_path: pathlib.Path) -> None:
+    _inp, out, peer = pair(ttr)
+    data = os.urandom(9 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with peer, open(path, "rb") as f:
+        outcome, _, sent = ttr.request_file(out, f, offset=5, count=len(data) - 10)
+        assert outcome == PENDING and 0 < sent < len(data)  # the buffers filled
+        assert f.tell() == 0  # the core never moves the file's position
+        received = recv_exactly(peer, len(data) - 10)
+        c = one(ttr, out)
+        assert (c.outcome, c.error, c.transferred) == (DONE, 0, len(data) - 10)
+    assert received == data[5:-5]
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_file_request_receives_until_the_end(
+    ttr: Traffic, tmp_path: pathlib.Path, inline: bool
+) -> None:
+    inp, _out, peer = pair(ttr)
+    data = os.urandom(3 << 20)
+    fd = os.open(tmp_path / "in", os.O_RDWR | os.O_CREAT)
+    try:
+        outcome, _, _ = ttr.request_file(inp, fd, inline=inline)
+        assert outcome == PENDING
+        peer.sendall(data)
+        peer.shutdown(socket.SHUT_WR)
+        c = one(ttr, inp)
+        assert (c.outcome, c.transferred) == (DONE, len(data))  # the end, with bytes
+        assert os.pread(fd, len(data) + 1, 0) == data
+        outcome, error, moved = ttr.request_file(inp, fd)
+        assert (outcome, error, moved) == (TERMINATED, 0, 0)  # the next sees the end
+    finally:
+        os.close(fd)
+        peer.close()
+
+
+def test_file_request_withdrawn_says_what_was_written(ttr: Traffic, tmp_path: pathlib.Path) -> None:
+    inp, _out, peer = pair(ttr)
+    fd = os.open(tmp_path / "in", os.O_RDWR | os.O_CREAT)
+    try:
+        assert ttr.request_file(inp, fd, count=1 << 20)[0] == PENDING
+        peer.sendall(b"x" * 1000)
+        for _ in range(3000):
+            if os.fstat(fd).st_size == 1000:
+                break
+            threading.Event().wait(0.001)
+        code, transferred = ttr.withdraw(inp)
+        assert (code, transferred) == (WITHDRAWN, 1000)
+        peer.sendall(b"next")
+        outcome, _, data = ttr.receive(inp, 100)
+        assert (outcome, data) == (DONE, b"next")  # nothing lost, nothing twice
+    finally:
+        os.close(fd)
+        peer.close()
+
+
+def test_file_request_of_a_truncated_file_is_a_fault(ttr: Traffic, tmp_path: pathlib.Path) -> None:
+    _inp, out, peer = pair(ttr)
+    data = os.urandom(8 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with peer, open(path, "rb") as f:
+        outcome, _, _ = ttr.request_file(out, f)
+        assert outcome == PENDING
+        os.truncate(path, 6 << 20)
+        received = recv_exactly(peer, 6 << 20)
+        c = one(ttr, out)
+        assert (c.outcome, c.error, c.transferred) == (FAULT, lib.TR_FILE_ENDED, 6 << 20)
+        assert received == data[: 6 << 20]
+        assert ttr.request(out, b"still usable")[0] == DONE
+        assert recv_exactly(peer, 12) == b"still usable"
+
+
+def test_file_request_pending_when_the_traffic_closes(tmp_path: pathlib.Path) -> None:
+    """The core's duplicate of the file and its pipe close with the Traffic
+    (the autouse leak check counts descriptors)."""
+    tr = Traffic()
+    tr.start()
+    inp, _out, peer = pair(tr)
+    with peer, open(tmp_path / "in", "wb") as f:
+        assert tr.request_file(inp, f)[0] == PENDING
+        tr.close()
+
+
+def test_file_request_refusals(ttr: Traffic, tmp_path: pathlib.Path) -> None:
+    inp, out, peer = pair(ttr)
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    with peer, open(path, "rb") as f:
+        with pytest.raises(ValueError, match="past the end"):
+            ttr.request_file(out, f, offset=2, count=2)
+        with pytest.raises(io.UnsupportedOperation):
+            ttr.request_file(inp, f)
+        with pytest.raises(TypeError, match="no offset"):
+            ttr.request_file(inp, str(path), offset=0)
+    # Straight to the core: a pipe, a descriptor not open for reading.
+    r, w = os.pipe()
+    try:
+        assert lib.tr_request_file(out._c, r, 0, 1, 1, ffi.new("tr_report *")) == -errno.EINVAL
+        assert lib.tr_request_file(out._c, w, 0, 1, 1, ffi.new("tr_report *")) == -errno.EINVAL
+        assert lib.tr_request_file(out._c, -1, 0, 1, 1, ffi.new("tr_report *")) == -errno.EBADF
+        with open(path, "ab") as writeonly:
+            fd = writeonly.fileno()
+            assert lib.tr_request_file(out._c, fd, 0, 1, 1, ffi.new("tr_report *")) == -errno.EBADF
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert (
+                lib.tr_request_file(out._c, fd, -1, 1, 1, ffi.new("tr_report *")) == -errno.EINVAL
+            )
+            big = 1 << 63
+            assert (
+                lib.tr_request_file(out._c, fd, 1, big - 1, 1, ffi.new("tr_report *"))
+                == -errno.EINVAL
+            )
+        finally:
+            os.close(fd)
+    finally:
+        os.close(r)
+        os.close(w)

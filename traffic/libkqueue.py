@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from . import _requests
+from . import _files, _requests
 from ._requests import Completion, Refusal, Requests
 from ._traffic import ffi, lib
 from .errors import OutOfRangeError, TransitClosedError, TransitError, check
@@ -1108,6 +1108,49 @@ class Traffic:
             return _requests.PENDING, report.error, report.stop, report.fd_stop
         _, outcome, error, transferred, _, descriptors = done
         return outcome, error, transferred, descriptors
+
+    def request_file(
+        self,
+        transit: Octets,
+        file: object,
+        *,
+        offset: int | None = None,
+        count: int | None = None,
+        inline: bool = True,
+    ) -> tuple[int, int, int]:
+        """Ask the core to transfer between a stream transit and a regular
+        file: (outcome, error, transferred).
+
+        An output transit sends ``count`` bytes of ``file`` from ``offset``
+        (defaults: the file's position, to its end); an input one writes
+        what arrives to ``file`` from its position until ``count`` bytes
+        (None: until the stream ends).  ``file`` is a binary file object or
+        a descriptor; the core works on a duplicate of it and never moves
+        its position: the caller settles it from ``transferred``, which
+        counts the bytes moved in every outcome, a completion's too.
+        ``TR_FAULT`` is the file's failure: its errno, or
+        ``TR_FILE_ENDED`` for a file that ended before the region.  The
+        checks on ``file``, ``offset`` and ``count`` are those of
+        :func:`traffic.send_file` and :func:`traffic.receive_file`.
+        Nothing needs pinning while the request is pending.
+        """
+        self._check_usable()
+        self._check_mine(transit)
+        if transit._type not in (lib.TR_OCTETS, lib.TR_DESCRIPTORS):
+            raise TypeError("request_file() needs an Octets (or Descriptors) transit")
+        if transit._polarity == lib.TR_OUTPUT:
+            region = _files.send_region(file, offset, count)
+        else:
+            if offset is not None:
+                raise TypeError("a receive into a file starts at its position: no offset")
+            region = _files.receive_region(file, count)
+        done = self.requests.submit_file(
+            transit, region.fd, region.offset, region.count, _REFUSALS, inline=int(inline)
+        )
+        if done is None:
+            return _requests.PENDING, 0, self.requests.report.stop
+        _, outcome, error, transferred, _, _ = done
+        return outcome, error, transferred
 
     def _check_mine(self, transit: Transit) -> None:
         """Refuse a transit of another Traffic (or of none).
