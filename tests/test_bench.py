@@ -5,12 +5,16 @@ end to end and writes JSON of the expected shape.  A benchmark is not a test
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +80,21 @@ def test_smallest_run_writes_json(tmp_path: Path) -> None:
     assert case["results"]["traffic-trio"]["ratio_to_trio"]["rate"] > 0
 
 
+@pytest.mark.parametrize("name", build.PROGRAMS)
+def test_programs_compile_without_warnings(name: str, tmp_path: Path) -> None:
+    """Each C program compiles with the benchmark's flags and -Werror."""
+    cc = build.compiler()
+    assert cc is not None
+    source = build.HERE / f"{name}.c"
+    done = subprocess.run(
+        [cc, *build.CFLAGS, "-Werror", "-o", tmp_path / name, source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
@@ -85,12 +104,15 @@ def test_every_row_runs_a_server() -> None:
     exists on every loop of ANYIO_LOOPS for anyio's streams and for
     traffic's, in the servers and in the stream workload, and is a row."""
     for name in driver.ALL_SERVERS:
-        assert name == workloads.C_SERVER or workloads.base_name(name) in servers.SERVERS, name
+        base = workloads.base_name(name)
+        assert name == workloads.C_SERVER or base in {*servers.SERVERS, *servers.FILE_SERVERS}
     assert set(driver.OPTIONAL_SERVERS) <= set(driver.ALL_SERVERS)
+    assert set(servers.FILE_SERVERS) <= set(driver.ALL_SERVERS)
     for loop in servers.ANYIO_LOOPS:
         for name in (f"anyio-{loop}", f"traffic-anyio-{loop}"):
             assert name in servers.SERVERS, name
             assert name in stream.STREAMS, name
+            assert name in servers.FILE_SERVERS, name
             assert name in driver.ALL_SERVERS, name
 
 
@@ -212,3 +234,227 @@ def test_instructions_counts_under_valgrind(tmp_path: Path) -> None:
     assert rows["trio"][1] == "1.00"
     floor = float(rows["trio-floor"][0].replace(",", ""))
     assert 0 < floor < float(rows["trio"][0].replace(",", ""))
+
+
+# --- the file workload --------------------------------------------------------------
+
+#: Small transfers for the tests: 2 connections, unaligned sizes (the client's
+#: check has a path for bytes that do not fill a word).
+FILE_BYTES = (1 << 20) + 3
+UPLOAD_BYTES = (1 << 19) + 5
+FILE_CONNECTIONS = 2
+
+
+def file_row_unavailable(name: str) -> str | None:
+    """Why the file row ``name`` cannot run here, or None."""
+    absent = servers.missing_module(name)
+    if absent is not None:
+        return f"{absent} is not importable"
+    return servers.file_methods_missing(name)
+
+
+@pytest.fixture(scope="module")
+def file_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAFFIC_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return build.build("file_client")
+
+
+@pytest.fixture(scope="module")
+def file_fixture(file_client: Path) -> Iterator[workloads.FileFixture]:
+    notes: list[str] = []
+    with workloads.FileFixture.made(
+        file_client, FILE_BYTES, UPLOAD_BYTES, FILE_CONNECTIONS, notes
+    ) as fixture:
+        yield fixture
+
+
+def test_file_client_checks_files(file_fixture: workloads.FileFixture, tmp_path: Path) -> None:
+    """``file_client verify`` takes the pattern file it made, and refuses one
+    byte changed, one missing or one too many."""
+    client, made = file_fixture.client, file_fixture.download
+    assert made.stat().st_size == FILE_BYTES
+
+    def verify(path: Path, size: int = FILE_BYTES) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [client, "verify", path, str(size)], capture_output=True, text=True, timeout=30
+        )
+
+    assert verify(made).returncode == 0
+    content = made.read_bytes()
+    assert len(set(content[i : i + 8] for i in range(0, 1 << 16, 8))) == 1 << 13  # no repeats
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(content[:1001] + bytes([content[1001] ^ 1]) + content[1002:])
+    done = verify(wrong)
+    assert done.returncode == 1 and "offset 1001" in done.stderr
+    wrong.write_bytes(content[:-1])
+    assert verify(wrong).returncode == 1
+    wrong.write_bytes(content + content[:1])
+    assert verify(wrong).returncode == 1
+    assert verify(made, FILE_BYTES - 1).returncode == 1
+
+
+def _fake_download(
+    client: Path, send: bytes, expect: int, pieces: list[int]
+) -> subprocess.CompletedProcess[str]:
+    """``file_client download`` against a server sending ``send`` to each of
+    two connections, in pieces of the sizes in ``pieces`` (cycled)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        # A client that refuses a connection exits: the sends then fail.
+        with listener, contextlib.suppress(OSError):
+            for _ in range(2):
+                conn, _ = listener.accept()
+                with conn:
+                    assert conn.recv(1) == b"g"
+                    at, i = 0, 0
+                    while at < len(send):
+                        size = pieces[i % len(pieces)]
+                        conn.sendall(send[at : at + size])
+                        at, i = at + size, i + 1
+
+    done = None
+    with subprocess.Popen(
+        [client, "download", f"127.0.0.1:{port}", "2", str(expect)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        # One connection at a time: the client connected both, the second waits
+        # in the listen queue until the first is served.
+        server = threading.Thread(target=serve)
+        server.start()
+        out, err = process.communicate("go\n", timeout=30)
+        server.join(30)
+        done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
+
+
+def test_file_client_checks_every_byte_downloaded(file_fixture: workloads.FileFixture) -> None:
+    """The download client checks each byte against the pattern wherever the
+    receives split it, and refuses a connection that brings a wrong byte,
+    fewer bytes or more than expected."""
+    client = file_fixture.client
+    content = file_fixture.download.read_bytes()
+    pieces = [1, 3, 7, 8, 4093, 65537]
+
+    done = _fake_download(client, content, FILE_BYTES, pieces)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["bytes"] == 2 * FILE_BYTES
+    assert result["connections"] == 2
+
+    bad = bytearray(content)
+    bad[777_777] ^= 0x40
+    done = _fake_download(client, bytes(bad), FILE_BYTES, pieces)
+    assert done.returncode == 1 and "wrong byte at offset 777777" in done.stderr
+    done = _fake_download(client, content[:-2], FILE_BYTES, pieces)
+    assert done.returncode == 1 and "closed after" in done.stderr
+    done = _fake_download(client, content, FILE_BYTES - 1, pieces)
+    assert done.returncode == 1 and "more than" in done.stderr
+
+
+@pytest.mark.parametrize("case", ["download-unix-cold", "upload-tcp"])
+@pytest.mark.parametrize("name", sorted(servers.FILE_SERVERS))
+def test_file_servers_transfer_everything(
+    name: str, case: str, file_fixture: workloads.FileFixture
+) -> None:
+    """Every file row serves a download (over AF_UNIX, the file's pages
+    dropped first) and an upload (over TCP): every byte arrives, as the
+    client checked, and every uploaded file is whole (checked after)."""
+    why = file_row_unavailable(name)
+    if why is not None:
+        pytest.skip(why)
+    measured = workloads.file_transfer(name, case, file_fixture, workloads.Placement.make("none"))
+    each = UPLOAD_BYTES if case.startswith("upload") else FILE_BYTES
+    assert measured.metrics["bytes"] == FILE_CONNECTIONS * each
+    assert measured.metrics["gbps"] > 0
+    assert measured.metrics["per_cpu"] > 0
+    assert measured.metrics["server_cores"] >= 0
+    assert not list(file_fixture.upload_root.iterdir())  # each run's uploads removed
+
+
+def test_file_cases_planned() -> None:
+    """``--only file`` plans one case per direction, family and cache state,
+    ``--file-cases`` a subset; its rows of its own are n/a elsewhere, the
+    rows without a file server n/a in it."""
+    notes: list[str] = []
+    cases, _, _ = driver.plan(driver.parse_args(["--only", "file"]), notes)
+    assert [c.param for c in cases] == list(workloads.FILE_CASES)
+    assert [c.label for c in cases][:2] == ["download tcp warm", "download tcp cold"]
+    assert "256 MiB" in cases[0].note and "warm" in cases[0].note
+    args = driver.parse_args(["--only", "file", "--file-cases", "upload-unix,download-unix-cold"])
+    cases, _, _ = driver.plan(args, notes)
+    assert [c.param for c in cases] == ["download-unix-cold", "upload-unix"]
+    quick = driver.parse_args(["--only", "file", "--quick"])
+    assert quick.file_cases == list(driver.QUICK_FILE_CASES)
+    assert (quick.file_mib, quick.upload_mib) == (driver.QUICK_FILE_MIB, driver.QUICK_UPLOAD_MIB)
+    with pytest.raises(SystemExit):
+        driver.parse_args(["--file-cases", "download-sideways"])
+    [file_case] = driver.plan(
+        driver.parse_args(["--only", "file", "--file-cases", "upload-tcp"]), notes
+    )[0]
+    [echo] = driver.plan(driver.parse_args(["--only", "echo", "--connections", "1"]), notes)[0]
+    for name in ("asyncio-sendfile", "uvloop-streams"):
+        assert driver.supported(file_case, name) and not driver.supported(echo, name)
+    for name in (workloads.C_SERVER, "trio-floor", "asyncio", "uvloop", "uvloop-protocol"):
+        assert driver.supported(echo, name) and not driver.supported(file_case, name)
+    assert driver.supported(file_case, "traffic-trio-idle")  # traffic-trio's server
+    assert notes == []
+
+
+def test_file_workload_end_to_end(tmp_path: Path) -> None:
+    """``--only file`` runs every case, reports GB/s and GB per server
+    CPU-second for each row, in the tables, the summary (both), the JSON
+    and the plot; traffic's row runs if its streams have the file methods,
+    else is skipped with a note."""
+    out, plot = tmp_path / "out.json", tmp_path / "out.png"
+    rows = ["trio", "asyncio-sendfile", "traffic-trio"]
+    done = run_module(
+        "traffic.bench",
+        [
+            "--only", "file",
+            "--servers", ",".join(rows),
+            "--file-mib", "2",
+            "--upload-mib", "1",
+            "--file-connections", "2",
+            "--repeat", "1",
+            "--pin", "none",
+            "--json", str(out),
+            "--plot", str(plot),
+        ],
+        tmp_path / "cache",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "download tcp warm: GB/s" in done.stdout
+    assert "download tcp warm: per CPU-s" in done.stdout
+    assert "GB per server CPU-s" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["meta"]["file"] == {"mib": 2, "upload_mib": 1, "connections": 2}
+    cases = results["cases"]
+    assert [c["param"] for c in cases] == list(workloads.FILE_CASES)
+    lacking = servers.file_methods_missing("traffic-trio")
+    for case in cases:
+        assert case["workload"] == "file"
+        assert case["headlines"] == ["gbps", "per_cpu"]
+        each = (1 if case["param"].startswith("upload") else 2) << 20
+        assert set(case["results"]) == set(rows)
+        for server, row in case["results"].items():
+            if server == "traffic-trio" and lacking:
+                assert row["status"] == "skipped" and row["runs"] == []
+                continue
+            assert row["status"] == "ok", (server, row)
+            assert row["errors"] == [], (server, row["errors"])
+            [run] = row["runs"]
+            assert run["bytes"] == 2 * each, (server, run)
+            assert run["gbps"] > 0 and run["per_cpu"] > 0, (server, run)
+        assert case["results"]["trio"]["ratio_to_trio"]["gbps"] == 1.0
+    if lacking:
+        assert f"traffic-trio skipped in the file workload: {lacking}" in done.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.stat().st_size > 0

@@ -8,11 +8,20 @@ a shared machine hits them alike; ratios to trio are taken within a repeat
 and their median reported, beside the median and min-max of each metric.
 Work per server CPU-second (all threads) stands beside raw rates, and a row
 whose client used more than 0.8 of a core is marked client-bound.
+
+The file workload (``--only file``) is one case per direction, socket family
+and page-cache state (``--file-cases``, :data:`workloads.FILE_CASES`): a
+download of one file to ``--file-connections`` connections, and an upload
+of ``--upload-mib`` per connection into a tmpfs.  Its rows are those of
+:data:`servers.FILE_SERVERS`, ``asyncio-sendfile`` and ``uvloop-streams``
+among them (rows of this workload alone); each reports GB/s over the
+transfer and GB per server CPU-second, both in the summary and the plot.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -26,7 +35,7 @@ from ..libkqueue import backend, cycle_policy
 from . import build, report, servers, stream, workloads
 from .report import BASELINE, Case
 
-WORKLOADS = ("echo", "accept", "stream", "idle")
+WORKLOADS = ("echo", "accept", "stream", "idle", "file")
 
 #: Default echo connection counts (the benchmark's workloads) and the --quick ones.
 ECHO_CONNECTIONS = (1, 100, 1000)
@@ -35,12 +44,19 @@ QUICK_ECHO_CONNECTIONS = (1, 100)
 #: Idle connections held in --quick (10,000 otherwise).
 QUICK_IDLE_CONNECTIONS = 2000
 
+#: The file workload in --quick: smaller files, TCP only (as the stream
+#: workload drops its unpinned case).
+QUICK_FILE_MIB = 64
+QUICK_UPLOAD_MIB = 16
+QUICK_FILE_CASES = ("download-tcp-warm", "download-tcp-cold", "upload-tcp")
+
 #: Rows in table order.  c-epoll is the C reference server (epoll_server.c);
 #: traffic-trio-normal and traffic-trio-idle are traffic-trio with its cycle
 #: thread at SCHED_OTHER and SCHED_IDLE ($TRAFFIC_CYCLE_POLICY=normal, idle);
 #: traffic-trio itself runs the default policy.  anyio-uvloop and
 #: traffic-anyio-uvloop are anyio-asyncio and traffic-anyio-asyncio on
-#: uvloop's event loop (servers.ANYIO_LOOPS).
+#: uvloop's event loop (servers.ANYIO_LOOPS).  asyncio-sendfile and
+#: uvloop-streams are rows of the file workload alone (servers.FILE_SERVERS).
 ALL_SERVERS = (
     workloads.C_SERVER,
     "traffic-trio",
@@ -55,7 +71,9 @@ ALL_SERVERS = (
     "traffic-anyio-uvloop",
     "anyio-uvloop",
     "asyncio",
+    "asyncio-sendfile",
     "uvloop",
+    "uvloop-streams",
     "uvloop-protocol",
 )
 
@@ -94,8 +112,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cross: server on CPU 0, client on CPU 1 (default); same: both on CPU 0; "
         "none: unpinned.  The one-process stream runs on CPU 0 unless none.",
     )
-    parser.add_argument("--seconds", type=float, help="measured seconds per run (default 2)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="measured seconds per run (default 2; the file workload moves a set size instead)",
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="warm-up seconds per run (default 0.5; not the file workload)"
+    )
     parser.add_argument("--repeat", type=int, help="repeats (default 3)")
     parser.add_argument(
         "--connections",
@@ -108,9 +132,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"connections held in the idle workload (default {workloads.IDLE_CONNECTIONS})",
     )
     parser.add_argument(
+        "--file-cases",
+        type=_names(workloads.FILE_CASES),
+        help="file workload cases, comma-separated (default all: "
+        f"{','.join(workloads.FILE_CASES)})",
+    )
+    parser.add_argument(
+        "--file-mib",
+        type=_positive,
+        help=f"MiB of the file each download connection gets (default {workloads.FILE_MIB})",
+    )
+    parser.add_argument(
+        "--upload-mib",
+        type=_positive,
+        help=f"MiB each upload connection sends (default {workloads.UPLOAD_MIB})",
+    )
+    parser.add_argument(
+        "--file-connections",
+        type=_positive,
+        help=f"connections of each file transfer (default {workloads.FILE_CONNECTIONS})",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
-        help="about a minute: 1 repeat, short runs, echo N=1,100, 2000 idle connections",
+        help="about a minute: 1 repeat, short runs, echo N=1,100, 2000 idle connections, "
+        f"file {QUICK_FILE_MIB} MiB and upload {QUICK_UPLOAD_MIB} MiB over TCP only",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     parser.add_argument(
@@ -128,6 +174,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.connections = QUICK_ECHO_CONNECTIONS if quick else ECHO_CONNECTIONS
     if args.idle_connections is None:
         args.idle_connections = QUICK_IDLE_CONNECTIONS if quick else workloads.IDLE_CONNECTIONS
+    if args.file_cases is None:
+        args.file_cases = list(QUICK_FILE_CASES if quick else workloads.FILE_CASES)
+    if args.file_mib is None:
+        args.file_mib = QUICK_FILE_MIB if quick else workloads.FILE_MIB
+    if args.upload_mib is None:
+        args.upload_mib = QUICK_UPLOAD_MIB if quick else workloads.UPLOAD_MIB
+    if args.file_connections is None:
+        args.file_connections = workloads.FILE_CONNECTIONS
     if args.repeat < 1 or args.seconds <= 0:
         parser.error("--repeat must be >= 1 and --seconds > 0")
     return args
@@ -144,6 +198,16 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
 
 
 def _counts(text: str) -> list[int]:
@@ -199,7 +263,19 @@ def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[s
                 notes.append(f"idle skipped: cannot raise RLIMIT_NOFILE to {needed}")
                 continue
             cases.append(case)
+        elif workload == "file":
+            for name in workloads.FILE_CASES:
+                if name in args.file_cases:
+                    cases.append(Case("file", name, name.replace("-", " "), _file_note(name, args)))
     return cases, runnable, missing
+
+
+def _file_note(name: str, args: argparse.Namespace) -> str:
+    direction, _, *cache = name.split("-")
+    n = args.file_connections
+    if direction == "upload":
+        return f"{n} x {args.upload_mib} MiB to files in a tmpfs"
+    return f"one {args.file_mib} MiB file to {n} connections, page cache {cache[0]}"
 
 
 def run_one(
@@ -208,7 +284,11 @@ def run_one(
     args: argparse.Namespace,
     placement: workloads.Placement,
     binaries: dict[str, Path],
+    fixture: workloads.FileFixture | None = None,
 ) -> workloads.Measured:
+    if case.workload == "file":
+        assert fixture is not None
+        return workloads.file_transfer(server, case.param, fixture, placement)
     if case.workload == "echo":
         return workloads.echo(server, case.param, args.seconds, args.warmup, placement, binaries)
     if case.workload == "accept":
@@ -220,9 +300,12 @@ def run_one(
 
 
 def supported(case: Case, server: str) -> bool:
+    base = workloads.base_name(server)
     if case.workload == "stream":
-        return workloads.base_name(server) in stream.STREAMS
-    return True
+        return base in stream.STREAMS
+    if case.workload == "file":
+        return base in servers.FILE_SERVERS
+    return server == workloads.C_SERVER or base in servers.SERVERS
 
 
 def _versions() -> dict[str, str | None]:
@@ -245,13 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"traffic.bench: {error}", file=sys.stderr)
         return 2
     cases, runnable, missing = plan(args, notes)
+    lacking = _lacking_file_methods(cases, runnable, notes)
     for case in cases:
         for server in [*runnable, *missing]:
             row = case.row(server)
-            if server in missing:
-                row.status = "not installed"
-            elif not supported(case, server):
+            if not supported(case, server):
                 row.status = "n/a"
+            elif server in missing:
+                row.status = "not installed"
+            elif case.workload == "file" and server in lacking:
+                row.status = "skipped"
 
     steps = [
         (repeat, case, server)
@@ -261,19 +347,35 @@ def main(argv: list[str] | None = None) -> int:
         if case.rows[server].status == "ok"
     ]
     progress = report.Progress(len(steps))
-    for repeat, case, server in steps:
-        progress.step(f"{case.label} | {server} | repeat {repeat + 1}/{args.repeat}")
-        row = case.rows[server]
-        try:
-            measured = run_one(case, server, args, placement, binaries)
-        except workloads.WorkloadError as error:
-            row.runs.append(None)
-            row.client_bound.append(False)
-            row.errors.append(str(error))
-        else:
-            row.runs.append(measured.metrics)
-            row.client_bound.append(measured.client_bound)
-        progress.advance()
+    with contextlib.ExitStack() as stack:
+        fixture = None
+        if any(case.workload == "file" for _, case, _ in steps):
+            try:
+                fixture = stack.enter_context(
+                    workloads.FileFixture.made(
+                        binaries["file_client"],
+                        args.file_mib << 20,
+                        args.upload_mib << 20,
+                        args.file_connections,
+                        notes,
+                    )
+                )
+            except workloads.WorkloadError as error:
+                print(f"traffic.bench: {error}", file=sys.stderr)
+                return 2
+        for repeat, case, server in steps:
+            progress.step(f"{case.label} | {server} | repeat {repeat + 1}/{args.repeat}")
+            row = case.rows[server]
+            try:
+                measured = run_one(case, server, args, placement, binaries, fixture)
+            except workloads.WorkloadError as error:
+                row.runs.append(None)
+                row.client_bound.append(False)
+                row.errors.append(str(error))
+            else:
+                row.runs.append(measured.metrics)
+                row.client_bound.append(measured.client_bound)
+            progress.advance()
     progress.close()
 
     meta: dict[str, Any] = {
@@ -282,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "warmup": args.warmup,
         "quick": args.quick,
+        "file": {
+            "mib": args.file_mib,
+            "upload_mib": args.upload_mib,
+            "connections": args.file_connections,
+        },
         "cpus": sorted(os.sched_getaffinity(0)),
         "placement": {
             "server": sorted(placement.server) if placement.server else None,
@@ -304,6 +411,21 @@ def main(argv: list[str] | None = None) -> int:
         why = report.plot(args.plot, cases, meta)
         print(f"\nplot: {why}" if why else f"\nplot written to {args.plot}")
     return 0
+
+
+def _lacking_file_methods(cases: list[Case], runnable: list[str], notes: list[str]) -> set[str]:
+    """The traffic rows whose streams lack the file workload's methods (a
+    traffic from before them), each with a note."""
+    lacking = set()
+    if any(case.workload == "file" for case in cases):
+        for server in runnable:
+            if workloads.base_name(server) not in servers.FILE_SERVERS:
+                continue
+            why = servers.file_methods_missing(server)
+            if why is not None:
+                lacking.add(server)
+                notes.append(f"{server} skipped in the file workload: {why}")
+    return lacking
 
 
 def _rotate(names: list[str], by: int) -> list[str]:

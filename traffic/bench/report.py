@@ -52,14 +52,34 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("kib_per_conn", "KiB per idle conn", 2, higher_is_better=False, ratio=True),
         Metric("rss_mib", "server RSS MiB", 1, higher_is_better=False),
     ),
+    "file": (
+        Metric("gbps", "GB/s", 2, ratio=True),
+        Metric("per_cpu", "GB per server CPU-s", 2, ratio=True),
+        Metric("server_cores", "server cores", 2),
+        Metric("client_cores", "client cores", 2),
+    ),
 }
 
 
 def headline(workload: str, param: Any) -> str:
     """The metric a case's targets judge it by (docs/benchmark.rst)."""
+    return headlines(workload, param)[0]
+
+
+def headlines(workload: str, param: Any) -> tuple[str, ...]:
+    """The metrics a case has in the summary and the plot, the headline
+    first: one for most, both throughput and CPU cost for file transfers
+    (sendfile can win on either alone)."""
     if workload == "echo":
-        return "p50_us" if param == 1 else "per_cpu"
-    return {"accept": "per_cpu", "stream": "gbps", "idle": "kib_per_conn"}[workload]
+        return ("p50_us",) if param == 1 else ("per_cpu",)
+    if workload == "file":
+        return ("gbps", "per_cpu")
+    return ({"accept": "per_cpu", "stream": "gbps", "idle": "kib_per_conn"}[workload],)
+
+
+def _columns(cases: list[Case]) -> list[tuple[Case, str]]:
+    """(case, metric) for each column of the summary and bar group of the plot."""
+    return [(case, key) for case in cases for key in headlines(case.workload, case.param)]
 
 
 @dataclass
@@ -181,20 +201,20 @@ def case_table(case: Case) -> str:
 
 
 def summary_table(cases: list[Case]) -> str:
-    """Servers by cases: the headline metric's median ratio to trio."""
+    """Servers by cases: the headline metrics' median ratios to trio."""
     servers: list[str] = []
     for case in cases:
         servers.extend(s for s in case.rows if s not in servers)
+    columns = _columns(cases)
     header = ["server"]
-    for case in cases:
-        key = headline(case.workload, case.param)
+    for case, key in columns:
         better = "lower" if key in ("p50_us", "kib_per_conn") else "higher"
         header.append(f"{case.label}: {_short(key)} ({better} better)")
     lines = []
     for server in servers:
         line = [server]
-        for case in cases:
-            found = median_ratio(case, server, headline(case.workload, case.param))
+        for case, key in columns:
+            found = median_ratio(case, server, key)
             line.append("-" if found is None else f"{found:.2f}")
         lines.append(line)
     return _table(header, lines)
@@ -225,7 +245,7 @@ def render(cases: list[Case], meta: dict[str, Any]) -> str:
         parts.append(case_table(case) if case.rows else "(nothing ran)")
         for server, row in case.rows.items():
             parts.extend(f"error: {server}: {error}" for error in dict.fromkeys(row.errors))
-    parts.append("\n## Summary: headline metric, ratio to trio (median of per-repeat ratios)")
+    parts.append("\n## Summary: headline metrics, ratio to trio (median of per-repeat ratios)")
     parts.append(summary_table(cases))
     return "\n".join(parts)
 
@@ -255,6 +275,7 @@ def to_json(cases: list[Case], meta: dict[str, Any]) -> dict[str, Any]:
                 "label": case.label,
                 "note": case.note,
                 "headline": headline(case.workload, case.param),
+                "headlines": list(headlines(case.workload, case.param)),
                 "results": rows,
             }
         )
@@ -282,21 +303,21 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
         servers.extend(s for s in case.rows if s not in servers and s != BASELINE)
     if not servers or not cases:
         return "nothing to plot"
+    columns = _columns(cases)
     width = 0.8 / len(servers)
     # The default cycle has ten colours: more servers would share them.
     palette = [plt.get_cmap("tab20")(i) for i in range(20)] if len(servers) > 10 else None
-    figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(cases) + 2), 5))
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(columns) + 2), 5))
     for i, server in enumerate(servers):
         heights = []
-        for case in cases:
-            found = median_ratio(case, server, headline(case.workload, case.param))
-            key = headline(case.workload, case.param)
+        for case, key in columns:
+            found = median_ratio(case, server, key)
             # Lower-is-better metrics are inverted so taller is always better.
             if found and key in ("p50_us", "kib_per_conn"):
                 found = 1.0 / found
             heights.append(found or 0.0)
         axes.bar(
-            [c + (i - (len(servers) - 1) / 2) * width for c in range(len(cases))],
+            [c + (i - (len(servers) - 1) / 2) * width for c in range(len(columns))],
             heights,
             width,
             label=server,
@@ -304,10 +325,8 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
         )
     axes.set_yscale("log")  # the C reference is 10x to 100x off in places
     axes.axhline(1.0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(cases)))
-    axes.set_xticklabels(
-        [f"{c.label}\n{_short(headline(c.workload, c.param))}" for c in cases], fontsize=8
-    )
+    axes.set_xticks(range(len(columns)))
+    axes.set_xticklabels([f"{c.label}\n{_short(key)}" for c, key in columns], fontsize=8)
     axes.set_ylabel("x trio (taller is better; latency and KiB inverted)")
     axes.set_title(f"traffic benchmark, ratio to trio (pin={meta['pin']}, {meta['repeat']} rep.)")
     axes.legend(fontsize=7, ncol=2)

@@ -13,6 +13,18 @@ connection is closed as soon as it is accepted (the accept workload).
 anyio's streams and traffic's have one server body between them
 (``_anyio_main``), run on each loop of :data:`ANYIO_LOOPS`: ``anyio-uvloop``
 is ``anyio-asyncio`` on uvloop's event loop, nothing else changed.
+
+The file workload's servers (:data:`FILE_SERVERS`) run as ``python -m
+traffic.bench.servers NAME --download FILE`` or ``--upload DIRECTORY``, on
+127.0.0.1 or, with ``--unix PATH``, on an AF_UNIX socket at PATH (first line:
+the port, or the path).  A download connection sends one byte (the request)
+and gets the whole FILE, then the server closes it; an upload connection's
+bytes, up to its EOF, go to a new file in DIRECTORY, closed before the
+connection is.  Each row moves the file the way its library's users do:
+trio's and anyio's own streams read the file in chunks and send each,
+``asyncio-sendfile`` uses ``loop.sendfile``, ``uvloop-streams`` (uvloop has
+no sendfile) writes chunks to the stream, and traffic's streams call their
+``send_file`` and ``receive_file``.
 """
 
 from __future__ import annotations
@@ -21,10 +33,13 @@ import argparse
 import contextlib
 import importlib.util
 import os
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
 HOST = "127.0.0.1"
 
@@ -228,12 +243,283 @@ def _traffic_anyio_run(loop: str, accept_only: bool) -> None:
     anyio_run(loop, _anyio_main, anyio_backend.create_tcp_listener, accept_only)
 
 
+# --- the file workload ----------------------------------------------------------
+
+#: Bytes one read of the file asks for in the chunked loops: what
+#: ``shutil.copyfileobj`` reads at a time on Linux (``shutil.COPY_BUFSIZE``).
+FILE_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """What a file server serves: ``path`` (the file) to every download
+    connection, or every upload connection into a new file in ``path`` (a
+    directory); on TCP, or on the AF_UNIX socket ``unix`` if set."""
+
+    direction: str  # "download" or "upload"
+    path: str
+    unix: str | None = None
+
+
+def _file_size(file: IO[bytes]) -> int:
+    return os.fstat(file.fileno()).st_size
+
+
+@contextlib.contextmanager
+def _upload_file(directory: str) -> Iterator[IO[bytes]]:
+    """A new file in ``directory`` for one upload connection."""
+    fd, _ = tempfile.mkstemp(dir=directory, prefix="upload-")
+    with open(fd, "wb") as file:
+        yield file
+
+
+def _trio_file_handler(
+    job: FileJob,
+    send: Callable[[Any, IO[bytes]], Awaitable[object]],
+    receive: Callable[[Any, IO[bytes]], Awaitable[object]],
+) -> Callable[[Any], Awaitable[None]]:
+    """The per-connection handler of a trio stream (trio's or traffic's)."""
+
+    async def download(stream: Any) -> None:
+        await stream.receive_some(1)  # the request
+        with open(job.path, "rb") as file:
+            await send(stream, file)
+
+    async def upload(stream: Any) -> None:
+        with _upload_file(job.path) as file:
+            await receive(stream, file)
+
+    return download if job.direction == "download" else upload
+
+
+async def _trio_send_chunks(stream: Any, file: IO[bytes]) -> None:
+    while chunk := file.read(FILE_CHUNK):
+        await stream.send_all(chunk)
+
+
+async def _trio_receive_chunks(stream: Any, file: IO[bytes]) -> None:
+    while data := await stream.receive_some():
+        file.write(data)
+
+
+async def _traffic_send_file(stream: Any, file: IO[bytes]) -> None:
+    """traffic's streams, trio's layer and anyio's alike."""
+    await stream.send_file(file, offset=0, count=_file_size(file))
+
+
+async def _traffic_receive_file(stream: Any, file: IO[bytes]) -> None:
+    await stream.receive_file(file)
+
+
+def trio_file(job: FileJob) -> None:
+    import trio
+
+    handler = _trio_file_handler(job, _trio_send_chunks, _trio_receive_chunks)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            if job.unix is None:
+                listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host=HOST))
+                _announce(listeners[0].socket.getsockname()[1])
+                return
+            # trio has no AF_UNIX listener helper: the socket, then serve_listeners.
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            await sock.bind(job.unix)
+            sock.listen()
+            await nursery.start(trio.serve_listeners, handler, [trio.SocketListener(sock)])
+            _announce_path(job.unix)
+
+    trio.run(main)
+
+
+def traffic_trio_file(job: FileJob) -> None:
+    import trio
+
+    import traffic
+
+    handler = _trio_file_handler(job, _traffic_send_file, _traffic_receive_file)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            if job.unix is None:
+                listeners = await nursery.start(partial(traffic.serve_tcp, handler, 0, host=HOST))
+                _announce(listeners[0].socket.getsockname()[1])
+            else:
+                await nursery.start(traffic.serve_unix, handler, job.unix)
+                _announce_path(job.unix)
+
+    trio.run(main)
+
+
+def _announce_path(path: str) -> None:
+    print(path, flush=True)
+
+
+async def _anyio_file_main(
+    create_tcp_listener: Callable[..., Any],
+    create_unix_listener: Callable[..., Any],
+    send: Callable[[Any, IO[bytes]], Awaitable[object]],
+    receive: Callable[[Any, IO[bytes]], Awaitable[object]],
+    job: FileJob,
+) -> None:
+    from anyio.abc import SocketAttribute, SocketStream
+
+    async def download(client: SocketStream) -> None:
+        async with client:
+            await client.receive(1)  # the request
+            with open(job.path, "rb") as file:
+                await send(client, file)
+
+    async def upload(client: SocketStream) -> None:
+        async with client:
+            with _upload_file(job.path) as file:
+                await receive(client, file)
+
+    if job.unix is None:
+        listener = await create_tcp_listener(local_host=HOST, local_port=0)
+        _announce(listener.extra(SocketAttribute.local_port))
+    else:
+        listener = await create_unix_listener(job.unix)
+        _announce_path(job.unix)
+    await listener.serve(download if job.direction == "download" else upload)
+
+
+async def _anyio_send_chunks(client: Any, file: IO[bytes]) -> None:
+    while chunk := file.read(FILE_CHUNK):
+        await client.send(chunk)
+
+
+async def _anyio_receive_chunks(client: Any, file: IO[bytes]) -> None:
+    async for chunk in client:
+        file.write(chunk)
+
+
+def _anyio_file_run(loop: str, job: FileJob) -> None:
+    import anyio
+
+    anyio_run(
+        loop,
+        _anyio_file_main,
+        anyio.create_tcp_listener,
+        anyio.create_unix_listener,
+        _anyio_send_chunks,
+        _anyio_receive_chunks,
+        job,
+    )
+
+
+def _traffic_anyio_file_run(loop: str, job: FileJob) -> None:
+    from traffic import anyio_backend  # type: ignore[attr-defined,unused-ignore]
+
+    anyio_run(
+        loop,
+        _anyio_file_main,
+        anyio_backend.create_tcp_listener,
+        anyio_backend.create_unix_listener,
+        _traffic_send_file,
+        _traffic_receive_file,
+        job,
+    )
+
+
+async def _asyncio_file_main(job: FileJob, sendfile: bool) -> None:
+    """asyncio's streams; the download by ``loop.sendfile`` if ``sendfile``,
+    else by writing chunks."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    async def download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readexactly(1)  # the request
+            with open(job.path, "rb") as file:
+                if sendfile:
+                    # No fallback: a read-and-write loop would not be this row.
+                    await loop.sendfile(writer.transport, file, 0, _file_size(file), fallback=False)
+                else:
+                    while chunk := file.read(FILE_CHUNK):
+                        writer.write(chunk)
+                        await writer.drain()
+        finally:
+            writer.close()
+
+    async def upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            with _upload_file(job.path) as file:
+                while data := await reader.read(RECEIVE_SIZE):
+                    file.write(data)
+        finally:
+            writer.close()
+
+    handler = download if job.direction == "download" else upload
+    if job.unix is None:
+        server = await asyncio.start_server(handler, HOST, 0)
+        _announce(server.sockets[0].getsockname()[1])
+    else:
+        server = await asyncio.start_unix_server(handler, job.unix)
+        _announce_path(job.unix)
+    await server.serve_forever()
+
+
+def asyncio_sendfile(job: FileJob) -> None:
+    import asyncio
+
+    asyncio.run(_asyncio_file_main(job, sendfile=True))
+
+
+def uvloop_streams_file(job: FileJob) -> None:
+    import uvloop
+
+    uvloop.run(_asyncio_file_main(job, sendfile=False))
+
+
+#: Row name -> the file workload's server.  ``asyncio-sendfile`` and
+#: ``uvloop-streams`` are rows of this workload alone; the others are the
+#: same rows as in the other workloads.
+FILE_SERVERS: dict[str, Callable[[FileJob], None]] = {
+    "traffic-trio": traffic_trio_file,
+    "trio": trio_file,
+    "traffic-anyio-trio": partial(_traffic_anyio_file_run, "trio"),
+    "anyio-trio": partial(_anyio_file_run, "trio"),
+    "traffic-anyio-asyncio": partial(_traffic_anyio_file_run, "asyncio"),
+    "anyio-asyncio": partial(_anyio_file_run, "asyncio"),
+    "traffic-anyio-uvloop": partial(_traffic_anyio_file_run, "uvloop"),
+    "anyio-uvloop": partial(_anyio_file_run, "uvloop"),
+    "asyncio-sendfile": asyncio_sendfile,
+    "uvloop-streams": uvloop_streams_file,
+}
+
+
+def file_methods_missing(name: str) -> str | None:
+    """For a traffic row of the file workload, what it needs that this
+    traffic lacks (its streams' ``send_file`` and ``receive_file``), or None."""
+    if not name.startswith("traffic"):
+        return None
+    stream: type
+    try:
+        if name.startswith("traffic-anyio"):
+            from traffic import anyio_backend  # type: ignore[attr-defined,unused-ignore]
+
+            stream = anyio_backend.TrafficSocketStream
+        else:
+            import traffic
+
+            stream = traffic.TrafficStream
+    except ImportError as error:
+        return str(error)
+    absent = [m for m in ("send_file", "receive_file") if not hasattr(stream, m)]
+    if absent:
+        return f"{stream.__module__}.{stream.__qualname__} has no {' or '.join(absent)}"
+    return None
+
+
 #: Modules a server needs beyond trio and anyio (traffic's own dependencies):
 #: uvloop is an optional peer (the [bench] extra), traffic.anyio_backend a
 #: layer that may not exist yet.
 NEEDS: dict[str, tuple[str, ...]] = {
     "uvloop": ("uvloop",),
     "uvloop-protocol": ("uvloop",),
+    "uvloop-streams": ("uvloop",),
     "anyio-uvloop": ("uvloop",),
     "traffic-anyio-trio": ("traffic.anyio_backend",),
     "traffic-anyio-asyncio": ("traffic.anyio_backend",),
@@ -275,16 +561,35 @@ SERVERS: dict[str, Callable[[bool], None]] = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m traffic.bench.servers")
-    parser.add_argument("name", choices=sorted(SERVERS))
+    parser.add_argument("name", choices=sorted({*SERVERS, *FILE_SERVERS}))
     parser.add_argument("--accept", action="store_true", help="close each connection at once")
     parser.add_argument(
         "--cycle-policy", choices=["normal", "idle", "batch"], help="traffic's cycle thread"
     )
+    transfer = parser.add_mutually_exclusive_group()
+    transfer.add_argument("--download", metavar="FILE", help="file workload: send FILE")
+    transfer.add_argument(
+        "--upload", metavar="DIRECTORY", help="file workload: write uploads into DIRECTORY"
+    )
+    parser.add_argument(
+        "--unix", metavar="PATH", help="file workload: listen on this AF_UNIX path, not TCP"
+    )
     args = parser.parse_args(argv)
     if args.cycle_policy:
         os.environ["TRAFFIC_CYCLE_POLICY"] = args.cycle_policy
+    serve: Callable[[], None]
+    if args.download or args.upload:
+        if args.name not in FILE_SERVERS:
+            parser.error(f"{args.name} has no file server (choose from {', '.join(FILE_SERVERS)})")
+        direction = "download" if args.download else "upload"
+        job = FileJob(direction, args.download or args.upload, args.unix)
+        serve = partial(FILE_SERVERS[args.name], job)
+    elif args.name in SERVERS and args.unix is None:
+        serve = partial(SERVERS[args.name], args.accept)
+    else:
+        parser.error(f"{args.name}: --unix and this server need --download or --upload")
     try:
-        SERVERS[args.name](args.accept)
+        serve()
     except KeyboardInterrupt:
         sys.exit(0)
 
