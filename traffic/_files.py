@@ -22,12 +22,17 @@ transfer with :class:`~traffic.errors.FileEndedError`.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UNTIL_END", "Region", "receive_region", "send_region"]
+from ._requests import DONE, FAULT, FILE_ENDED, TERMINATED, Result
+from .errors import FileEndedError
+
+__all__ = ["UNTIL_END", "Region", "conclude", "receive_region", "send_region"]
 
 #: The count of a receive that goes on until the stream ends.
 UNTIL_END = 1 << 62  # beyond any stream; offset + count still fits an off_t
@@ -195,3 +200,35 @@ def receive_region(file: Any, count: int | None) -> Region:
     offset = obj.tell() if obj is not None else os.lseek(fd, 0, os.SEEK_CUR)
     append = bool(_flags(fd) & os.O_APPEND)
     return Region(fd, offset, UNTIL_END if count is None else count, obj, append)
+
+
+def conclude(
+    done: Result,
+    region: Region,
+    sending: bool,
+    broken: Callable[[int], BaseException],
+    closed: Callable[[], BaseException],
+) -> int:
+    """What a file request's result means, in every layer: the bytes moved,
+    or the exception to raise, made by the layer's ``broken`` (from the
+    stream's errno) and ``closed``.  The region's position is the caller's
+    to settle (before this, so that it is settled also when this raises).
+
+    ``FAULT`` is the file's failure, the stream intact:
+    :class:`~traffic.errors.FileEndedError` for a file that ended before
+    the region, else ``OSError``.  A receive that met the stream's end
+    with nothing written moved 0 bytes: no exception.
+    """
+    _, outcome, error, moved, _, _ = done
+    if outcome == DONE:
+        return moved
+    if outcome == FAULT:
+        if error == FILE_ENDED:
+            raise FileEndedError(moved, region.count)
+        doing = "send_file" if sending else "receive_file"
+        raise OSError(error, f"{doing}: the file: {os.strerror(error)}")
+    if outcome == TERMINATED:
+        if not sending and error == 0:
+            return 0  # the end of the stream, nothing written
+        raise broken(error or errno.EPIPE)
+    raise closed()

@@ -150,7 +150,6 @@ from ._requests import (
     COMPLETING,
     DONE,
     FAULT,
-    FILE_ENDED,
     NULL,
     OWNER_TERMINATED,
     TERMINATED,
@@ -178,7 +177,7 @@ from ._sockets import (
     socket_identity,
     wants_nodelay,
 )
-from .errors import FileEndedError, OutOfRangeError
+from .errors import OutOfRangeError
 from .libkqueue import (
     MAX_DESCRIPTOR,
     Descriptors,
@@ -633,7 +632,14 @@ def close_traffic(loop: asyncio.AbstractEventLoop | None = None) -> None:
 
 
 def _broken(error: int) -> NoReturn:
-    raise anyio.BrokenResourceError from OSError(error, os.strerror(error))
+    raise _broken_error(error)
+
+
+def _broken_error(error: int) -> anyio.BrokenResourceError:
+    """anyio's ``BrokenResourceError``, from the ``OSError`` of ``error``."""
+    exc = anyio.BrokenResourceError()
+    exc.__cause__ = OSError(error, os.strerror(error))
+    return exc
 
 
 def _busy_send() -> anyio.BusyResourceError:
@@ -949,24 +955,13 @@ class TrafficSocketStream(anyio.abc.SocketStream):
             if region.count == 0:
                 await anyio.lowlevel.checkpoint()  # nothing left to send
                 return 0
-            _, outcome, error, moved, _, _ = await self._parking.transfer_file(transit, region)
-            region.moved = moved
+            done = await self._parking.transfer_file(transit, region)
+            region.moved = done[3]  # the bytes moved
         finally:
             region.settle()
-        if outcome == DONE:
-            return moved
-        if self._closed:
+        if done[1] != DONE and self._closed:
             raise anyio.ClosedResourceError
-        if outcome == FAULT:
-            if error == FILE_ENDED:
-                raise FileEndedError(moved, region.count)
-            doing = "send_file" if sending else "receive_file"
-            raise OSError(error, f"{doing}: the file: {os.strerror(error)}")
-        if outcome == TERMINATED:
-            if not sending and error == 0:
-                return 0  # the end of the stream, nothing written
-            _broken(error or errno.EPIPE)
-        raise anyio.ClosedResourceError
+        return _files.conclude(done, region, sending, _broken_error, anyio.ClosedResourceError)
 
     async def send_eof(self) -> None:
         """Shut down the sending direction (half-close); receiving goes on.

@@ -80,7 +80,6 @@ from . import _files, _trio_parking
 from ._requests import (
     DONE,
     FAULT,
-    FILE_ENDED,
     TERMINATED,
     Refusal,
     Refusals,
@@ -112,7 +111,7 @@ from ._trio_parking import (
     transfer_file,
     wait_task_rescheduled,
 )
-from .errors import FileEndedError, TransitClosedError
+from .errors import TransitClosedError
 from .libkqueue import (
     Descriptors,
     Octets,
@@ -481,23 +480,17 @@ async def _transfer_region(
         if region.count == 0:
             await trio.lowlevel.checkpoint()  # nothing left to send
             return 0
-        _, outcome, error, moved, _, _ = await transfer_file(delivery, transit, region, _REFUSALS)
-        region.moved = moved
+        done = await transfer_file(delivery, transit, region, _REFUSALS)
+        region.moved = done[3]  # the bytes moved
     finally:
         region.settle()
-    if outcome == DONE:
-        return moved
-    if outcome == FAULT:
-        # The file failed; the stream is intact.
-        if error == FILE_ENDED:
-            raise FileEndedError(moved, region.count)
-        doing = "send_file" if sending else "receive_file"
-        raise OSError(error, f"{doing}: the file: {os.strerror(error)}")
-    if outcome == TERMINATED:
-        if not sending and error == 0:
-            return 0  # the end of the stream, with nothing written
-        raise _broken(error or errno.EPIPE, "send" if sending else "receive")
-    raise trio.ClosedResourceError("the transit was terminated during the transfer")
+    return _files.conclude(
+        done,
+        region,
+        sending,
+        lambda error: _broken(error, "send" if sending else "receive"),
+        lambda: trio.ClosedResourceError("the transit was terminated during the transfer"),
+    )
 
 
 @protected
