@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._requests import DONE, FAULT, FILE_ENDED, TERMINATED, Result
-from .errors import FileEndedError
+from .errors import FileEndedError, OutOfRangeError
 
 __all__ = ["UNTIL_END", "Region", "conclude", "receive_region", "send_region"]
 
@@ -44,10 +44,13 @@ class Region:
     ``fd`` is the file's descriptor (the core duplicates it: the caller's
     stays as it is), ``offset`` where the transfer starts, ``count`` the
     bytes to move (:data:`UNTIL_END` for a receive until the end),
-    ``moved`` the bytes moved so far, as the layers learn it.
+    ``moved`` the bytes moved so far, as the layers learn it, and
+    ``submitted`` whether the core took the request (or bytes were written
+    otherwise): until then nothing happened to the file, and
+    :meth:`settle` leaves it alone.
     """
 
-    __slots__ = ("append", "count", "fd", "file", "moved", "offset")
+    __slots__ = ("append", "count", "fd", "file", "moved", "offset", "submitted")
 
     def __init__(self, fd: int, offset: int, count: int, file: Any, append: bool) -> None:
         self.fd = fd
@@ -56,12 +59,17 @@ class Region:
         self.file = file
         self.append = append
         self.moved = 0
+        self.submitted = False
 
     def settle(self, moved: int | None = None) -> None:
         """Put the file's position after what moved (``moved``, if given,
         else :attr:`moved`): ``offset + moved``, or the end of a file
         opened for appending.  For a file object, through its ``seek``,
-        which also drops what a buffered reader had read ahead."""
+        which also drops what a buffered reader had read ahead.  A
+        request the core refused, or that was cancelled before it was
+        made, leaves the file as it was."""
+        if not self.submitted:
+            return
         if moved is not None:
             self.moved = moved
         if self.append:
@@ -96,6 +104,7 @@ def _descriptor(file: Any, doing: str, reading: bool) -> tuple[int, Any]:
     if isinstance(file, int):
         if file < 0:
             raise ValueError(f"{doing}(): {file} is not a descriptor")
+        _check_descriptor(file, doing)
         flags = _flags(file)
         access = flags & os.O_ACCMODE
         if access == (os.O_WRONLY if reading else os.O_RDONLY):
@@ -117,6 +126,14 @@ def _descriptor(file: Any, doing: str, reading: bool) -> tuple[int, Any]:
     if not isinstance(fd, int):
         raise TypeError(f"{doing}(): fileno() gave {type(fd).__name__}, not an int")
     return fd, file
+
+
+def _check_descriptor(fd: int, doing: str) -> None:
+    """:class:`~traffic.errors.OutOfRangeError` for a number beyond a C ``int``."""
+    from .libkqueue import MAX_DESCRIPTOR  # (libkqueue imports this module)
+
+    if fd > MAX_DESCRIPTOR:
+        raise OutOfRangeError(f"{doing}(): {fd} is beyond any descriptor number")
 
 
 def _flags(fd: int) -> int:
@@ -186,13 +203,15 @@ def receive_region(file: Any, count: int | None) -> Region:
     (None: until the stream ends).  A file opened for appending is
     written at its end, whatever its position.
 
-    ``ValueError`` for a ``count`` below 1; see :func:`_descriptor` and
-    :func:`_regular` for the file itself.
+    ``ValueError`` for a ``count`` below 1; a count beyond any stream
+    (:data:`UNTIL_END`) receives until the end.  See :func:`_descriptor`
+    and :func:`_regular` for the file itself.
     """
     if count is not None:
         count = _number(count, "count")
         if count < 1:
             raise ValueError(f"count must be >= 1, not {count}")
+        count = min(count, UNTIL_END)
     fd, obj = _descriptor(file, "receive_file", reading=False)
     _regular(fd, "receive_file")
     if obj is not None and hasattr(obj, "flush"):

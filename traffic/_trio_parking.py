@@ -310,6 +310,7 @@ async def transfer_file(
     """
     await checkpoint_if_cancelled()
     done = delivery.requests.submit_file(transit, region.fd, region.offset, region.count, refusals)
+    region.submitted = True  # the core took it: from now on the position is settled
     if done is None:
         parked = Parked(delivery, transit, None)  # the core holds its own duplicate
         try:

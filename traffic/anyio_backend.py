@@ -531,6 +531,7 @@ class _AsyncioParking:
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
         done = self.requests.submit_file(transit, region.fd, region.offset, region.count, _REFUSALS)
+        region.submitted = True  # the core took it: from now on the position is settled
         if done is not None:
             return done
 
@@ -939,11 +940,12 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 del pending[:n]
                 written += n
         finally:
-            region.moved = written
             if written:
-                region.settle()
+                region.submitted = True
+                region.settle(written)
         region.offset += written
         region.moved = 0
+        region.submitted = False
         if region.count != _files.UNTIL_END:
             region.count -= written
         return written
