@@ -389,10 +389,15 @@ REFUSING_FILE = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a core dump
     LIMIT = 100_000
     data = bytes(range(256)) * 1200                    # 307,200 bytes
-    path = sys.argv[1]
+    path, family = sys.argv[1], sys.argv[2]
 
     async def main():
-        ours, peer = socket.socketpair()
+        if family == "unix":
+            ours, peer = socket.socketpair()
+        else:
+            with socket.create_server(("127.0.0.1", 0)) as server:
+                peer = socket.create_connection(server.getsockname())
+                ours, _ = server.accept()
         stream = traffic.TrafficStream(ours)
         def send():
             peer.sendall(data)
@@ -420,12 +425,14 @@ REFUSING_FILE = textwrap.dedent(
 )
 
 
-def test_receive_file_refused_by_the_file_keeps_the_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_receive_file_refused_by_the_file_keeps_the_bytes(tmp_path: Path, family: str) -> None:
     """EFBIG (a file size limit) in the middle of a receive: the file has
     what it took, the error says why, and every byte it did not take comes
-    out of the stream's next receives, in order."""
+    out of the stream's next receives, in order.  Over TCP the bytes were
+    in the core's pipe (splice), over AF_UNIX in its copy buffer."""
     done = subprocess.run(
-        [sys.executable, "-c", REFUSING_FILE, str(tmp_path / "limited")],
+        [sys.executable, "-c", REFUSING_FILE, str(tmp_path / "limited"), family],
         capture_output=True,
         text=True,
         timeout=60,
