@@ -389,7 +389,7 @@ REFUSING_FILE = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a core dump
     LIMIT = 100_000
     data = bytes(range(256)) * 1200                    # 307,200 bytes
-    path, family = sys.argv[1], sys.argv[2]
+    path, family, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 
     async def main():
         if family == "unix":
@@ -404,7 +404,7 @@ REFUSING_FILE = textwrap.dedent(
             peer.shutdown(socket.SHUT_WR)
         threading.Thread(target=send).start()
         resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
-        with open(path, "wb") as f:
+        with open(path, mode) as f:
             try:
                 await stream.receive_file(f)
             except OSError as error:
@@ -425,14 +425,21 @@ REFUSING_FILE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("family", ["tcp", "unix"])
-def test_receive_file_refused_by_the_file_keeps_the_bytes(tmp_path: Path, family: str) -> None:
+@pytest.mark.parametrize(
+    ("family", "mode"),
+    [("tcp", "wb"), ("unix", "wb"), ("unix", "ab")],
+    ids=["tcp", "unix", "append"],
+)
+def test_receive_file_refused_by_the_file_keeps_the_bytes(
+    tmp_path: Path, family: str, mode: str
+) -> None:
     """EFBIG (a file size limit) in the middle of a receive: the file has
     what it took, the error says why, and every byte it did not take comes
-    out of the stream's next receives, in order.  Over TCP the bytes were
-    in the core's pipe (splice), over AF_UNIX in its copy buffer."""
+    out of the stream's next receives, in order.  The bytes were in the
+    core's pipe (splice), or in its copy buffer (a file opened for
+    appending is copied to)."""
     done = subprocess.run(
-        [sys.executable, "-c", REFUSING_FILE, str(tmp_path / "limited"), family],
+        [sys.executable, "-c", REFUSING_FILE, str(tmp_path / "limited"), family, mode],
         capture_output=True,
         text=True,
         timeout=60,

@@ -477,13 +477,7 @@ tr_file_submit(struct tr_transit *t, int file, long long offset, unsigned long l
 #ifdef TR_SPLICE
 		int fds[2];
 
-		/*
-		 * An AF_UNIX stream (a Descriptors transit) is copied: its
-		 * splice copies the bytes into pages of the pipe anyway, and the
-		 * pipe's round trip then costs more than a read and a write.
-		 */
-		if (!region->append && t->type != TR_DESCRIPTORS &&
-		    pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
+		if (!region->append && pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
 			int room;
 
 			/* The pipe never holds more than the hold has room for. */
