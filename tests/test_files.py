@@ -25,6 +25,7 @@ import anyio
 import pytest
 import trio
 from anyio_support import RUN_BACKENDS
+from trio_support import pseudorandom
 
 import traffic
 from traffic import anyio_backend
@@ -32,20 +33,9 @@ from traffic import anyio_backend
 MiB = 1 << 20
 
 
-def pattern(size: int, seed: int = 1) -> bytes:
-    """Bytes that differ at every offset that matters (a misplaced region shows)."""
-    block = hashlib.sha256(seed.to_bytes(4, "big")).digest() * (MiB // 32)
-    whole, rest = divmod(size, len(block))
-    out = bytearray()
-    for i in range(whole):
-        out += hashlib.sha256(block + i.to_bytes(4, "big")).digest() + block[32:]
-    out += block[:rest]
-    return bytes(out[:size])
-
-
 @pytest.fixture
 def big(tmp_path: Path) -> tuple[Path, bytes]:
-    data = pattern(24 * MiB + 12345)
+    data = pseudorandom(24 * MiB + 12345, 1)
     path = tmp_path / "big"
     path.write_bytes(data)
     return path, data
@@ -118,7 +108,7 @@ async def test_send_file_whole_and_regions(
 
 @pytest.mark.trio
 async def test_send_file_starts_at_a_buffered_readers_tell(tmp_path: Path) -> None:
-    data = pattern(300_000)
+    data = pseudorandom(300_000, 1)
     path = tmp_path / "f"
     path.write_bytes(data)
     ours, peer = socket.socketpair()
@@ -162,7 +152,7 @@ async def test_send_file_of_an_empty_remainder_sends_nothing(tmp_path: Path) -> 
 async def test_send_file_cold_cache(tmp_path: Path) -> None:
     """Pages not in memory: the inline send hands over to the cycle thread
     (the residency probe); what arrives is the same."""
-    data = pattern(16 * MiB, seed=5)
+    data = pseudorandom(16 * MiB, 5)
     path = tmp_path / "cold"
     path.write_bytes(data)
     ours, peer = socket.socketpair()
@@ -241,7 +231,7 @@ async def test_send_file_to_a_peer_that_left(big: tuple[Path, bytes]) -> None:
 
 @pytest.mark.trio
 async def test_send_file_primitive_on_a_transit(tmp_path: Path) -> None:
-    data = pattern(2 * MiB + 1)
+    data = pseudorandom(2 * MiB + 1, 1)
     path = tmp_path / "f"
     path.write_bytes(data)
     (_in1, out1), (in2, _out2) = traffic.Octets.socketpair()
@@ -267,7 +257,7 @@ async def test_receive_file_until_the_end(
     pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     ours, peer = pair
-    data = pattern(20 * MiB + 17, seed=2)
+    data = pseudorandom(20 * MiB + 17, 2)
     stream = traffic.TrafficStream(ours)
     thread = writer(peer, data)
     target = tmp_path / "out"
@@ -286,7 +276,7 @@ async def test_receive_file_until_the_end(
 async def test_receive_file_count_then_receive_some(tmp_path: Path) -> None:
     """A count stops exactly there: what follows is the next receive's."""
     ours, peer = socket.socketpair()
-    data = pattern(3 * MiB, seed=3)
+    data = pseudorandom(3 * MiB, 3)
     with peer:
         stream = traffic.TrafficStream(ours)
         thread = writer(peer, data)
@@ -327,7 +317,7 @@ async def test_receive_file_cancelled_keeps_every_byte(tmp_path: Path) -> None:
     so, and what comes next is the next receive's: nothing lost, nothing
     twice."""
     ours, peer = socket.socketpair()
-    first, second = pattern(700_000, seed=4), pattern(50_000, seed=6)
+    first, second = pseudorandom(700_000, 4), pseudorandom(50_000, 6)
     with peer:
         stream = traffic.TrafficStream(ours)
         with open(tmp_path / "x", "w+b") as f:

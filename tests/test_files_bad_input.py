@@ -50,7 +50,6 @@ import errno
 import gc
 import io
 import os
-import random
 import resource
 import select
 import shutil
@@ -70,6 +69,7 @@ import pytest
 import trio
 from anyio.abc import SocketAttribute
 from anyio_support import HAVE_UVLOOP, RUN_BACKENDS
+from trio_support import pseudorandom
 
 import traffic
 import traffic.anyio_backend as ab
@@ -83,20 +83,15 @@ LIMIT = 20
 MiB = 1 << 20
 
 
-def pattern(size: int, seed: int) -> bytes:
-    """Bytes that differ from offset to offset (a misplaced region shows)."""
-    return random.Random(seed).randbytes(size)
-
-
 #: The regular file of the catalogue's rows (its position is set to START).
-DATA = pattern(1000, 1)
+DATA = pseudorandom(1000, 1)
 START = 7
 #: What the stream sends after a refusal: the first thing the peer must read.
 MARKER = b"<marker after the refusal>"
 #: What the peer sends before a refused receive: still there after it.
 PAYLOAD = b"<the peer's bytes, not to be consumed by a refusal>"
 #: The file of the transfers that show the stream still works.
-GOOD = pattern(3000, 2)
+GOOD = pseudorandom(3000, 2)
 
 
 # Peers
@@ -1125,7 +1120,7 @@ def test_busy_sending(holder: str, tmp_path: Path) -> None:
     """Another task is sending (bytes or a file) and the peer does not read:
     ``send_file`` and a send are refused, and add nothing to what it sends;
     the refused call leaves the file's position as it was."""
-    big = pattern(2 * MiB, 3)
+    big = pseudorandom(2 * MiB, 3)
     path = tmp_path / "big"
     path.write_bytes(big)
     positions: list[tuple[str, str, int]] = []
@@ -1292,7 +1287,7 @@ def test_truncated_while_sent(as_descriptor: bool, tmp_path: Path) -> None:
     file is cut short, then the peer drains: ``FileEndedError``, ``sent``
     what the peer got, the position ``offset + sent``; the stream goes on."""
     size, offset, end = 4 * MiB + 12345, 12345, 2 * MiB
-    data = pattern(size, 4)
+    data = pseudorandom(size, 4)
     path = tmp_path / "big"
 
     async def body(side: Side, peer: socket.socket) -> None:

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-import traffic
+from test_examples import environment  # the subprocess imports the same traffic
 
 pytest.importorskip(
     "h11", reason="examples/http_files.py speaks HTTP with h11 (pip install h11; the [test] extra)"
@@ -86,14 +85,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     (root / "link-out").symlink_to(base / "secret.txt")
     os.mkfifo(root / "pipe")
     return Site(root, big)
-
-
-def environment() -> dict[str, str]:
-    """The subprocess imports the same traffic as these tests."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @contextlib.contextmanager
