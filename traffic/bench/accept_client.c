@@ -29,28 +29,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 static struct sockaddr_in addr = {.sin_family = AF_INET};
 static int ep;
 static uint64_t failures;
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double
-cpu_seconds(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-	    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
 
 /* Start one connection attempt; watched for EOF (or error) from the server. */
 static void

@@ -53,6 +53,8 @@ def build(name: str) -> Path:
     source = HERE / f"{name}.c"
     command = [cc, *CFLAGS]
     digest = hashlib.sha256(source.read_bytes())
+    for header in sorted(HERE.glob("*.h")):  # included by the programs: part of the key
+        digest.update(header.read_bytes())
     digest.update("\0".join(command).encode())
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 #define GOLDEN 0x9E3779B97F4A7C15ull
 #define BUFFER (1024 * 1024)   /* bytes one receive asks for: fewer calls, still in L2 */
 #define CHUNK (1024 * 1024)   /* bytes one write of make asks for */
@@ -55,25 +57,6 @@ struct conn {
 	uint64_t done;   /* bytes received (download) or sent (upload) */
 	int sending;     /* upload: still sending */
 };
-
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static double
-cpu_seconds(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-	    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
 
 static uint64_t
 word_at(uint64_t i)
