@@ -9,6 +9,23 @@ scratch memory such a receive lands in, and the pins that keep a pending
 request's memory alive.  It imports neither trio nor asyncio, and works on
 the core's handles, so :mod:`traffic.libkqueue` builds on it.
 
+Exports.  Memory handed in with a request (a caller's ``bytearray`` or
+``memoryview``, a synchronous transit's resource) is exported to the core
+here, with ``ffi.from_buffer``, immediately before the core gets it, and
+released (``ffi.release``) here when the core is done with it: before an
+inline result is returned or a refusal raised, and for a request that
+waits, when its completion is collected, when it is withdrawn, or when the
+Traffic closes after its thread is joined.  The layers check the memory
+(:func:`check_buffer`) and take their checkpoint before, and never hold an
+export themselves.  An export left to the collector is a crash: a caller's
+``memoryview`` and cffi's exporter of it, both in a reference cycle (an
+exception's traceback holds the requesting frame), are cleared in any
+order, and CPython up to 3.12.6 frees the view's buffer under the live
+export when the memoryview goes first.  Released exports cannot meet that;
+nor can the long-lived exports of traffic's own ``bytearray`` and
+``array`` objects (:meth:`Requests.submit_pinned`): the collector does not
+track them.
+
 A request either completes at once, in the caller's thread (the core tried
 the transfer inline), or waits: then the core's cycle thread performs it
 when the kernel allows and a :class:`Completion` follows through
@@ -48,7 +65,7 @@ __all__ = [
     "Refusals",
     "Requests",
     "Result",
-    "pin_buffer",
+    "check_buffer",
     "pin_descriptors",
     "protected",
     "refuse",
@@ -74,6 +91,8 @@ _tr_request = lib.tr_request
 _tr_request_fds = lib.tr_request_fds
 _tr_receive = lib.tr_receive
 _tr_request_file = lib.tr_request_file
+_from_buffer = ffi.from_buffer
+_release = ffi.release
 
 #: Reports collected per C call; more simply take another call.
 COLLECT_BATCH = 256
@@ -170,25 +189,17 @@ def take_data(report: Any) -> bytes | None:
         lib.tr_free(pointer)
 
 
-def pin_buffer(data: Any, writable: bool) -> tuple[Any, int]:
-    """What the core transfers with (``data`` itself, or a cffi view of it:
-    never a copy), and its size.
-
-    A ``bytes`` to send is passed as it is: cffi hands a C function the
-    address of a bytes object's own storage, which does not move while the
-    object lives (a pending request pins it), and makes no view object.
-    Anything else gets a view made from the object itself, never over a
-    temporary ``memoryview``: a cffi buffer exporting from a memoryview,
-    both caught in a reference cycle (a cancelled coroutine's frame and its
-    traceback), crashes CPython's garbage collector when it clears the
-    memoryview first.  The memoryview made here to check the object is
-    released at once (a live export would also lock a bytearray's size).
+def check_buffer(data: Any, writable: bool) -> int:
+    """The size in bytes of ``data`` as a request's memory, checked without
+    exporting it (the export is made at submission, see the module text).
 
     ``TypeError`` for an object that is not bytes-like, or a read-only one
-    to receive into; ``BufferError`` for a non-contiguous one.
+    to receive into; ``BufferError`` for a non-contiguous one.  The
+    memoryview made here to look is released at once: a live one would
+    lock a ``bytearray``'s size.
     """
     if not writable and type(data) is bytes:  # the common send: nothing to check
-        return data, len(data)
+        return len(data)
     try:
         view = memoryview(data)
     except TypeError:
@@ -200,17 +211,36 @@ def pin_buffer(data: Any, writable: bool) -> tuple[Any, int]:
             )
         if not view.contiguous:
             raise BufferError("the buffer must be contiguous")
-        size = view.nbytes
-    return ffi.from_buffer(data, require_writable=writable), size
+        return view.nbytes
+
+
+def release(exported: Any) -> None:
+    """Release an export (or a tuple of them) made for a request: the
+    exported object is free again (resizable, releasable)."""
+    if exported.__class__ is tuple:
+        for one in exported:
+            _release(one)
+    else:
+        _release(exported)
+
+
+def release_all(exports: dict[int, Any]) -> None:
+    """Release every export of ``exports`` (a :attr:`Requests.exports`, whose
+    core is gone) and empty it, in place: a Traffic's finalizer holds the
+    same dictionary (see ``Traffic``)."""
+    while exports:
+        release(exports.popitem()[1])
 
 
 def pin_descriptors(numbers: Any, writable: bool) -> Any:
-    """The core's view of an ``array('i')`` of descriptor numbers."""
-    return ffi.from_buffer("int[]", numbers, require_writable=writable)
+    """The core's view of an ``array('i')`` of descriptor numbers (for
+    traffic's own long-lived arrays: a request's go through
+    :meth:`Requests.submit`)."""
+    return _from_buffer("int[]", numbers, writable)
 
 
 class Requests:
-    """A threaded Traffic's requests, its scratch and its pins.
+    """A threaded Traffic's requests, its scratch, its pins and its exports.
 
     Used from one thread at a time (the trio run's or the asyncio loop's):
     the report and the scratch are shared by every request made through it.
@@ -223,6 +253,7 @@ class Requests:
         "_c",
         "_reports",
         "closed",
+        "exports",
         "on_close",
         "pins",
         "received",
@@ -241,13 +272,20 @@ class Requests:
         self.on_close: Callable[[], None] | None = None
         self.report: Any = ffi.new("tr_report *")
         self._reports: Any = ffi.new("tr_report[]", COLLECT_BATCH)
-        # Resources handed to the core, by transit token: whatever must stay
-        # alive while a request is pending.  The requester's frame is not
-        # enough: a frame can die before the core is done with the memory (a
-        # run abandoned by an internal error closes its coroutines, and what
-        # they alone referenced is freed while the cycle thread may be inside
-        # read() into it).  Dropped when the completion is collected, when
-        # the request is withdrawn, or at close.
+        # What the core may touch while a request waits, by transit token,
+        # in two kinds.  The requester's frame is not enough to keep either:
+        # a frame can die before the core is done with the memory (a run
+        # abandoned by an internal error closes its coroutines, and what
+        # they alone referenced is freed while the cycle thread may be
+        # inside read() into it).  Both are let go of when the completion is
+        # collected, when the request is withdrawn, or at close.
+        #
+        # The exports made here of memory handed in (a cffi buffer, or a
+        # tuple of them): released then, see the module text.  Never
+        # replaced: the Traffic's finalizer holds this dictionary.
+        self.exports: dict[int, Any] = {}
+        # Objects only kept alive: a ``bytes`` sent as it is, and traffic's
+        # own long-lived exports with their arrays (submit_pinned).
         self.pins: dict[int, object] = {}
         # No allocation and no free per receive that completes at once:
         # such a receive lands here, and its bytes are copied out at once.
@@ -263,37 +301,96 @@ class Requests:
             self.room = room
 
     # Submitting: the first call of every request.  Each returns the Result
-    # of a request that completed at once, or None when it waits.
+    # of a request that completed at once, or None when it waits (and then
+    # holds what the core may touch until the request ends).
 
     def submit(
         self,
         transit: Any,
-        pin: Any,
-        size: int,
+        memory: Any,
+        writable: bool,
         refusals: Refusals,
-        fdpin: Any = NULL,
-        nfds: int = 0,
+        numbers: Any = None,
         inline: int = 1,
     ) -> Result | None:
-        """Hand the core a request to transfer with ``pin`` (``size`` bytes;
-        a Descriptors request's descriptor array in ``fdpin``, ``nfds``).
+        """Hand the core a request to transfer with ``memory``, all of it:
+        a bytes-like object the caller checked (:func:`check_buffer`), to
+        receive into when ``writable``.  A Descriptors request gives its
+        descriptor numbers in ``numbers``, an ``array('i')``: those to send,
+        or as many entries as may arrive.
 
         An input request completes when anything arrives, an output request
         when all of it is sent.  With ``inline``, the core first tries the
-        transfer in the calling thread.  While it waits, the caller pins
-        whatever the core may touch (:meth:`pin`).
+        transfer in the calling thread.  The exports of ``memory`` and
+        ``numbers`` are made here, as the core gets them, and released when
+        the core is done with them (see the module text).  A ``bytes`` to
+        send is not exported: cffi hands the core the address of its own
+        storage, which does not move while the object lives.
         """
         report = self.report
-        code = _tr_request_fds(transit._c, pin, size, fdpin, nfds, inline, report)
+        if memory.__class__ is bytes and numbers is None and not writable:
+            # The common send: no export to make or release.
+            code = _tr_request(transit._c, memory, len(memory), inline, report)
+            if code == DONE:
+                return (0, DONE, 0, report.stop, None, 0)
+            if code == PENDING:
+                self.pins[transit._token] = memory
+                return None
+            if code < 0:
+                refuse(code, refusals)
+            return (0, code, report.error, report.stop, None, 0)
+        exported = _from_buffer("char[]", memory, writable)
+        try:
+            if numbers is None:
+                code = _tr_request(transit._c, exported, len(exported), inline, report)
+            else:
+                exported = (exported, _from_buffer("int[]", numbers, writable))
+                code = _tr_request_fds(
+                    transit._c,
+                    exported[0],
+                    len(exported[0]),
+                    exported[1],
+                    len(numbers),
+                    inline,
+                    report,
+                )
+        except BaseException:  # nothing reached the core
+            release(exported)
+            raise
+        if code == PENDING:
+            self.exports[transit._token] = exported
+            return None
+        # The core is done with the memory: it is the caller's again.
+        release(exported)
+        if code < 0:
+            refuse(code, refusals)
         # The error and the descriptors are read only when there are any:
         # every field read of the report is a cffi attribute lookup.
+        descriptors = report.fd_stop if numbers is not None else 0
         if code == DONE:
-            return (0, DONE, 0, report.stop, None, report.fd_stop if nfds else 0)
+            return (0, DONE, 0, report.stop, None, descriptors)
+        return (0, code, report.error, report.stop, None, descriptors)
+
+    def submit_pinned(
+        self, transit: Any, pin: Any, size: int, keep: object, refusals: Refusals
+    ) -> Result | None:
+        """Hand the core a request to transfer with ``pin`` (``size``
+        bytes), an export of traffic's own memory that its owner keeps for
+        request after request (an accept queue's array, a datagram inbox):
+        nothing is exported or released here; while the request waits,
+        ``keep`` (the owner of ``pin``, or ``pin`` and what it exports) is
+        kept alive.  Otherwise as :meth:`submit`.
+        """
+        report = self.report
+        code = _tr_request(transit._c, pin, size, 1, report)
+        if code == DONE:
+            return (0, DONE, 0, report.stop, None, 0)
         if code == PENDING:
+            self.pins[transit._token] = keep
             return None
         if code < 0:
             refuse(code, refusals)
-        return (0, code, report.error, report.stop, None, report.fd_stop if nfds else 0)
+        return (0, code, report.error, report.stop, None, 0)
 
     def receive(self, transit: Any, size: int, refusals: Refusals) -> Result | None:
         """A receive of up to ``size`` bytes (at most the scratch's room) into
@@ -356,6 +453,40 @@ class Requests:
         error = report.error if code != DONE else 0
         return (0, code, error, report.stop, take_data(report), 0)
 
+    # A synchronous Traffic's resources
+
+    def acquire(self, transit: Any, memory: Any, writable: bool, numbers: Any = None) -> int:
+        """Give a synchronous Traffic's transit ``memory`` (and a Descriptors
+        transit its ``numbers``, an ``array('i')``) as its resource: the
+        core's return code.  Exported here, and released here when the
+        core refuses it, and otherwise by :meth:`end` (its cycle reported
+        the resource's end) or :meth:`close`."""
+        exported = _from_buffer("char[]", memory, writable)
+        try:
+            if numbers is None or len(numbers) == 0:
+                code = lib.tr_transit_acquire(transit._c, exported, len(exported))
+            else:
+                exported = (exported, _from_buffer("int[]", numbers, writable))
+                code = lib.tr_transit_acquire_fds(
+                    transit._c, exported[0], len(exported[0]), exported[1], len(numbers)
+                )
+        except BaseException:  # nothing reached the core
+            release(exported)
+            raise
+        if code < 0:
+            release(exported)
+        else:
+            self.exports[transit._token] = exported
+        return int(code)
+
+    def end(self, token: int) -> None:
+        """The core is done with the memory of the transit ``token``'s
+        request or resource: release its exports, let go of its pins."""
+        self.pins.pop(token, None)
+        exported = self.exports.pop(token, None)
+        if exported is not None:
+            release(exported)
+
     # While a request waits
 
     def pin(self, token: int, keep: object) -> None:
@@ -371,30 +502,37 @@ class Requests:
         ``(COMPLETING, 0)`` when the core is inside the system call for it
         or already done (the completion follows); or ``(code, 0)`` with a
         negative code when nothing is outstanding or the Traffic is gone
-        (no completion will come).  Unpins unless the completion follows."""
+        (no completion will come).  Lets go of the request's memory unless
+        the completion follows (:meth:`collect` does then)."""
         report = self.report
         code = lib.tr_withdraw(transit._c, report)
         if code == COMPLETING:
             return code, 0
-        self.pins.pop(transit._token, None)
+        self.end(transit._token)
         return code, report.stop if code == WITHDRAWN else 0
 
     # Completions
 
     def collect(self) -> list[Completion]:
-        """Every completion waiting, in one call per batch; unpins each."""
+        """Every completion waiting, in one call per batch; lets go of the
+        memory of each (:meth:`end`)."""
         if self.closed:
             return []
         completions = []
         reports = self._reports
         pins = self.pins
+        exports = self.exports
         while True:
             n = lib.tr_collect(self._c, reports, COLLECT_BATCH)
             for i in range(n):
                 r = reports[i]
-                pins.pop(r.token, None)
+                token = r.token
+                pins.pop(token, None)
+                exported = exports.pop(token, None)
+                if exported is not None:
+                    release(exported)
                 completions.append(
-                    Completion(r.token, r.outcome, r.error, r.stop, take_data(r), r.fd_stop)
+                    Completion(token, r.outcome, r.error, r.stop, take_data(r), r.fd_stop)
                 )
             if n < COLLECT_BATCH:
                 return completions
@@ -412,8 +550,10 @@ class Requests:
             lib.tr_traffic_collector_asleep(self._c, state)
 
     def close(self) -> None:
-        """The Traffic is closed and its thread joined: let go of every pin."""
+        """The Traffic is closed and its thread joined (or, in a forked
+        child, never ran here): release every export, let go of every pin."""
         self.closed = True
+        release_all(self.exports)
         self.pins.clear()
 
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._requests import pin_buffer
+from ._requests import pin_descriptors
 
 __all__ = [
     "ACCEPT_BATCH",
@@ -189,7 +189,9 @@ class AcceptQueue:
 
     def __init__(self, view: SocketView) -> None:
         self.descriptors = array("i", bytes(4 * ACCEPT_BATCH))
-        self.pin, self.size = pin_buffer(self.descriptors, writable=True)
+        # Never released: an array, which the collector does not track.
+        self.pin = pin_descriptors(self.descriptors, writable=True)
+        self.size = len(self.descriptors) * self.descriptors.itemsize
         self._queue: deque[int] = deque()
         # None: the first accepted connection tells; True: every stream
         # sets its own (the listener refused it); False: nothing to set.

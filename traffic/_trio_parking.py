@@ -6,10 +6,12 @@ this machinery; it knows neither layer's exceptions (each passes its own
 refusal table) and imports nothing of them.
 
 A task that transfers checks for cancellation, hands the core its request
-(:meth:`~traffic._requests.Requests.submit`), and either takes a
-``cancel_shielded_checkpoint`` (the request completed inline) or parks with
-``wait_task_rescheduled``; :func:`transfer` is that sequence, and the hot
-paths (a stream's send and receive) spell out the same three steps inline.
+(:meth:`~traffic._requests.Requests.submit`, which exports the memory there
+and then), and either takes a ``cancel_shielded_checkpoint`` (the request
+completed inline) or parks with ``wait_task_rescheduled``; :func:`transfer`
+is that sequence, and the hot paths (a stream's send and receive) spell out
+the same three steps inline.  What the core may touch while a request
+waits is held by the run's requests, not by the task's frame.
 The cycle thread performs a parked request when the kernel allows and
 queues its completion, raising the core's flag for the batch.  Right after
 each of trio's I/O waits the collector (a trio instrument) looks at the
@@ -41,7 +43,6 @@ from . import _sockets
 from ._files import Region
 from ._requests import (
     COMPLETING,
-    NULL,
     WITHDRAWN,
     Refusals,
     Requests,
@@ -56,9 +57,11 @@ __all__ = [
     "Parked",
     "cancel_shielded_checkpoint",
     "checkpoint_if_cancelled",
+    "conclude",
     "delivery",
     "transfer",
     "transfer_file",
+    "transfer_pinned",
     "wait_task_rescheduled",
 ]
 
@@ -230,9 +233,8 @@ class Parked:
     Registered under the transit's token for the collector to find, and
     handed to ``wait_task_rescheduled`` as the abort function itself: one
     small object per parked request, no closure (a parked receive is most
-    of an idle connection's memory).  ``keep`` (None: nothing) is what the
-    core may touch while the request waits: pinned by the run's requests,
-    not only by the parking task's frame.
+    of an idle connection's memory).  What the core may touch meanwhile is
+    held by the run's requests since its submission.
     """
 
     __slots__ = ("delivery", "raise_cancel", "task", "transit", "withdrawn")
@@ -240,7 +242,7 @@ class Parked:
     # ``withdrawn``: set when the request was withdrawn, to the bytes it
     # had transferred (unset on the hot path, which never reads it).
 
-    def __init__(self, delivery: Delivery, transit: Transit, keep: object) -> None:
+    def __init__(self, delivery: Delivery, transit: Transit) -> None:
         self.delivery = delivery
         self.transit = transit
         self.task = _current_task()
@@ -248,10 +250,7 @@ class Parked:
         self.raise_cancel: Any = None
         if not delivery.collector.installed:
             delivery.collector.install()
-        token = transit._token
-        delivery.parked[token] = self
-        if keep is not None:
-            delivery.requests.pin(token, keep)
+        delivery.parked[transit._token] = self
 
     def __call__(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         """Withdraw the request (trio's abort function)."""
@@ -271,27 +270,41 @@ class Parked:
 async def transfer(
     delivery: Delivery,
     transit: Transit,
-    pin: Any,
-    size: int,
+    memory: Any,
+    writable: bool,
     refusals: Refusals,
-    fdpin: Any = NULL,
-    nfds: int = 0,
-    keep: object = None,
+    numbers: Any = None,
 ) -> Result:
-    """Perform one request and return its result.  A checkpoint.
+    """Perform one request with ``memory`` (checked by the caller, exported
+    at submission; written into when ``writable``) and a Descriptors
+    request's ``numbers``, and return its result.  A checkpoint.
 
-    ``pin`` (``size`` bytes) is the memory the core transfers with,
-    ``fdpin`` and ``nfds`` a Descriptors request's descriptor array;
-    ``keep`` is what must stay alive while the request waits (default: the
-    pins).  ``refusals`` maps the core's refusals to the caller's
-    exceptions.
+    ``refusals`` maps the core's refusals to the caller's exceptions.
     """
     await checkpoint_if_cancelled()
-    done = delivery.requests.submit(transit, pin, size, refusals, fdpin, nfds)
+    done = delivery.requests.submit(transit, memory, writable, refusals, numbers)
+    return await conclude(delivery, transit, done)
+
+
+@protected
+async def transfer_pinned(
+    delivery: Delivery, transit: Transit, pin: Any, size: int, keep: object, refusals: Refusals
+) -> Result:
+    """:func:`transfer` with traffic's own long-lived export ``pin``
+    (``size`` bytes; ``keep`` is what to keep alive while the request
+    waits): see :meth:`~traffic._requests.Requests.submit_pinned`."""
+    await checkpoint_if_cancelled()
+    done = delivery.requests.submit_pinned(transit, pin, size, keep, refusals)
+    return await conclude(delivery, transit, done)
+
+
+@protected
+async def conclude(delivery: Delivery, transit: Transit, done: Result | None) -> Result:
+    """The second half of a transfer: the inline result after a shielded
+    checkpoint, or, for a request that waits (``done`` None), its
+    completion once the task is rescheduled."""
     if done is None:
-        if keep is None:
-            keep = pin if fdpin is NULL else (pin, fdpin)
-        completion: Result = await wait_task_rescheduled(Parked(delivery, transit, keep))
+        completion: Result = await wait_task_rescheduled(Parked(delivery, transit))
         return completion
     await cancel_shielded_checkpoint()
     return done
@@ -312,7 +325,7 @@ async def transfer_file(
     done = delivery.requests.submit_file(transit, region.fd, region.offset, region.count, refusals)
     region.submitted = True  # the core took it: from now on the position is settled
     if done is None:
-        parked = Parked(delivery, transit, None)  # the core holds its own duplicate
+        parked = Parked(delivery, transit)  # the core holds its own duplicate
         try:
             completion: Result = await wait_task_rescheduled(parked)
         except BaseException:

@@ -150,7 +150,6 @@ from ._requests import (
     COMPLETING,
     DONE,
     FAULT,
-    NULL,
     OWNER_TERMINATED,
     TERMINATED,
     WITHDRAWN,
@@ -160,9 +159,8 @@ from ._requests import (
     Requests,
     Result,
     bad_descriptor,
+    check_buffer,
     os_error,
-    pin_buffer,
-    pin_descriptors,
     protected,
 )
 from ._sockets import (
@@ -252,13 +250,24 @@ class _Parking(Protocol):
     def transfer(
         self,
         transit: Transit,
-        pin: Any,
-        size: int,
+        memory: Any,
+        writable: bool,
         orphan: _Orphan,
-        fdpin: Any = NULL,
-        nfds: int = 0,
-        keep: object = None,
-    ) -> Awaitable[Result]: ...
+        numbers: Any = None,
+    ) -> Awaitable[Result]:
+        """One request with ``memory`` (checked by the caller, exported at
+        submission) and a Descriptors request's ``numbers``, and its result.
+        A checkpoint."""
+
+    def transfer_pinned(
+        self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
+    ) -> Awaitable[Result]:
+        """:meth:`transfer` with traffic's own long-lived export ``pin``
+        (see ``Requests.submit_pinned``)."""
+
+    def receive(self, transit: Transit, size: int, orphan: _Orphan) -> Awaitable[Result]:
+        """A receive of up to ``size`` bytes into memory the core provides
+        (the result's ``data``).  A checkpoint."""
 
     def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
         """One file request, and its result.  A checkpoint.  Cancelled, the
@@ -281,16 +290,26 @@ _checkpoint_if_cancelled: Any = None
 _cancel_shielded_checkpoint: Any = None
 _wait_task_rescheduled: Any = None
 _Parked: Any = None
+_conclude: Any = None
 
 
 class _TrioParking:
     """The trio run's delivery (:mod:`traffic._trio_parking`)."""
 
-    __slots__ = ("_transfer", "_transfer_file", "delivery", "late", "requests", "traffic", "trio")
+    __slots__ = (
+        "_transfer",
+        "_transfer_file",
+        "_transfer_pinned",
+        "delivery",
+        "late",
+        "requests",
+        "traffic",
+        "trio",
+    )
 
     def __init__(self) -> None:
         global _checkpoint_if_cancelled, _cancel_shielded_checkpoint
-        global _wait_task_rescheduled, _Parked
+        global _wait_task_rescheduled, _Parked, _conclude
         from . import _trio_parking as parking
 
         if _Parked is None:
@@ -298,12 +317,14 @@ class _TrioParking:
             _cancel_shielded_checkpoint = parking.cancel_shielded_checkpoint
             _wait_task_rescheduled = parking.wait_task_rescheduled
             _Parked = parking.Parked
+            _conclude = parking.conclude
         self.delivery = parking.delivery()
         self.traffic = self.delivery.traffic
         self.requests = self.delivery.requests
         self.trio = self
         self.late: dict[int, asyncio.Future[Completion]] = {}  # always empty
         self._transfer = parking.transfer
+        self._transfer_pinned = parking.transfer_pinned
         self._transfer_file = parking.transfer_file
 
     async def settle(self, transit: Transit) -> None:
@@ -312,18 +333,28 @@ class _TrioParking:
     def transfer(
         self,
         transit: Transit,
-        pin: Any,
-        size: int,
+        memory: Any,
+        writable: bool,
         orphan: _Orphan,
-        fdpin: Any = NULL,
-        nfds: int = 0,
-        keep: object = None,
+        numbers: Any = None,
     ) -> Awaitable[Result]:
         # The trio parking's own sequence, awaited by the caller directly (a
         # coroutine level less per transfer), raising anyio's errors.  It
         # never orphans a completion: an abort that lost the race waits for
         # the completion and returns it (trio's rule).
-        return self._transfer(self.delivery, transit, pin, size, _REFUSALS, fdpin, nfds, keep)
+        return self._transfer(self.delivery, transit, memory, writable, _REFUSALS, numbers)
+
+    def transfer_pinned(
+        self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
+    ) -> Awaitable[Result]:
+        return self._transfer_pinned(self.delivery, transit, pin, size, keep, _REFUSALS)
+
+    async def receive(self, transit: Transit, size: int, orphan: _Orphan) -> Result:
+        # The stream's hot path spells this out (TrafficSocketStream._receive).
+        await _checkpoint_if_cancelled()
+        done = self.requests.receive(transit, size, _REFUSALS)
+        result: Result = await _conclude(self.delivery, transit, done)
+        return result
 
     def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
         return self._transfer_file(self.delivery, transit, region, _REFUSALS)
@@ -465,51 +496,72 @@ class _AsyncioParking:
             if not future.done():
                 future.set_result(Completion(token, OWNER_TERMINATED, 0, 0))
 
+    # Every request's sequence.  The checkpoint comes first, as anyio's own
+    # streams take theirs: a cancellation pending for the task is delivered
+    # there, before anything is transferred (and before the memory is
+    # exported), and the other tasks run.  A request that then completes at
+    # once returns without another yield (nothing is awaited between the
+    # transfer and its result, so nothing is lost); one that waits parks
+    # (_wait).  The sequence is spelled out in each kind of request rather
+    # than shared through a coroutine: a coroutine level is time on every
+    # transfer.
+
     async def transfer(
         self,
         transit: Transit,
-        pin: Any,
-        size: int,
+        memory: Any,
+        writable: bool,
         orphan: _Orphan,
-        fdpin: Any = NULL,
-        nfds: int = 0,
-        keep: object = None,
+        numbers: Any = None,
     ) -> Result:
-        """One request, and its result.  A checkpoint.
-
-        ``fdpin``/``nfds`` are a Descriptors request's descriptor array;
-        ``keep`` what must stay alive while it is pending (default ``pin``).
-
-        ``pin`` is ``NULL`` for a receive into memory the core provides
-        (the loop's scratch at once, an allocation when data arrives);
-        the result's ``data`` then holds the bytes.
+        """One request with ``memory`` (and a Descriptors request's
+        ``numbers``), and its result.  A checkpoint.
 
         ``orphan`` receives the result of a request whose transfer
         happened although the task was cancelled (now, or when it arrives).
         """
-        token = transit._token
-        if token in self.late:
+        if transit._token in self.late:
             await self.settle(transit)
-        # The checkpoint comes first, as anyio's own streams take theirs: a
-        # cancellation pending for the task is delivered here, before
-        # anything is transferred, and the other tasks run.  A request that
-        # then completes at once returns without another yield (nothing is
-        # awaited between the transfer and its result, so nothing is lost).
         await asyncio.sleep(0)
         if self.closed:
             raise anyio.ClosedResourceError("the event loop's Traffic is closed")
-        if pin is NULL:
-            done = self.requests.receive(transit, size, _REFUSALS)
-        else:
-            done = self.requests.submit(transit, pin, size, _REFUSALS, fdpin, nfds)
+        done = self.requests.submit(transit, memory, writable, _REFUSALS, numbers)
         if done is not None:
             return done
+        return await self._wait(transit, orphan)
 
+    async def transfer_pinned(
+        self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
+    ) -> Result:
+        """:meth:`transfer` with traffic's own long-lived export ``pin``."""
+        if transit._token in self.late:
+            await self.settle(transit)
+        await asyncio.sleep(0)
+        if self.closed:
+            raise anyio.ClosedResourceError("the event loop's Traffic is closed")
+        done = self.requests.submit_pinned(transit, pin, size, keep, _REFUSALS)
+        if done is not None:
+            return done
+        return await self._wait(transit, orphan)
+
+    async def receive(self, transit: Transit, size: int, orphan: _Orphan) -> Result:
+        """A receive of up to ``size`` bytes into memory the core provides
+        (the loop's scratch at once, an allocation when data arrives); the
+        result's ``data`` holds the bytes."""
+        if transit._token in self.late:
+            await self.settle(transit)
+        await asyncio.sleep(0)
+        if self.closed:
+            raise anyio.ClosedResourceError("the event loop's Traffic is closed")
+        done = self.requests.receive(transit, size, _REFUSALS)
+        if done is not None:
+            return done
+        return await self._wait(transit, orphan)
+
+    async def _wait(self, transit: Transit, orphan: _Orphan) -> Result:
+        """The completion of the transit's request, which waits."""
         future: asyncio.Future[Completion] = self.loop.create_future()
-        if keep is None:
-            keep = pin
-        self.parked[token] = future
-        self.requests.pin(token, keep)
+        self.parked[transit._token] = future
         try:
             return await future
         except asyncio.CancelledError:
@@ -822,11 +874,11 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 receiver = self._receiver
                 done = on_trio.requests.receive(receiver, size, _REFUSALS)
                 if done is None:
-                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, receiver, None))
+                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, receiver))
                 else:
                     await _cancel_shielded_checkpoint()
             else:
-                done = await parking.transfer(self._receiver, NULL, size, self._stash)
+                done = await parking.receive(self._receiver, size, self._stash)
             if self._closed:
                 raise anyio.ClosedResourceError
             _, outcome, error, _, data, _ = done
@@ -857,20 +909,21 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         try:
             if self._closed:
                 raise anyio.ClosedResourceError
-            pin, size = pin_buffer(item, False)  # not writable (positional: cheaper)
+            check_buffer(item, False)  # not writable (positional: cheaper)
             parking = self._parking
             on_trio = parking.trio
             if on_trio is not None:
-                # Spelled out as in _receive (and TrafficStream.send_all).
+                # Spelled out as in _receive (and TrafficStream.send_all);
+                # the memory is exported in submit, after the checkpoint.
                 await _checkpoint_if_cancelled()
                 sender = self._sender
-                done = on_trio.requests.submit(sender, pin, size, _REFUSALS)
+                done = on_trio.requests.submit(sender, item, False, _REFUSALS)
                 if done is None:
-                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, sender, pin))
+                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, sender))
                 else:
                     await _cancel_shielded_checkpoint()
             else:
-                done = await parking.transfer(self._sender, pin, size, _ignore)
+                done = await parking.transfer(self._sender, item, False, _ignore)
             if done[1] != DONE:  # the outcome
                 _sent(done, self._closed)
         finally:
@@ -1043,18 +1096,8 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
         with claimed(self, "_sending", _busy_send):
             if self._closed:
                 raise anyio.ClosedResourceError
-            pin, size = pin_buffer(message, writable=False)
-            check_descriptor_message(size, len(numbers))
-            fdpin = pin_descriptors(numbers, writable=False)
-            done = await self._parking.transfer(
-                self._sender,
-                pin,
-                size,
-                _ignore,
-                fdpin,
-                len(numbers),
-                (pin, fdpin, message, numbers),
-            )
+            check_descriptor_message(check_buffer(message, writable=False), len(numbers))
+            done = await self._parking.transfer(self._sender, message, False, _ignore, numbers)
             _sent(done, self._closed)
 
     @protected
@@ -1098,8 +1141,6 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 return chunk, taken
             buffer = bytearray(msglen)
             numbers = array("i", bytes(4 * maxfds))
-            pin, _ = pin_buffer(buffer, writable=True)
-            fdpin = pin_descriptors(numbers, writable=True)
 
             def keep(done: Result) -> None:
                 # A cancelled receive whose transfer happened: nothing is lost.
@@ -1114,15 +1155,7 @@ class TrafficUNIXSocketStream(TrafficSocketStream, anyio.abc.UNIXSocketStream):
                 self._pending += buffer[:transferred]
                 self._pending_fds.extend(received)
 
-            done = await self._parking.transfer(
-                self._receiver,
-                pin,
-                msglen,
-                keep,
-                fdpin,
-                maxfds,
-                (pin, fdpin, buffer, numbers),
-            )
+            done = await self._parking.transfer(self._receiver, buffer, True, keep, numbers)
             _, outcome, error, transferred, _, descriptors = done
             if self._closed:
                 if outcome == DONE:
@@ -1250,7 +1283,9 @@ class TrafficSocketListener(anyio.abc.SocketListener):
             if self._closed:
                 raise anyio.ClosedResourceError
             return
-        done = await self._parking.transfer(self._transit, queue.pin, queue.size, self._stash)
+        done = await self._parking.transfer_pinned(
+            self._transit, queue.pin, queue.size, queue, self._stash
+        )
         _, outcome, error, _, _, _ = done
         if outcome == DONE:
             self._stash(done)

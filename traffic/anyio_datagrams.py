@@ -110,9 +110,9 @@ class _Datagrams:
             if inbox:
                 await anyio.lowlevel.checkpoint()
             else:
-                array, pin, size = inbox.memory()
-                done = await self._parking.transfer(
-                    self._receiver, pin, size, self._stash, keep=(pin, array)
+                _, pin, size = inbox.memory()
+                done = await self._parking.transfer_pinned(
+                    self._receiver, pin, size, inbox, self._stash
                 )
                 _, outcome, _, transferred, _, _ = done
                 if outcome == DONE and not self._closed:
@@ -137,7 +137,7 @@ class _Datagrams:
                 )
                 address = infos[0][4]
             _, pin, size = outgoing(data, address, self._family)
-            done = await self._parking.transfer(self._sender, pin, size, _ignore)
+            done = await self._parking.transfer_pinned(self._sender, pin, size, pin, _ignore)
             if self._closed:
                 raise anyio.ClosedResourceError
             if done[1] != DONE:  # the outcome

@@ -354,7 +354,10 @@ class Datagrams(Transit):
                 "(DatagramArray.receiving() or DatagramArray.sending())"
             )
         memory, size = super()._buffer(resource.buffer)
-        if lib.tr_datagrams_check(ffi.from_buffer(resource.buffer), size, self._polarity) < 0:
+        records = ffi.from_buffer(resource.buffer)
+        damaged = lib.tr_datagrams_check(records, size, self._polarity) < 0
+        ffi.release(records)  # before anything raises: see traffic._requests
+        if damaged:
             raise ValueError("the DatagramArray's records are damaged")
         return memory, size
 
@@ -405,6 +408,7 @@ class Inbox:
         """The array to receive into, a cffi pin of its buffer, and its size."""
         if self.array is None:
             self.array = DatagramArray.receiving(self.count, self.capacity)
+            # Never released: a bytearray, which the collector does not track.
             self.pin = ffi.from_buffer(self.array.buffer, require_writable=True)
         return self.array, self.pin, len(self.array.buffer)
 
@@ -437,6 +441,7 @@ def outgoing(data: Any, address: Any, family: int) -> tuple[DatagramArray, Any, 
     """A one-record array for ``data`` to ``address`` (numeric; None: the
     connected peer), a cffi pin of its buffer, and its size."""
     array = DatagramArray.sending([(data, address)], family)
+    # Not released: a bytearray of its own, which the collector does not track.
     return array, ffi.from_buffer(array.buffer), len(array.buffer)
 
 

@@ -369,17 +369,14 @@ class Transit:
             self._resource = resource
             return
         traffic = self._in_traffic()
-        memory, size = self._buffer(resource)
+        memory, _ = self._buffer(resource)
         if traffic.threaded:
             self._resource = resource
             return
-        # Pinned from the resource itself, not from a memoryview of it: a
-        # cffi buffer over a memoryview that shares a reference cycle with it
-        # can be torn down by the collector in the wrong order.
-        pin = ffi.from_buffer(
-            self._pinned(resource), require_writable=self._polarity == lib.TR_INPUT
-        )
-        rc = lib.tr_transit_acquire(self._c, pin, size)
+        # Exported from the resource itself, not from a memoryview of it,
+        # and only by the requests, which release the export (see
+        # traffic._requests).
+        rc = traffic.requests.acquire(self, self._pinned(resource), self._polarity == lib.TR_INPUT)
         if rc == -errno.EBUSY:
             raise BufferError(
                 "the transit's resource is not exhausted yet; acquire after its exhaust event"
@@ -387,7 +384,6 @@ class Transit:
         if rc == -errno.EINVAL:
             raise RuntimeError("a threaded Traffic takes requests (Traffic.request), not resources")
         check(rc, "acquire")
-        traffic._pins[self._token] = (pin, resource)
         self._resource = resource
         self._memory = memory if self._itemsize == 1 else memory.cast("i")
 
@@ -663,13 +659,6 @@ def descriptor_array(fds: object) -> array[int]:
     return array("i", numbers)
 
 
-def _fds_pin(fds: array[int], writable: bool) -> Any:
-    """A cffi ``int *`` over ``fds`` (NULL when empty)."""
-    if len(fds) == 0:
-        return ffi.NULL
-    return _requests.pin_descriptors(fds, writable)
-
-
 def _fds_error(rc: int) -> None:
     """Raise the clear exception for a descriptor the core could not duplicate."""
     if rc == -errno.EBADF:
@@ -769,7 +758,7 @@ class Descriptors(Octets):
         (``EBADF``) for a descriptor that is not open, and what
         :meth:`Transit.acquire` raises.
         """
-        data, fds, size = self._split(resource)
+        data, fds, _ = self._split(resource)
         traffic = self._traffic
         if traffic is None and not self.terminated:
             self._resource = resource
@@ -778,10 +767,7 @@ class Descriptors(Octets):
         if traffic.threaded:
             self._resource = resource
             return
-        writable = self._polarity == lib.TR_INPUT
-        pin = ffi.from_buffer(data, require_writable=writable)
-        fdpin = _fds_pin(fds, writable)
-        rc = lib.tr_transit_acquire_fds(self._c, pin, size, fdpin, len(fds))
+        rc = traffic.requests.acquire(self, data, self._polarity == lib.TR_INPUT, fds)
         if rc == -errno.EBUSY:
             raise BufferError(
                 "the transit's resource is not exhausted yet; acquire after its exhaust event"
@@ -790,7 +776,6 @@ class Descriptors(Octets):
             raise RuntimeError("a threaded Traffic takes requests (Traffic.request), not resources")
         _fds_error(rc)
         check(rc, "acquire")
-        traffic._pins[self._token] = ((pin, fdpin), resource)
         self._resource = resource
         self._memory = memoryview(data).cast("B")  # type: ignore[arg-type]
         self._fdarray = fds
@@ -865,8 +850,9 @@ class Traffic:
         #: into the core; see :mod:`traffic._requests`).
         self.requests = Requests(self._c)
         # Resources handed to the core, by transit token (also a synchronous
-        # cycle's): the requests' pins, one dictionary.
-        self._pins = self.requests.pins
+        # cycle's): the requests' exports, one dictionary.
+        self._requests = self.requests
+        self._exports = self.requests.exports
         # The transits a synchronous cycle reports on, by token.  A threaded
         # Traffic's completions go to their requester instead, and its
         # transits are not kept here (a weak entry per transit costs memory
@@ -880,7 +866,17 @@ class Traffic:
         # Closes a Traffic its owner dropped, and every live one at exit
         # (before the interpreter finalizes: the cycle thread must never
         # touch a buffer after Python has freed it).
-        self._finalizer = weakref.finalize(self, _destroy, self._c, self._pid)
+        #
+        # The finalizer also releases the requests' exports once the core is
+        # gone.  It holds their dictionary, not the requests (whose on_close
+        # leads back here, so the Traffic would never be collected): a
+        # Traffic collected in a reference cycle with a caller's memoryview
+        # and its export must not leave the export to the collector (see
+        # traffic._requests).  Weak reference callbacks run before the
+        # collector clears anything.
+        self._finalizer = weakref.finalize(
+            self, _destroy, self._c, self._pid, self.requests.exports
+        )
         _live_traffics.add(self)
 
     # State
@@ -977,7 +973,7 @@ class Traffic:
             transit._events = 0
             transit._view = None
             transit._forget_report()
-            if transit._traffic is self and transit._token not in self._pins:
+            if transit._traffic is self and transit._token not in self._exports:
                 transit._resource = None
                 transit._memory = None
         self._seen.clear()
@@ -994,7 +990,7 @@ class Traffic:
             token = report.token
             events = report.events
             if events & (lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE):
-                self._pins.pop(token, None)
+                self._requests.end(token)  # the core is done with the resource
             transit = self._transits.get(token)
             if transit is None:
                 continue  # dropped by its owner: nobody to tell
@@ -1065,13 +1061,15 @@ class Traffic:
         """
         self._check_usable()
         self._check_mine(transit)
-        _, size = transit._buffer(resource)
-        pin = ffi.from_buffer(
-            transit._pinned(resource), require_writable=transit._polarity == lib.TR_INPUT
+        transit._buffer(resource)
+        done = self.requests.submit(
+            transit,
+            transit._pinned(resource),
+            transit._polarity == lib.TR_INPUT,
+            _REFUSALS,
+            inline=int(inline),
         )
-        done = self.requests.submit(transit, pin, size, _REFUSALS, inline=int(inline))
         if done is None:
-            self.requests.pin(transit._token, (pin, resource))
             report = self.requests.report  # a partly done send's count
             return _requests.PENDING, report.error, report.stop
         _, outcome, error, transferred, _, _ = done
@@ -1095,15 +1093,12 @@ class Traffic:
         self._check_mine(transit)
         if not isinstance(transit, Descriptors):
             raise TypeError("request_fds() needs a Descriptors transit")
-        payload, numbers, size = transit._split((data, fds))
+        payload, numbers, _ = transit._split((data, fds))
         writable = transit._polarity == lib.TR_INPUT
-        pin = ffi.from_buffer(payload, require_writable=writable)
-        fdpin = _fds_pin(numbers, writable)
         done = self.requests.submit(
-            transit, pin, size, _REFUSALS, fdpin, len(numbers), inline=int(inline)
+            transit, payload, writable, _REFUSALS, numbers, inline=int(inline)
         )
         if done is None:
-            self.requests.pin(transit._token, ((pin, fdpin, numbers), (data, fds)))
             report = self.requests.report  # a partly done send's counts
             return _requests.PENDING, report.error, report.stop, report.fd_stop
         _, outcome, error, transferred, _, descriptors = done
@@ -1310,11 +1305,12 @@ def _after_fork_in_child() -> None:
         traffic._abandon()
 
 
-def _destroy(c: Any, pid: int) -> None:
+def _destroy(c: Any, pid: int, exports: dict[int, Any]) -> None:
     if os.getpid() == pid:
         lib.tr_traffic_destroy(c)
     else:
         lib.tr_traffic_abandon(c)
+    _requests.release_all(exports)  # the cycle thread is joined (or never ran here)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

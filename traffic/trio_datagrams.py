@@ -35,7 +35,7 @@ import trio
 
 from ._requests import DONE, FAULT, TERMINATED, Result
 from ._sockets import Guard, SocketView, socket_identity
-from ._trio_parking import delivery, transfer
+from ._trio_parking import delivery, transfer_pinned
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
 from .trio_integration import _REFUSALS, _broken, _detach
 
@@ -98,8 +98,8 @@ class _DatagramSocket(trio.abc.AsyncResource):
             inbox = self._inbox
             if not inbox:
                 _, pin, size = inbox.memory()
-                done = await transfer(
-                    self._delivery, self._receiver, pin, size, _REFUSALS, keep=(pin, inbox.array)
+                done = await transfer_pinned(
+                    self._delivery, self._receiver, pin, size, inbox, _REFUSALS
                 )
                 if self._closed:
                     raise trio.ClosedResourceError("the socket was closed while receiving")
@@ -122,7 +122,7 @@ class _DatagramSocket(trio.abc.AsyncResource):
             if address is not None and not is_numeric(self._family, address):
                 address = await _resolve(self._family, address)
             _, pin, size = outgoing(data, address, self._family)
-            done = await transfer(self._delivery, self._sender, pin, size, _REFUSALS)
+            done = await transfer_pinned(self._delivery, self._sender, pin, size, pin, _REFUSALS)
             if done[1] != DONE:  # the outcome
                 _failed(done, "send")
 

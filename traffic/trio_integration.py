@@ -85,9 +85,8 @@ from ._requests import (
     Refusals,
     Result,
     bad_descriptor,
+    check_buffer,
     os_error,
-    pin_buffer,
-    pin_descriptors,
     protected,
 )
 from ._sockets import (
@@ -109,6 +108,7 @@ from ._trio_parking import (
     checkpoint_if_cancelled,
     transfer,
     transfer_file,
+    transfer_pinned,
     wait_task_rescheduled,
 )
 from .errors import TransitClosedError
@@ -278,12 +278,12 @@ async def recv_into(transit: Octets, buffer: Any = None) -> int:
             )
     if transit.polarity != Polarity.INPUT:
         raise ValueError("recv_into() needs an input transit")
-    pin, size = pin_buffer(buffer, writable=True)
+    size = check_buffer(buffer, writable=True)
     delivery = _in_run(transit)
     if size == 0:
         await trio.lowlevel.checkpoint()
         return 0
-    return _received(await transfer(delivery, transit, pin, size, _REFUSALS))
+    return _received(await transfer(delivery, transit, buffer, True, _REFUSALS))
 
 
 @protected
@@ -301,9 +301,9 @@ async def send_all(transit: Octets, data: Any) -> None:
     _expect(transit, Octets, "send_all")
     if transit.polarity != Polarity.OUTPUT:
         raise ValueError("send_all() needs an output transit")
-    pin, size = pin_buffer(data, writable=False)
+    check_buffer(data, writable=False)
     delivery = _in_run(transit)
-    _sent(await transfer(delivery, transit, pin, size, _REFUSALS))
+    _sent(await transfer(delivery, transit, data, False, _REFUSALS))
 
 
 @protected
@@ -321,8 +321,7 @@ async def accept(transit: Sockets) -> list[int]:
     _expect(transit, Sockets, "accept")
     delivery = _in_run(transit)
     descriptors = array("i", bytes(4 * ACCEPT_BATCH))
-    pin, size = pin_buffer(descriptors, writable=True)
-    transferred = _accepted(await transfer(delivery, transit, pin, size, _REFUSALS))
+    transferred = _accepted(await transfer(delivery, transit, descriptors, True, _REFUSALS))
     return descriptors[: transferred // 4].tolist()
 
 
@@ -373,26 +372,20 @@ async def send_fds(target: Any, data: Any, fds: Any) -> None:
         transit = sibling  # type: ignore[assignment]
     if transit.polarity != Polarity.OUTPUT:
         raise ValueError("send_fds() needs an output Descriptors transit")
-    pin, size = pin_buffer(data, writable=False)
+    size = check_buffer(data, writable=False)
     if size == 0:
         raise ValueError("message must not be empty")
     numbers = descriptor_array(fds)
     if len(numbers) == 0:
         raise ValueError("fds must not be empty")
     check_descriptor_message(size, len(numbers))
-    fdpin = pin_descriptors(numbers, writable=False)
-    keep = (pin, fdpin, data, numbers)
     if stream is not None:
         with claimed(stream, "_sending", _busy_send):
             if stream._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            delivery = stream._delivery
-            done = await transfer(
-                delivery, transit, pin, size, _REFUSALS, fdpin, len(numbers), keep
-            )
+            done = await transfer(stream._delivery, transit, data, False, _REFUSALS, numbers)
     else:
-        delivery = _in_run(transit)
-        done = await transfer(delivery, transit, pin, size, _REFUSALS, fdpin, len(numbers), keep)
+        done = await transfer(_in_run(transit), transit, data, False, _REFUSALS, numbers)
     _sent(done)
 
 
@@ -425,16 +418,11 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
         raise ValueError("receive_fds() needs an input Descriptors transit")
     buffer = bytearray(msglen)
     numbers = array("i", bytes(4 * maxfds))
-    pin, _ = pin_buffer(buffer, writable=True)
-    fdpin = pin_descriptors(numbers, writable=True)
-    keep = (pin, fdpin, buffer, numbers)
     if stream is not None:
         with claimed(stream, "_receiving", _busy_receive):
             if stream._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            done = await transfer(
-                stream._delivery, transit, pin, msglen, _REFUSALS, fdpin, maxfds, keep
-            )
+            done = await transfer(stream._delivery, transit, buffer, True, _REFUSALS, numbers)
             if stream._closed:
                 _, outcome, _, _, _, descriptors = done
                 if outcome == DONE:
@@ -442,9 +430,7 @@ async def receive_fds(target: Any, msglen: int, maxfds: int) -> tuple[bytes, lis
                         os.close(fd)
                 raise trio.ClosedResourceError("the stream was closed while receiving")
     else:
-        done = await transfer(
-            _in_run(transit), transit, pin, msglen, _REFUSALS, fdpin, maxfds, keep
-        )
+        done = await transfer(_in_run(transit), transit, buffer, True, _REFUSALS, numbers)
     _, outcome, _, transferred, _, descriptors = done
     if outcome == DONE:
         return bytes(buffer[:transferred]), numbers[:descriptors].tolist()
@@ -710,16 +696,17 @@ class TrafficStream(trio.abc.HalfCloseableStream):
         try:
             if self._closed:
                 raise trio.ClosedResourceError("the stream is closed")
-            pin, size = pin_buffer(data, False)  # not writable (positional: cheaper)
+            check_buffer(data, False)  # not writable (positional: cheaper)
             # The park sequence of _trio_parking.transfer, spelled out: this
             # and receive_some are the hot path, where a coroutine level
-            # costs time per call and memory while parked.
+            # costs time per call and memory while parked.  The memory is
+            # exported in submit, after the checkpoint (see _requests).
             await checkpoint_if_cancelled()
             sender = self._sender
             delivery = self._delivery
-            done = delivery.requests.submit(sender, pin, size, _REFUSALS)
+            done = delivery.requests.submit(sender, data, False, _REFUSALS)
             if done is None:
-                done = await wait_task_rescheduled(Parked(delivery, sender, pin))
+                done = await wait_task_rescheduled(Parked(delivery, sender))
             else:
                 await cancel_shielded_checkpoint()
             if done[1] != DONE:  # the outcome
@@ -818,7 +805,7 @@ class TrafficStream(trio.abc.HalfCloseableStream):
             delivery = self._delivery
             done = delivery.requests.receive(receiver, size, _REFUSALS)
             if done is None:
-                done = await wait_task_rescheduled(Parked(delivery, receiver, None))
+                done = await wait_task_rescheduled(Parked(delivery, receiver))
             else:
                 await cancel_shielded_checkpoint()
             if self._closed:
@@ -928,7 +915,9 @@ class TrafficListener(trio.abc.Listener[TrafficStream]):
         if queue:
             await trio.lowlevel.checkpoint()
             return
-        done = await transfer(self._delivery, self._transit, queue.pin, queue.size, _REFUSALS)
+        done = await transfer_pinned(
+            self._delivery, self._transit, queue.pin, queue.size, queue, _REFUSALS
+        )
         if self._closed:
             if done[1] == DONE:  # the outcome
                 queue.discard(done[3])  # transferred
