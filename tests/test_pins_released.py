@@ -579,7 +579,7 @@ def test_threaded_requests_let_go() -> None:
 
 # Random cancellation with memoryview slices, the collector between rounds
 
-ROUNDS = 8
+ROUNDS = 6
 
 
 @pytest.mark.trio

@@ -4,7 +4,7 @@ Timings on these shared machines drift by 10% between runs minutes apart,
 and by far more when a neighbour steals CPU; instruction counts do not.
 This counts the user-space instructions (all threads: traffic's cycle thread
 included; the kernel's work is not counted) that each stream
-implementation spends per operation, in one process, in two workloads:
+implementation spends per operation, in one process, in three workloads:
 
 ``inline``
     A task sends 64 bytes ``OPS`` times into an ``AF_UNIX`` socketpair whose
@@ -12,6 +12,11 @@ implementation spends per operation, in one process, in two workloads:
     sends as many back, and the task receives them 64 bytes at a time: every
     transfer can complete at once (traffic's inline path).  Reported per
     send + receive pair.
+``inline-view``
+    ``inline`` with each send given a ``memoryview`` of a ``bytearray``
+    rather than ``bytes``: what a program slicing its own buffers sends.
+    traffic exports such memory to its core for the request and releases
+    it after (a ``bytes`` needs neither).
 ``pingpong``
     Two tasks pass 64 bytes back and forth ``OPS`` times over a socketpair:
     every receive waits (traffic's parked path: the cycle thread transfers
@@ -63,7 +68,7 @@ IMPLEMENTATIONS = [
     "anyio-asyncio",
     "traffic-anyio-asyncio",
 ]
-WORKLOADS = ["inline", "pingpong"]
+WORKLOADS = ["inline", "inline-view", "pingpong"]
 
 
 # --- the worker: one implementation, one workload, some rounds ------------------
@@ -110,13 +115,14 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-async def _inline(name: str, rounds: int) -> None:
+async def _inline(name: str, rounds: int, view: bool = False) -> None:
     data = b"x" * SIZE
+    sent: bytes | memoryview = memoryview(bytearray(data)) if view else data
     for _ in range(rounds):
         a, peer = _pair()
         stream, send, receive = await _open(name, a)
         for _ in range(OPS):
-            await send(data)
+            await send(sent)  # type: ignore[arg-type]
         got = 0
         while got < SIZE * OPS:
             got += len(peer.recv(1 << 20))
@@ -157,8 +163,10 @@ def work(name: str, workload: str, rounds: int) -> None:
     import anyio
 
     backend = "asyncio" if name.endswith("asyncio") else "trio"
-    run = _inline if workload == "inline" else _pingpong
-    anyio.run(run, name, rounds, backend=backend)
+    if workload == "pingpong":
+        anyio.run(_pingpong, name, rounds, backend=backend)
+    else:
+        anyio.run(_inline, name, rounds, workload == "inline-view", backend=backend)
 
 
 # --- the counter ------------------------------------------------------------------
@@ -214,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--only", default=",".join(WORKLOADS), help="workloads, comma-separated (inline,pingpong)"
+        "--only",
+        default=",".join(WORKLOADS),
+        help=f"workloads, comma-separated ({','.join(WORKLOADS)})",
     )
     parser.add_argument(
         "--implementations",
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("valgrind") is None:
         parser.error("needs valgrind (apt-get install valgrind)")
     for workload in workloads:
-        unit = "send + receive" if workload == "inline" else "round trip"
+        unit = "round trip" if workload == "pingpong" else "send + receive"
         print(f"## {workload}: user-space instructions per {unit}")
         print("| implementation | instructions | x trio |")
         print("|---|---|---|")
