@@ -69,6 +69,8 @@ __all__ = [
     "pin_descriptors",
     "protected",
     "refuse",
+    "release",
+    "release_all",
 ]
 
 # The outcomes of a request (traffic.h).

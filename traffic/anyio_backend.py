@@ -804,6 +804,19 @@ class TrafficSocketStream(anyio.abc.SocketStream):
     def _raw_socket(self) -> socket.socket:
         return self._view  # type: ignore[return-value]  # a view; see RawSocketView
 
+    def _known_readable(self) -> bool | None:
+        """Whether a receive would return at once, where traffic knows it
+        without asking the kernel: True for a closed stream, bytes kept
+        from a cancelled receive (or on their way to it), or an input that
+        already ended; None when only the kernel knows (nothing of the
+        stream's own is waiting: poll its descriptor)."""
+        if self._closed or self._pending:
+            return True
+        receiver = self._receiver
+        if receiver._token in self._parking.late or receiver.terminated:
+            return True
+        return None
+
     def _stash(self, done: Result) -> None:
         """Keep the bytes of a receive that was cancelled after it happened."""
         _, outcome, _, _, data, _ = done
