@@ -712,10 +712,16 @@ class RawSocketView(SocketView):
     A view of a descriptor the core owns: it never closes it, and raises
     ``OSError(EBADF)`` once the core has.  Beside the trio layer's
     ``SocketView`` methods it answers ``gettimeout()`` (``0.0``: the
-    socket is non-blocking, as anyio's are) and ``getblocking()``.
+    socket is non-blocking, as anyio's are) and ``getblocking()``, and
+    ``setsockopt`` takes its arguments as ``socket.socket``'s does (where
+    anyio's raw socket is one): ``(level, option, value)`` or ``(level,
+    option, None, length)``, anything else a ``TypeError``.
     """
 
     __slots__ = ()
+
+    def setsockopt(self, *args: Any) -> None:
+        self._call("setsockopt", *args)
 
     def gettimeout(self) -> float:
         return 0.0

@@ -38,10 +38,12 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
 import anyio
+import sniffio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .. import anyio_backend
+from .._sockets import SocketView
 from ..anyio_backend import TrafficSocketStream
 
 __all__ = ["HostErrors", "NetworkBackend", "NetworkStream"]
@@ -245,12 +247,20 @@ class NetworkBackend:
         """The host's stream of a new connection, its options set.  An
         option the kernel refuses is the host's ``ConnectError``, a
         malformed one a ``TypeError``, as with the host's own backends;
-        either way the connection is closed, not left behind."""
+        either way the connection is closed, not left behind.
+
+        The host's backends set them with trio's ``setsockopt`` on trio (a
+        length of None is no length) and with ``socket.socket``'s
+        elsewhere: so do these, so that the same options are refused."""
         try:
             if socket_options is not None:
                 raw = stream._raw_socket
-                for option in socket_options:
-                    raw.setsockopt(*option)
+                if sniffio.current_async_library() == "trio":
+                    for option in socket_options:
+                        SocketView.setsockopt(raw, *option)  # type: ignore[arg-type]
+                else:
+                    for option in socket_options:
+                        raw.setsockopt(*option)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
