@@ -5,6 +5,7 @@ end to end and writes JSON of the expected shape.  A benchmark is not a test
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import json
@@ -14,13 +15,14 @@ import socket
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import traffic
-from traffic.bench import build, driver, instructions, servers, stream, workloads
+from traffic.bench import build, driver, http_client, instructions, servers, stream, workloads
 
 pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C compiler (gcc)")
 
@@ -100,12 +102,14 @@ def has_uvloop() -> bool:
 
 
 def test_every_row_runs_a_server() -> None:
-    """Each row of the driver names a server (servers.py), each anyio server
-    exists on every loop of ANYIO_LOOPS for anyio's streams and for
-    traffic's, in the servers and in the stream workload, and is a row."""
+    """Each row of the driver names a server (servers.py) or an HTTP client
+    (http_client.py), each anyio server exists on every loop of ANYIO_LOOPS
+    for anyio's streams and for traffic's, in the servers and in the stream
+    workload, and is a row."""
     for name in driver.ALL_SERVERS:
         base = workloads.base_name(name)
-        assert name == workloads.C_SERVER or base in {*servers.SERVERS, *servers.FILE_SERVERS}
+        known = {*servers.SERVERS, *servers.FILE_SERVERS, *http_client.ROWS}
+        assert name == workloads.C_SERVER or base in known
     assert set(driver.OPTIONAL_SERVERS) <= set(driver.ALL_SERVERS)
     assert set(servers.FILE_SERVERS) <= set(driver.ALL_SERVERS)
     for loop in servers.ANYIO_LOOPS:
@@ -456,5 +460,164 @@ def test_file_workload_end_to_end(tmp_path: Path) -> None:
         assert case["results"]["trio"]["ratio_to_trio"]["gbps"] == 1.0
     if lacking:
         assert f"traffic-trio skipped in the file workload: {lacking}" in done.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.stat().st_size > 0
+
+
+# --- the http-client workload ---------------------------------------------------------
+
+#: A small download for the tests, not a multiple of the body's period or of
+#: a read.
+HTTP_DOWNLOAD_BYTES = (1 << 20) + 3
+
+
+@pytest.fixture(scope="module")
+def http_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAFFIC_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return {"http_responder": build.build("http_responder")}
+
+
+@contextlib.contextmanager
+def http_responder(binaries: dict[str, Path], download_bytes: int) -> Iterator[int]:
+    """The responder's port, for the block."""
+    command = [str(binaries["http_responder"]), str(download_bytes)]
+    placement = workloads.Placement.make("none")
+    with workloads.running_server("http_responder", placement, binaries, command=command) as peer:
+        yield peer.port
+
+
+def _http_exchange(port: int, requests: list[bytes], expect: int) -> bytes:
+    """Send ``requests`` on one connection, one after the other (each once the
+    answer before it is in), and return the ``expect`` bytes that came back."""
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        for request in requests:
+            conn.sendall(request)
+        while len(got) < expect:
+            data = conn.recv(1 << 20)
+            assert data, f"closed after {len(got)} of {expect} bytes"
+            got += data
+        conn.settimeout(0.1)
+        with contextlib.suppress(TimeoutError):
+            assert conn.recv(1) == b"", "more than the responses"
+    return got
+
+
+def test_http_responder_answers_as_the_floor(http_binaries: dict[str, Path]) -> None:
+    """The C responder sends, byte for byte, the responses the floor backend
+    replays (http_client.response): 1 KiB for any path, the download for
+    /download, on one kept-alive connection, a request's Content-Length body
+    read and dropped, a request that arrives in pieces answered once whole."""
+    small = http_client.response(http_client.SMALL_BYTES)
+    download = http_client.response(HTTP_DOWNLOAD_BYTES)
+    assert small.endswith(http_client.SMALL_BODY)
+    assert small.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Length: 1024\r\n" in small
+    get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    post = b"POST /upload HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: 5\r\n\r\nhello"
+    with http_responder(http_binaries, HTTP_DOWNLOAD_BYTES) as port:
+        assert _http_exchange(port, [get], len(small)) == small
+        requests = [post, b"GET /download HTTP/1.1\r\n", b"Host: x\r\n\r\n", get]
+        got = _http_exchange(port, requests, 2 * len(small) + len(download))
+        assert got == small + download + small
+
+
+def http_row_unavailable(name: str) -> str | None:
+    absent = http_client.missing_module(http_client.ROWS[name])
+    return None if absent is None else f"{absent} is not importable"
+
+
+def test_http_client_rows_get_every_response(http_binaries: dict[str, Path]) -> None:
+    """Every row of the http-client workload runs a little of both phases
+    (4 requests in flight, a 1 MiB download) against the responder, and
+    every response it got was the responder's: status 200, the body's size
+    and CRC-32, for each request and each download.  The rows run side by
+    side (each is a process of its own)."""
+    rows = [name for name in http_client.ROWS if http_row_unavailable(name) is None]
+    assert {"trio", "asyncio", "trio-floor", "asyncio-floor", "traffic-trio"} <= set(rows)
+    placement = workloads.Placement.make("none")
+
+    def run(name: str) -> workloads.Measured:
+        return workloads.http_client(
+            name, 0.1, 0.1, placement, http_binaries, 4, HTTP_DOWNLOAD_BYTES, check=True
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        measured = dict(zip(rows, pool.map(run, rows), strict=True))
+    small = [200, http_client.SMALL_BYTES, zlib.crc32(http_client.SMALL_BODY)]
+    download = [200, HTTP_DOWNLOAD_BYTES, zlib.crc32(http_client.body(HTTP_DOWNLOAD_BYTES))]
+    for name, got in measured.items():
+        [[*kind, count]] = got.details["requests"]
+        assert kind == small and count >= 1, (name, got.details)
+        assert got.details["downloads"] == [download] * (got.metrics["downloads"] + 1), name
+        assert got.metrics["req_per_cpu"] > 0 and got.metrics["dl_per_cpu"] > 0, name
+        assert 0 < got.metrics["client_cores"] <= 1.5, (name, got.metrics)
+
+
+def test_http_client_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--only http-client`` plans one case; its rows of its own are n/a in
+    the other workloads and the servers without a client n/a in it; a row
+    whose client's modules are absent is skipped with a note."""
+    notes: list[str] = []
+    args = driver.parse_args(["--only", "http-client", "--http-in-flight", "7"])
+    [case], _, _ = driver.plan(args, notes)
+    assert (case.workload, case.label) == ("http-client", "http client")
+    assert "7 requests in flight" in case.note and "64 MiB" in case.note
+    [echo] = driver.plan(driver.parse_args(["--only", "echo", "--connections", "1"]), notes)[0]
+    for name in ("asyncio-floor", "uvloop-floor", "aiohttp-asyncio", "aiohttp-uvloop"):
+        assert name in driver.ALL_SERVERS and name in servers.NEEDS
+        assert set(servers.NEEDS[name]) <= set(http_client.ROWS[name].needs)
+        assert driver.supported(case, name) and not driver.supported(echo, name)
+    for name in (workloads.C_SERVER, "anyio-trio", "uvloop-protocol", "asyncio-sendfile"):
+        assert not driver.supported(case, name)
+    assert driver.supported(case, "traffic-trio-idle")  # traffic-trio's client
+    assert notes == []
+    monkeypatch.setitem(sys.modules, "traffic.integrations.httpx", None)
+    lacking = driver._lacking_http_modules([case], ["trio", "traffic-anyio-asyncio"], notes)
+    assert lacking == {"traffic-anyio-asyncio"}
+    assert notes == [
+        "traffic-anyio-asyncio skipped in the http-client workload: "
+        "traffic.integrations.httpx is not importable"
+    ]
+
+
+def test_http_client_workload_end_to_end(tmp_path: Path) -> None:
+    """``--only http-client`` reports requests and download bytes per client
+    CPU-second for each row, with their ratios to trio (httpx on trio here),
+    in the table, the summary, the JSON and the plot."""
+    out, plot = tmp_path / "out.json", tmp_path / "out.png"
+    rows = ["trio", "asyncio-floor"]
+    done = run_module(
+        "traffic.bench",
+        [
+            "--only", "http-client",
+            "--servers", ",".join(rows),
+            "--seconds", "0.1",
+            "--warmup", "0.05",
+            "--http-in-flight", "4",
+            "--http-download-mib", "1",
+            "--repeat", "1",
+            "--pin", "none",
+            "--json", str(out),
+            "--plot", str(plot),
+        ],
+        tmp_path / "cache",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "http client: requests per client CPU-s" in done.stdout
+    assert "http client: download per client CPU-s" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["meta"]["http"] == {"in_flight": 4, "download_mib": 1}
+    [case] = results["cases"]
+    assert case["headlines"] == ["req_per_cpu", "dl_per_cpu"]
+    assert set(case["results"]) == set(rows)
+    for server, row in case["results"].items():
+        assert row["status"] == "ok" and row["errors"] == [], (server, row)
+        [run] = row["runs"]
+        assert run["req_per_cpu"] > 0 and run["dl_per_cpu"] > 0, (server, run)
+        assert run["downloads"] >= 1
+    assert case["results"]["trio"]["ratio_to_trio"]["req_per_cpu"] == 1.0
+    assert case["results"]["asyncio-floor"]["ratio_to_trio"]["dl_per_cpu"] > 0
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot.stat().st_size > 0

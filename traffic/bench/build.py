@@ -19,7 +19,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 #: The C programs, by name: each is ``NAME.c`` beside this file.
-PROGRAMS = ("echo_client", "accept_client", "idle_client", "epoll_server", "file_client")
+PROGRAMS = (
+    "echo_client",
+    "accept_client",
+    "idle_client",
+    "epoll_server",
+    "file_client",
+    "http_responder",
+)
 
 #: Flags for every program: optimised, warnings on (they are all small).
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")

@@ -16,6 +16,15 @@ of ``--upload-mib`` per connection into a tmpfs.  Its rows are those of
 :data:`servers.FILE_SERVERS`, ``asyncio-sendfile`` and ``uvloop-streams``
 among them (rows of this workload alone); each reports GB/s over the
 transfer and GB per server CPU-second, both in the summary and the plot.
+
+The http-client workload (``--only http-client``) is one case that measures
+a client instead of a server: each row's HTTP client (``httpx.AsyncClient``
+on each network backend, the floor, aiohttp; :mod:`.http_client`) against
+one C responder (http_responder.c), ``--http-in-flight`` requests of 1 KiB
+responses in flight, then ``--http-download-mib`` downloads.  It reports
+requests and download bytes per client CPU-second (every thread of the
+client process), both in the summary and the plot; the client takes the
+server's CPU of the placement and the responder the client's.
 """
 
 from __future__ import annotations
@@ -32,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from ..libkqueue import backend, cycle_policy
-from . import build, report, servers, stream, workloads
+from . import build, http_client, report, servers, stream, workloads
 from .report import BASELINE, Case
 
-WORKLOADS = ("echo", "accept", "stream", "idle", "file")
+WORKLOADS = ("echo", "accept", "stream", "idle", "file", "http-client")
 
 #: Default echo connection counts (the benchmark's workloads) and the --quick ones.
 ECHO_CONNECTIONS = (1, 100, 1000)
@@ -56,7 +65,10 @@ QUICK_FILE_CASES = ("download-tcp-warm", "download-tcp-cold", "upload-tcp")
 #: traffic-trio itself runs the default policy.  anyio-uvloop and
 #: traffic-anyio-uvloop are anyio-asyncio and traffic-anyio-asyncio on
 #: uvloop's event loop (servers.ANYIO_LOOPS).  asyncio-sendfile and
-#: uvloop-streams are rows of the file workload alone (servers.FILE_SERVERS).
+#: uvloop-streams are rows of the file workload alone (servers.FILE_SERVERS);
+#: asyncio-floor, uvloop-floor, aiohttp-asyncio and aiohttp-uvloop rows of the
+#: http-client workload alone (http_client.ROWS, where the rows named as
+#: elsewhere are HTTP clients on that loop or layer).
 ALL_SERVERS = (
     workloads.C_SERVER,
     "traffic-trio",
@@ -71,10 +83,14 @@ ALL_SERVERS = (
     "traffic-anyio-uvloop",
     "anyio-uvloop",
     "asyncio",
+    "asyncio-floor",
     "asyncio-sendfile",
     "uvloop",
+    "uvloop-floor",
     "uvloop-streams",
     "uvloop-protocol",
+    "aiohttp-asyncio",
+    "aiohttp-uvloop",
 )
 
 #: Rows left out (with a note) rather than shown as missing when a module
@@ -151,6 +167,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--file-connections",
         type=_positive,
         help=f"connections of each file transfer (default {workloads.FILE_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--http-in-flight",
+        type=_positive,
+        default=workloads.HTTP_IN_FLIGHT,
+        help="http-client workload: requests in flight, each on a kept-alive connection "
+        f"(default {workloads.HTTP_IN_FLIGHT})",
+    )
+    parser.add_argument(
+        "--http-download-mib",
+        type=_positive,
+        default=workloads.HTTP_DOWNLOAD_MIB,
+        help=f"http-client workload: MiB of each download (default {workloads.HTTP_DOWNLOAD_MIB})",
     )
     parser.add_argument(
         "--quick",
@@ -267,6 +296,12 @@ def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[s
             for name in workloads.FILE_CASES:
                 if name in args.file_cases:
                     cases.append(Case("file", name, name.replace("-", " "), _file_note(name, args)))
+        elif workload == "http-client":
+            note = (
+                f"{args.http_in_flight} requests in flight, 1 KiB responses; "
+                f"{args.http_download_mib} MiB downloads; the client is measured"
+            )
+            cases.append(Case("http-client", None, "http client", note))
     return cases, runnable, missing
 
 
@@ -289,6 +324,16 @@ def run_one(
     if case.workload == "file":
         assert fixture is not None
         return workloads.file_transfer(server, case.param, fixture, placement)
+    if case.workload == "http-client":
+        return workloads.http_client(
+            server,
+            args.seconds,
+            args.warmup,
+            placement,
+            binaries,
+            args.http_in_flight,
+            args.http_download_mib << 20,
+        )
     if case.workload == "echo":
         return workloads.echo(server, case.param, args.seconds, args.warmup, placement, binaries)
     if case.workload == "accept":
@@ -305,12 +350,14 @@ def supported(case: Case, server: str) -> bool:
         return base in stream.STREAMS
     if case.workload == "file":
         return base in servers.FILE_SERVERS
+    if case.workload == "http-client":
+        return base in http_client.ROWS
     return server == workloads.C_SERVER or base in servers.SERVERS
 
 
 def _versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {}
-    for name in ("traffic", "trio", "anyio", "uvloop"):
+    for name in ("traffic", "trio", "anyio", "uvloop", "httpx", "httpcore", "aiohttp"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -328,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"traffic.bench: {error}", file=sys.stderr)
         return 2
     cases, runnable, missing = plan(args, notes)
-    lacking = _lacking_file_methods(cases, runnable, notes)
+    # Per workload, the rows that cannot run it here (each with a note).
+    lacking = {
+        "file": _lacking_file_methods(cases, runnable, notes),
+        "http-client": _lacking_http_modules(cases, runnable, notes),
+    }
     for case in cases:
         for server in [*runnable, *missing]:
             row = case.row(server)
@@ -336,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.status = "n/a"
             elif server in missing:
                 row.status = "not installed"
-            elif case.workload == "file" and server in lacking:
+            elif server in lacking.get(case.workload, ()):
                 row.status = "skipped"
 
     steps = [
@@ -389,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             "upload_mib": args.upload_mib,
             "connections": args.file_connections,
         },
+        "http": {"in_flight": args.http_in_flight, "download_mib": args.http_download_mib},
         "cpus": sorted(os.sched_getaffinity(0)),
         "placement": {
             "server": sorted(placement.server) if placement.server else None,
@@ -425,6 +477,24 @@ def _lacking_file_methods(cases: list[Case], runnable: list[str], notes: list[st
             if why is not None:
                 lacking.add(server)
                 notes.append(f"{server} skipped in the file workload: {why}")
+    return lacking
+
+
+def _lacking_http_modules(cases: list[Case], runnable: list[str], notes: list[str]) -> set[str]:
+    """The rows whose HTTP client cannot run here (httpx, or traffic's
+    transport, not importable), each with a note."""
+    lacking = set()
+    if any(case.workload == "http-client" for case in cases):
+        for server in runnable:
+            row = http_client.ROWS.get(workloads.base_name(server))
+            if row is None:
+                continue
+            absent = http_client.missing_module(row)
+            if absent is not None:
+                lacking.add(server)
+                notes.append(
+                    f"{server} skipped in the http-client workload: {absent} is not importable"
+                )
     return lacking
 
 

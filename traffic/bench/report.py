@@ -58,6 +58,18 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("server_cores", "server cores", 2),
         Metric("client_cores", "client cores", 2),
     ),
+    # The client is measured here (every thread of its process); the
+    # server is the fixed C responder.
+    "http-client": (
+        Metric("rate", "requests/s", 0),
+        Metric("req_per_cpu", "requests per client CPU-s", 0, ratio=True),
+        Metric("client_cores", "client cores", 2),
+        Metric("server_cores", "server cores", 2),
+        Metric("dl_gbps", "download GB/s", 2),
+        Metric("dl_per_cpu", "download GB per client CPU-s", 2, ratio=True),
+        Metric("dl_client_cores", "download client cores", 2),
+        Metric("dl_server_cores", "download server cores", 2),
+    ),
 }
 
 
@@ -74,6 +86,8 @@ def headlines(workload: str, param: Any) -> tuple[str, ...]:
         return ("p50_us",) if param == 1 else ("per_cpu",)
     if workload == "file":
         return ("gbps", "per_cpu")
+    if workload == "http-client":
+        return ("req_per_cpu", "dl_per_cpu")
     return ({"accept": "per_cpu", "stream": "gbps", "idle": "kib_per_conn"}[workload],)
 
 
@@ -153,13 +167,16 @@ def _cell(values: list[float], decimals: int) -> str:
     return f"{middle} [{_number(min(values), decimals)}-{_number(max(values), decimals)}]"
 
 
-def _note(row: Row) -> str:
+def _note(row: Row, workload: str = "") -> str:
     if row.status != "ok":
         return row.status
     notes = []
     bound = sum(row.client_bound)
     if bound:
-        notes.append(f"client-bound {bound}/{len(row.client_bound)}")
+        # In the http-client workload the client is measured and the server
+        # is the fixed peer that may be the bottleneck.
+        peer = "server" if workload == "http-client" else "client"
+        notes.append(f"{peer}-bound {bound}/{len(row.client_bound)}")
     failed = sum(run is None for run in row.runs)
     if failed:
         notes.append(f"failed {failed}/{len(row.runs)} (errors below)")
@@ -195,7 +212,7 @@ def case_table(case: Case) -> str:
             if metric.ratio:
                 found = median_ratio(case, server, metric.key)
                 line.append("-" if found is None else f"{found:.2f}")
-        line.append(_note(row))
+        line.append(_note(row, case.workload))
         lines.append(line)
     return _table(header, lines)
 
@@ -226,6 +243,8 @@ def _short(key: str) -> str:
         "per_cpu": "per CPU-s",
         "gbps": "GB/s",
         "kib_per_conn": "KiB/conn",
+        "req_per_cpu": "requests per client CPU-s",
+        "dl_per_cpu": "download per client CPU-s",
     }.get(key, key)
 
 

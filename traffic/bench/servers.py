@@ -524,6 +524,12 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "traffic-anyio-trio": ("traffic.anyio_backend",),
     "traffic-anyio-asyncio": ("traffic.anyio_backend",),
     "traffic-anyio-uvloop": ("traffic.anyio_backend", "uvloop"),
+    # Rows of the http-client workload alone (http_client.ROWS): they need
+    # what their client needs.
+    "asyncio-floor": ("httpx", "httpcore"),
+    "uvloop-floor": ("httpx", "httpcore", "uvloop"),
+    "aiohttp-asyncio": ("aiohttp",),
+    "aiohttp-uvloop": ("aiohttp", "uvloop"),
 }
 
 

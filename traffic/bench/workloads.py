@@ -203,10 +203,14 @@ def running_server(
     accept_only: bool = False,
     files: int = 0,
     extra: tuple[str, ...] = (),
+    command: list[str] | None = None,
 ) -> Iterator[Server]:
-    """Start server ``name`` (``extra``: more arguments), wait for its port
-    (or, on an AF_UNIX socket, its path), and stop it afterwards."""
-    if name == C_SERVER:
+    """Start server ``name`` (``extra``: more arguments; ``command``: run
+    that instead of the row's server), wait for its port (or, on an AF_UNIX
+    socket, its path), and stop it afterwards."""
+    if command is not None:
+        args = list(command)
+    elif name == C_SERVER:
         args = [str(binaries["epoll_server"])]
     else:
         args = [sys.executable, "-m", "traffic.bench.servers", base_name(name)]
@@ -307,6 +311,9 @@ class Measured:
 
     metrics: dict[str, float] = field(default_factory=dict)
     client_bound: bool = False
+    #: What the run saw beyond its numbers (the http-client workload's
+    #: responses with ``check``, for the tests); not reported.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _measure_window(
@@ -628,3 +635,92 @@ def _check_uploads(fixture: FileFixture, directory: Path, n: int, what: str) -> 
         raise WorkloadError(f"{what}: {len(found)} uploaded files, expected {n}")
     for path in found:
         _run_client(fixture.client, ["verify", path, fixture.upload_bytes], what)
+
+
+# --- the http-client workload --------------------------------------------------------
+
+#: The http-client workload's defaults: requests in flight (each on a
+#: connection of its own, kept alive) and the download's size.
+HTTP_IN_FLIGHT = 100
+HTTP_DOWNLOAD_MIB = 64
+
+
+def http_client(
+    name: str,
+    seconds: float,
+    warmup: float,
+    placement: Placement,
+    binaries: dict[str, Path],
+    in_flight: int = HTTP_IN_FLIGHT,
+    download_bytes: int = HTTP_DOWNLOAD_MIB << 20,
+    check: bool = False,
+) -> Measured:
+    """Row ``name``'s HTTP client (``python -m traffic.bench.http_client``,
+    the process measured) against the C responder (http_responder.c): the
+    request phase, then the download phase.
+
+    Here the client is the process measured and the C program the fixed
+    peer, so they swap places: the client takes the server's CPUs of the
+    placement (its cycle thread with it), the responder the client's.  The
+    client reads its own CPU over each window (every thread); the
+    responder's is read from /proc when each window's lines arrive, and a
+    run where it used more than :data:`CLIENT_BOUND` of a core is marked
+    bound by it (the note says "server-bound").  With ``check`` the
+    client's tally of every response is kept in ``details``."""
+    files = in_flight + 256
+    command = [str(binaries["http_responder"]), str(download_bytes)]
+    swapped = Placement(placement.name, placement.client, placement.server)
+    with running_server("http_responder", swapped, binaries, files=files, command=command) as peer:
+        args = [
+            sys.executable, "-m", "traffic.bench.http_client", base_name(name), str(peer.port),
+            "--seconds", str(seconds),
+            "--warmup", str(warmup),
+            "--in-flight", str(in_flight),
+            "--download-bytes", str(download_bytes),
+        ]  # fmt: skip
+        if check:
+            args.append("--check")
+        client = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=_ROOT,
+            env=_env(name),
+            preexec_fn=_preexec(placement.server, files),
+        )
+        what = f"http-client {name}"
+        phases: dict[str, tuple[dict[str, Any], float]] = {}
+        try:
+            with _watchdog(client, 2 * seconds + warmup + 120):
+                for phase in ("requests", "download"):
+                    _expect(client, what, f"start {phase}")
+                    cpu_from = cpu_seconds(peer.pid)
+                    line = _expect(client, what, "")
+                    phases[phase] = (json.loads(line), cpu_seconds(peer.pid) - cpu_from)
+            _, err = client.communicate(timeout=30)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
+    if client.returncode != 0:
+        raise WorkloadError(f"{what}: client exited with {client.returncode}: {err.strip()}")
+    (requests, peer_cpu), (download, dl_peer_cpu) = phases["requests"], phases["download"]
+    if requests["requests"] <= 0 or download["bytes"] <= 0:
+        raise WorkloadError(f"{what}: nothing completed ({requests}, {download})")
+    window, dl_window = requests["seconds"], download["seconds"]
+    metrics = {
+        "rate": requests["requests"] / window,
+        "req_per_cpu": requests["requests"] / max(requests["cpu"], 1e-9),
+        "client_cores": requests["cpu"] / window,
+        "server_cores": peer_cpu / window,
+        "dl_gbps": download["bytes"] / dl_window / 1e9,
+        "dl_per_cpu": download["bytes"] / max(download["cpu"], 1e-9) / 1e9,
+        "dl_client_cores": download["cpu"] / dl_window,
+        "dl_server_cores": dl_peer_cpu / dl_window,
+        "downloads": download["downloads"],
+    }
+    bound = max(metrics["server_cores"], metrics["dl_server_cores"]) > CLIENT_BOUND
+    details = {"requests": requests.get("seen"), "downloads": download.get("seen")}
+    return Measured(metrics, bound, details)
