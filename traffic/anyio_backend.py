@@ -254,10 +254,12 @@ class _Parking(Protocol):
         writable: bool,
         orphan: _Orphan,
         numbers: Any = None,
+        timeout: float | None = None,
     ) -> Awaitable[Result]:
         """One request with ``memory`` (checked by the caller, exported at
         submission) and a Descriptors request's ``numbers``, and its result.
-        A checkpoint."""
+        A checkpoint.  With a ``timeout``, a request that has to wait waits
+        at most that long (``TimeoutError``)."""
 
     def transfer_pinned(
         self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
@@ -265,9 +267,12 @@ class _Parking(Protocol):
         """:meth:`transfer` with traffic's own long-lived export ``pin``
         (see ``Requests.submit_pinned``)."""
 
-    def receive(self, transit: Transit, size: int, orphan: _Orphan) -> Awaitable[Result]:
+    def receive(
+        self, transit: Transit, size: int, orphan: _Orphan, timeout: float | None = None
+    ) -> Awaitable[Result]:
         """A receive of up to ``size`` bytes into memory the core provides
-        (the result's ``data``).  A checkpoint."""
+        (the result's ``data``).  A checkpoint; ``timeout`` as for
+        :meth:`transfer`."""
 
     def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
         """One file request, and its result.  A checkpoint.  Cancelled, the
@@ -337,24 +342,37 @@ class _TrioParking:
         writable: bool,
         orphan: _Orphan,
         numbers: Any = None,
+        timeout: float | None = None,
     ) -> Awaitable[Result]:
         # The trio parking's own sequence, awaited by the caller directly (a
         # coroutine level less per transfer), raising anyio's errors.  It
         # never orphans a completion: an abort that lost the race waits for
         # the completion and returns it (trio's rule).
+        if timeout is not None:
+            return self._transfer_within(transit, memory, writable, numbers, timeout)
         return self._transfer(self.delivery, transit, memory, writable, _REFUSALS, numbers)
+
+    async def _transfer_within(
+        self, transit: Transit, memory: Any, writable: bool, numbers: Any, timeout: float
+    ) -> Result:
+        with anyio.fail_after(timeout):
+            result: Result = await self._transfer(
+                self.delivery, transit, memory, writable, _REFUSALS, numbers
+            )
+            return result
 
     def transfer_pinned(
         self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
     ) -> Awaitable[Result]:
         return self._transfer_pinned(self.delivery, transit, pin, size, keep, _REFUSALS)
 
-    async def receive(self, transit: Transit, size: int, orphan: _Orphan) -> Result:
+    async def receive(
+        self, transit: Transit, size: int, orphan: _Orphan, timeout: float | None = None
+    ) -> Result:
         # The stream's hot path spells this out (TrafficSocketStream._receive).
         await _checkpoint_if_cancelled()
         done = self.requests.receive(transit, size, _REFUSALS)
-        result: Result = await _conclude(self.delivery, transit, done)
-        return result
+        return await _trio_conclude(self.delivery, transit, done, timeout)
 
     def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
         return self._transfer_file(self.delivery, transit, region, _REFUSALS)
@@ -363,6 +381,25 @@ class _TrioParking:
         """Nothing to do: a task parked on a transit its owner terminated is
         rescheduled with the core's "closed" completion, also when a
         cancellation arrives first (the abort fails, the completion wins)."""
+
+
+async def _trio_wait_within(delivery: Any, transit: Transit, timeout: float) -> Result:
+    """On trio, the completion of the transit's parked request, waited for
+    at most ``timeout`` seconds (``TimeoutError``; the abort withdraws the
+    request, or the completion that won the race is returned)."""
+    with anyio.fail_after(timeout):
+        result: Result = await _wait_task_rescheduled(_Parked(delivery, transit))
+        return result
+
+
+async def _trio_conclude(
+    delivery: Any, transit: Transit, done: Result | None, timeout: float | None
+) -> Result:
+    """The trio parking's conclude, the wait bounded by ``timeout``."""
+    if done is None and timeout is not None:
+        return await _trio_wait_within(delivery, transit, timeout)
+    result: Result = await _conclude(delivery, transit, done)
+    return result
 
 
 # asyncio: one Traffic per loop, its completion descriptor read by the loop
@@ -513,12 +550,16 @@ class _AsyncioParking:
         writable: bool,
         orphan: _Orphan,
         numbers: Any = None,
+        timeout: float | None = None,
     ) -> Result:
         """One request with ``memory`` (and a Descriptors request's
         ``numbers``), and its result.  A checkpoint.
 
         ``orphan`` receives the result of a request whose transfer
         happened although the task was cancelled (now, or when it arrives).
+        With a ``timeout``, a request that waits waits at most that long
+        (``TimeoutError``, as a cancellation); one that completes at once
+        costs no deadline.
         """
         if transit._token in self.late:
             await self.settle(transit)
@@ -528,7 +569,7 @@ class _AsyncioParking:
         done = self.requests.submit(transit, memory, writable, _REFUSALS, numbers)
         if done is not None:
             return done
-        return await self._wait(transit, orphan)
+        return await self._wait(transit, orphan, timeout)
 
     async def transfer_pinned(
         self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
@@ -544,10 +585,12 @@ class _AsyncioParking:
             return done
         return await self._wait(transit, orphan)
 
-    async def receive(self, transit: Transit, size: int, orphan: _Orphan) -> Result:
+    async def receive(
+        self, transit: Transit, size: int, orphan: _Orphan, timeout: float | None = None
+    ) -> Result:
         """A receive of up to ``size`` bytes into memory the core provides
         (the loop's scratch at once, an allocation when data arrives); the
-        result's ``data`` holds the bytes."""
+        result's ``data`` holds the bytes.  ``timeout`` as for :meth:`transfer`."""
         if transit._token in self.late:
             await self.settle(transit)
         await asyncio.sleep(0)
@@ -556,12 +599,26 @@ class _AsyncioParking:
         done = self.requests.receive(transit, size, _REFUSALS)
         if done is not None:
             return done
-        return await self._wait(transit, orphan)
+        return await self._wait(transit, orphan, timeout)
 
-    async def _wait(self, transit: Transit, orphan: _Orphan) -> Result:
-        """The completion of the transit's request, which waits."""
+    async def _wait(
+        self, transit: Transit, orphan: _Orphan, timeout: float | None = None
+    ) -> Result:
+        """The completion of the transit's request, which waits (at most
+        ``timeout`` seconds if given: then ``TimeoutError``)."""
         future: asyncio.Future[Completion] = self.loop.create_future()
         self.parked[transit._token] = future
+        if timeout is None:
+            return await self._claim(transit, future, orphan)
+        with anyio.fail_after(timeout):
+            return await self._claim(transit, future, orphan)
+
+    async def _claim(
+        self, transit: Transit, future: asyncio.Future[Completion], orphan: _Orphan
+    ) -> Result:
+        """``future``'s completion; cancelled, the request is withdrawn (or
+        its late completion goes to ``orphan``) before the cancellation
+        propagates (as a ``TimeoutError`` when a deadline of _wait's)."""
         try:
             return await future
         except asyncio.CancelledError:
@@ -844,17 +901,21 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         # receive is the hot path, and a coroutine level costs time on every
         # resumption (anyio's __anext__ awaits receive(), which would await
         # this).
-        return self._receive(max_bytes, anyio.EndOfStream)
+        return self._receive(max_bytes, anyio.EndOfStream, None)
 
     def __anext__(self) -> Coroutine[Any, Any, bytes]:
         """The next chunk of ``async for``: :meth:`receive`, ending at EOF."""
-        return self._receive(DEFAULT_RECEIVE_SIZE, StopAsyncIteration)
+        return self._receive(DEFAULT_RECEIVE_SIZE, StopAsyncIteration, None)
 
     # protected: on trio a KeyboardInterrupt waits for the next checkpoint
     # rather than strand a request in the core (see _requests.protected).
     @protected
-    async def _receive(self, max_bytes: int, end: type[Exception]) -> bytes:
-        """:meth:`receive`, raising ``end`` at EOF."""
+    async def _receive(self, max_bytes: int, end: type[Exception], timeout: float | None) -> bytes:
+        """:meth:`receive`, raising ``end`` at EOF.  With a ``timeout``, a
+        receive that has to wait for data waits at most that long and
+        raises ``TimeoutError`` (nothing is lost: as a cancellation); one
+        that finds data at once costs no deadline (httpcore's reads: see
+        traffic.integrations)."""
         if not isinstance(max_bytes, int):
             raise TypeError(f"max_bytes must be an integer, not {type(max_bytes).__name__}")
         if max_bytes < 1:
@@ -893,11 +954,14 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 receiver = self._receiver
                 done = on_trio.requests.receive(receiver, size, _REFUSALS)
                 if done is None:
-                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, receiver))
+                    if timeout is None:
+                        done = await _wait_task_rescheduled(_Parked(on_trio.delivery, receiver))
+                    else:
+                        done = await _trio_wait_within(on_trio.delivery, receiver, timeout)
                 else:
                     await _cancel_shielded_checkpoint()
             else:
-                done = await parking.receive(self._receiver, size, self._stash)
+                done = await parking.receive(self._receiver, size, self._stash, timeout)
             if self._closed:
                 raise anyio.ClosedResourceError
             _, outcome, error, _, data, _ = done
@@ -911,9 +975,9 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         finally:
             self._receiving = False
 
-    @protected
-    async def send(self, item: bytes) -> None:
-        """Send all of ``item`` (any bytes-like object; not copied).
+    def send(self, item: bytes) -> Coroutine[Any, Any, None]:
+        """Send all of ``item`` (any bytes-like object; not copied).  Awaited,
+        as anyio's.
 
         Raises ``anyio.ClosedResourceError`` after :meth:`aclose` or
         :meth:`send_eof`, ``anyio.BrokenResourceError`` (from the
@@ -922,6 +986,13 @@ class TrafficSocketStream(anyio.abc.SocketStream):
         bytes-like.  Cancelled, it may have sent part of ``item`` (as
         anyio's own streams may); the stream should then be closed.
         """
+        # A plain method returning the coroutine, as receive.
+        return self._send(item, None)
+
+    @protected
+    async def _send(self, item: bytes, timeout: float | None) -> None:
+        """:meth:`send`; with a ``timeout``, a send that has to wait for room
+        waits at most that long (``TimeoutError``), as :meth:`_receive`."""
         if self._sending:
             raise _busy_send()
         self._sending = True
@@ -938,11 +1009,14 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 sender = self._sender
                 done = on_trio.requests.submit(sender, item, False, _REFUSALS)
                 if done is None:
-                    done = await _wait_task_rescheduled(_Parked(on_trio.delivery, sender))
+                    if timeout is None:
+                        done = await _wait_task_rescheduled(_Parked(on_trio.delivery, sender))
+                    else:
+                        done = await _trio_wait_within(on_trio.delivery, sender, timeout)
                 else:
                     await _cancel_shielded_checkpoint()
             else:
-                done = await parking.transfer(self._sender, item, False, _ignore)
+                done = await parking.transfer(self._sender, item, False, _ignore, None, timeout)
             if done[1] != DONE:  # the outcome
                 _sent(done, self._closed)
         finally:

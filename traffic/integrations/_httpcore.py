@@ -26,8 +26,11 @@ exceptions exactly where the host's own backends raise them:
   peer's end, an ``ssl.SSLError``), the stream closed first.
 
 Each host exception is made from the original, and chained to it, as the
-host's ``map_exceptions`` does.  A ``timeout`` of None costs no cancel
-scope.
+host's ``map_exceptions`` does.  A ``timeout`` bounds what waits: on
+traffic's stream only a read or write that has to wait for the peer gets
+a deadline (one that completes at once costs no cancel scope); over TLS
+the whole call is bounded, as the host's backends bound it.  A timeout of
+None costs no cancel scope anywhere.
 """
 
 from __future__ import annotations
@@ -92,11 +95,17 @@ class NetworkStream:
         self._raw = raw
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        stream = self._stream
         try:
+            if stream is self._raw:
+                # traffic's own stream bounds only a read that has to wait:
+                # one that finds its bytes at once (most, under load) costs
+                # no cancel scope.
+                return await self._raw._receive(max_bytes, anyio.EndOfStream, timeout)
             if timeout is None:
-                return await self._stream.receive(max_bytes)
+                return await stream.receive(max_bytes)
             with anyio.fail_after(timeout):
-                return await self._stream.receive(max_bytes)
+                return await stream.receive(max_bytes)
         except anyio.EndOfStream:
             return b""
         except TimeoutError as exc:
@@ -107,12 +116,15 @@ class NetworkStream:
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        stream = self._stream
         try:
-            if timeout is None:
-                await self._stream.send(buffer)
-                return
-            with anyio.fail_after(timeout):
-                await self._stream.send(buffer)
+            if stream is self._raw:
+                await self._raw._send(buffer, timeout)  # bounded only if it waits
+            elif timeout is None:
+                await stream.send(buffer)
+            else:
+                with anyio.fail_after(timeout):
+                    await stream.send(buffer)
         except TimeoutError as exc:
             raise self._errors.write_timeout(exc) from exc
         except _BROKEN as exc:
