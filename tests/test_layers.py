@@ -8,6 +8,10 @@
   that uses it never imports trio at all.
 - What is protected from KeyboardInterrupt before trio is imported is
   protected once it is.
+- The integrations (``traffic.integrations``) are optional: ``import
+  traffic`` imports none of their hosts, one imported without its host
+  names the extra to install, and httpx's transport refuses an event loop
+  traffic does not serve rather than fall back.
 """
 
 from __future__ import annotations
@@ -149,3 +153,102 @@ def test_what_was_protected_before_trio_came_is_protected_once_it_does() -> None
     result = run_python(KI_MARKED_LATER)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False"]
+
+
+# The integrations: optional, never imported by traffic itself
+
+IMPORT_TRAFFIC = """
+import sys
+
+import traffic
+import traffic.anyio_backend
+import traffic.trio_integration
+
+hosts = ("httpx", "httpcore", "httpx2", "httpcore2")
+print(sorted(name for name in sys.modules if name.split(".")[0] in hosts))
+"""
+
+
+def test_import_traffic_imports_no_integration_host() -> None:
+    """``import traffic`` (and its layers) imports neither httpx nor httpcore,
+    nor their forks: the integrations are optional extras."""
+    result = run_python(IMPORT_TRAFFIC)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]"]
+
+
+WITHOUT_HOST = """
+import sys
+
+sys.modules[{host!r}] = None  # as if it were not installed
+try:
+    import traffic.integrations.{module}
+except ImportError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "host", "extra"),
+    [
+        ("httpcore", "httpcore", "traffic[httpx]"),
+        ("httpx", "httpx", "traffic[httpx]"),
+        ("httpcore2", "httpcore2", "traffic[httpx2]"),
+        ("httpx2", "httpx2", "traffic[httpx2]"),
+    ],
+)
+def test_an_integration_without_its_host_names_the_extra(
+    module: str, host: str, extra: str
+) -> None:
+    result = run_python(WITHOUT_HOST.format(host=host, module=module))
+    assert result.returncode == 0, result.stderr
+    assert f"pip install '{extra}'" in result.stdout, result.stdout
+
+
+ANOTHER_LOOP = """
+import asyncio
+
+import httpcore
+import httpx
+import sniffio
+
+from traffic.integrations.httpcore import TrafficBackend
+from traffic.integrations.httpx import AsyncHTTPTransport
+
+
+async def attempt(what, call):
+    # What an event loop traffic does not serve looks like to it.
+    token = sniffio.current_async_library_cvar.set("curio")
+    try:
+        await call()
+    except (httpx.ConnectError, httpcore.ConnectError) as exc:  # a connection was tried
+        print(what, "connected:", type(exc).__name__, exc)
+    except Exception as exc:
+        print(what, "refused:", type(exc).__name__, exc)
+    else:
+        print(what, "connected")
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
+
+
+async def main():
+    await attempt("backend", lambda: TrafficBackend().connect_tcp("127.0.0.1", 9))
+    async with httpx.AsyncClient(transport=AsyncHTTPTransport()) as client:
+        await attempt("transport", lambda: client.get("http://127.0.0.1:9/"))
+
+
+asyncio.run(main())
+"""
+
+
+def test_the_httpx_integration_refuses_a_loop_traffic_does_not_serve() -> None:
+    """On an event loop other than asyncio or trio (the port is closed: a
+    connection attempt would be a ``ConnectError``) neither the backend nor a
+    client on the transport tries to connect: each raises before anything
+    falls back to httpcore's own backends (anyio, on which traffic's streams
+    run, and httpcore's pool refuse such a loop first)."""
+    result = run_python(ANOTHER_LOOP)
+    assert result.returncode == 0, result.stderr
+    backend, transport = result.stdout.splitlines()
+    assert backend.startswith("backend refused:"), backend
+    assert transport.startswith("transport refused:"), transport
