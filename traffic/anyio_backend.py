@@ -136,7 +136,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from io import IOBase
 from ipaddress import IPv6Address, ip_address
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -254,25 +254,16 @@ class _Parking(Protocol):
         writable: bool,
         orphan: _Orphan,
         numbers: Any = None,
-        timeout: float | None = None,
     ) -> Awaitable[Result]:
         """One request with ``memory`` (checked by the caller, exported at
         submission) and a Descriptors request's ``numbers``, and its result.
-        A checkpoint.  With a ``timeout``, a request that has to wait waits
-        at most that long (``TimeoutError``)."""
+        A checkpoint."""
 
     def transfer_pinned(
         self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
     ) -> Awaitable[Result]:
         """:meth:`transfer` with traffic's own long-lived export ``pin``
         (see ``Requests.submit_pinned``)."""
-
-    def receive(
-        self, transit: Transit, size: int, orphan: _Orphan, timeout: float | None = None
-    ) -> Awaitable[Result]:
-        """A receive of up to ``size`` bytes into memory the core provides
-        (the result's ``data``).  A checkpoint; ``timeout`` as for
-        :meth:`transfer`."""
 
     def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
         """One file request, and its result.  A checkpoint.  Cancelled, the
@@ -295,7 +286,6 @@ _checkpoint_if_cancelled: Any = None
 _cancel_shielded_checkpoint: Any = None
 _wait_task_rescheduled: Any = None
 _Parked: Any = None
-_conclude: Any = None
 
 
 class _TrioParking:
@@ -314,7 +304,7 @@ class _TrioParking:
 
     def __init__(self) -> None:
         global _checkpoint_if_cancelled, _cancel_shielded_checkpoint
-        global _wait_task_rescheduled, _Parked, _conclude
+        global _wait_task_rescheduled, _Parked
         from . import _trio_parking as parking
 
         if _Parked is None:
@@ -322,7 +312,6 @@ class _TrioParking:
             _cancel_shielded_checkpoint = parking.cancel_shielded_checkpoint
             _wait_task_rescheduled = parking.wait_task_rescheduled
             _Parked = parking.Parked
-            _conclude = parking.conclude
         self.delivery = parking.delivery()
         self.traffic = self.delivery.traffic
         self.requests = self.delivery.requests
@@ -342,37 +331,17 @@ class _TrioParking:
         writable: bool,
         orphan: _Orphan,
         numbers: Any = None,
-        timeout: float | None = None,
     ) -> Awaitable[Result]:
         # The trio parking's own sequence, awaited by the caller directly (a
         # coroutine level less per transfer), raising anyio's errors.  It
         # never orphans a completion: an abort that lost the race waits for
         # the completion and returns it (trio's rule).
-        if timeout is not None:
-            return self._transfer_within(transit, memory, writable, numbers, timeout)
         return self._transfer(self.delivery, transit, memory, writable, _REFUSALS, numbers)
-
-    async def _transfer_within(
-        self, transit: Transit, memory: Any, writable: bool, numbers: Any, timeout: float
-    ) -> Result:
-        with anyio.fail_after(timeout):
-            result: Result = await self._transfer(
-                self.delivery, transit, memory, writable, _REFUSALS, numbers
-            )
-            return result
 
     def transfer_pinned(
         self, transit: Transit, pin: Any, size: int, keep: object, orphan: _Orphan
     ) -> Awaitable[Result]:
         return self._transfer_pinned(self.delivery, transit, pin, size, keep, _REFUSALS)
-
-    async def receive(
-        self, transit: Transit, size: int, orphan: _Orphan, timeout: float | None = None
-    ) -> Result:
-        # The stream's hot path spells this out (TrafficSocketStream._receive).
-        await _checkpoint_if_cancelled()
-        done = self.requests.receive(transit, size, _REFUSALS)
-        return await _trio_conclude(self.delivery, transit, done, timeout)
 
     def transfer_file(self, transit: Transit, region: _files.Region) -> Awaitable[Result]:
         return self._transfer_file(self.delivery, transit, region, _REFUSALS)
@@ -390,16 +359,6 @@ async def _trio_wait_within(delivery: Any, transit: Transit, timeout: float) -> 
     with anyio.fail_after(timeout):
         result: Result = await _wait_task_rescheduled(_Parked(delivery, transit))
         return result
-
-
-async def _trio_conclude(
-    delivery: Any, transit: Transit, done: Result | None, timeout: float | None
-) -> Result:
-    """The trio parking's conclude, the wait bounded by ``timeout``."""
-    if done is None and timeout is not None:
-        return await _trio_wait_within(delivery, transit, timeout)
-    result: Result = await _conclude(delivery, transit, done)
-    return result
 
 
 # asyncio: one Traffic per loop, its completion descriptor read by the loop
@@ -961,7 +920,9 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 else:
                     await _cancel_shielded_checkpoint()
             else:
-                done = await parking.receive(self._receiver, size, self._stash, timeout)
+                # Not trio: the asyncio parking, whose wait takes the deadline.
+                asyncio_parking = cast(_AsyncioParking, parking)
+                done = await asyncio_parking.receive(self._receiver, size, self._stash, timeout)
             if self._closed:
                 raise anyio.ClosedResourceError
             _, outcome, error, _, data, _ = done
@@ -1016,7 +977,10 @@ class TrafficSocketStream(anyio.abc.SocketStream):
                 else:
                     await _cancel_shielded_checkpoint()
             else:
-                done = await parking.transfer(self._sender, item, False, _ignore, None, timeout)
+                asyncio_parking = cast(_AsyncioParking, parking)  # not trio
+                done = await asyncio_parking.transfer(
+                    self._sender, item, False, _ignore, None, timeout
+                )
             if done[1] != DONE:  # the outcome
                 _sent(done, self._closed)
         finally:

@@ -851,7 +851,6 @@ class Traffic:
         self.requests = Requests(self._c)
         # Resources handed to the core, by transit token (also a synchronous
         # cycle's): the requests' exports, one dictionary.
-        self._requests = self.requests
         self._exports = self.requests.exports
         # The transits a synchronous cycle reports on, by token.  A threaded
         # Traffic's completions go to their requester instead, and its
@@ -990,7 +989,7 @@ class Traffic:
             token = report.token
             events = report.events
             if events & (lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE):
-                self._requests.end(token)  # the core is done with the resource
+                self.requests.end(token)  # the core is done with the resource
             transit = self._transits.get(token)
             if transit is None:
                 continue  # dropped by its owner: nobody to tell

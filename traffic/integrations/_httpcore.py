@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import select
 import ssl
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, ClassVar, NamedTuple
 
 import anyio
@@ -218,18 +218,8 @@ class NetworkBackend:
         ``socket_options`` (``setsockopt`` arguments) set once connected,
         as httpcore's own backends set them.  traffic's streams set
         ``TCP_NODELAY`` themselves."""
-        try:
-            if timeout is None:
-                stream = await anyio_backend.connect_tcp(host, port, local_host=local_address)
-            else:
-                with anyio.fail_after(timeout):
-                    stream = await anyio_backend.connect_tcp(host, port, local_host=local_address)
-        except TimeoutError as exc:
-            raise self._errors.connect_timeout(exc) from exc
-        except (OSError, anyio.BrokenResourceError) as exc:
-            raise self._errors.connect_error(exc) from exc
-        assert isinstance(stream, TrafficSocketStream)  # no TLS asked of it
-        return await self._connected(stream, socket_options)
+        opening = anyio_backend.connect_tcp(host, port, local_host=local_address)
+        return await self._connect(opening, timeout, socket_options)
 
     async def connect_unix_socket(
         self,
@@ -238,20 +228,31 @@ class NetworkBackend:
         socket_options: Iterable[Any] | None = None,
     ) -> Any:  # the host's AsyncNetworkStream
         """A connection to the UNIX stream socket at ``path``."""
+        return await self._connect(anyio_backend.connect_unix(path), timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    async def _connect(
+        self,
+        opening: Coroutine[Any, Any, Any],
+        timeout: float | None,
+        socket_options: Iterable[Any] | None,
+    ) -> NetworkStream:
+        """Await ``opening`` (one of traffic's connect functions), within
+        ``timeout``, with the host's connect exceptions; then its options."""
         try:
             if timeout is None:
-                stream = await anyio_backend.connect_unix(path)
+                stream = await opening
             else:
                 with anyio.fail_after(timeout):
-                    stream = await anyio_backend.connect_unix(path)
+                    stream = await opening
         except TimeoutError as exc:
             raise self._errors.connect_timeout(exc) from exc
         except (OSError, anyio.BrokenResourceError) as exc:
             raise self._errors.connect_error(exc) from exc
+        assert isinstance(stream, TrafficSocketStream)  # no TLS asked of it
         return await self._connected(stream, socket_options)
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
 
     async def _connected(
         self, stream: TrafficSocketStream, socket_options: Iterable[Any] | None
