@@ -1,7 +1,7 @@
 """pytest plugin for both runs of a host suite (``-p host_suite``): what runs, what it reached.
 
-Loaded by ``run.py`` into httpcore's and httpx's own test suites, on the
-baseline run and on the traffic run alike, so the two runs select the same
+Loaded by ``run.py`` into httpcore's, httpx's and hypercorn's own test
+suites, on the baseline run and on the traffic run alike, so the two runs select the same
 tests and are recorded the same way:
 
 * Only the suite's async tests run (coroutine test functions: anyio's
@@ -14,10 +14,13 @@ tests and are recorded the same way:
   (``socket.getaddrinfo``) of anything but a loopback name or a numeric
   address, and a ``connect`` of an IPv4/IPv6 socket to anything but a
   loopback address, is refused (``socket.gaierror`` / ``OSError``) before it
-  leaves the process, and recorded against the running test. The runner
-  fails on any: such a test belongs in the deselect list, never in a run.
-  traffic's core connects its sockets itself, so the traffic plugin
-  (``traffic_hosts``) guards its backend's ``connect_tcp`` too.
+  leaves the process, and recorded against the running test (an
+  unspecified address counts as loopback: hypercorn's e2e tests bind
+  0.0.0.0 and connect to it). The runner fails on any: such a test belongs
+  in the deselect list, never in a run. traffic's core connects its sockets
+  itself, so the traffic plugin (``traffic_hosts``) guards its backend's
+  ``connect_tcp`` too (``traffic_hypercorn``'s traffic connects nothing:
+  its listeners accept, its stream pairs come from ``socketpair()``).
 * ``--host-report PATH``: a JSON report of every selected test's backend and
   outcome (with the failure's text), the guard's refusals and the versions
   of the host libraries imported.
@@ -238,7 +241,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def _versions() -> dict[str, dict[str, str]]:
     found = {}
-    for name in ("httpcore", "httpx", "anyio", "trio", "sniffio", "pytest", "traffic"):
+    for name in ("httpcore", "httpx", "hypercorn", "anyio", "trio", "sniffio", "pytest", "traffic"):
         module = sys.modules.get(name)
         if module is not None:
             found[name] = {
