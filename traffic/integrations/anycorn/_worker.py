@@ -87,12 +87,12 @@ async def _listeners(
 ) -> tuple[list[anyio.abc.Listener[Any]], list[str]]:
     """A listener for each TCP and UNIX socket (each closed by ``stack``),
     and the URLs served.  Every socket is taken, also when one fails."""
-    ssl_context = config.create_ssl_context()
     listeners: list[anyio.abc.Listener[Any]] = []
     binds: list[str] = []
     every: list[socket.socket] = [*sockets.secure_sockets, *sockets.insecure_sockets]
     for sock in every:
         stack.callback(sock.close)  # a no-op once a listener took it
+    ssl_context = config.create_ssl_context()  # a missing certificate fails here
     for secure, sock in [
         *((True, sock) for sock in sockets.secure_sockets),
         *((False, sock) for sock in sockets.insecure_sockets),

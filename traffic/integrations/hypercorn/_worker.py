@@ -63,9 +63,9 @@ class _Listeners:
     async def open(self, sockets: Sockets, config: Config) -> None:
         """A listener for each of ``sockets``' TCP and UNIX sockets (every
         socket is taken, also when one fails: closed by :meth:`close`)."""
-        ssl_context = config.create_ssl_context()
         taken: list[socket.socket] = [*sockets.secure_sockets, *sockets.insecure_sockets]
         try:
+            ssl_context = config.create_ssl_context()  # a missing certificate fails here
             for sock in sockets.secure_sockets:
                 assert ssl_context is not None  # hypercorn makes secure sockets only with one
                 name = repr_socket_addr(sock.family, sock.getsockname())
