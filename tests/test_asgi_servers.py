@@ -658,3 +658,50 @@ async def test_application_error(
     # The records hold the exception's traceback, and its frames the
     # streams: let them go before the leak check.
     caplog.clear()
+
+
+@needs_curl
+@pytest.mark.parametrize("options", [[], ["--trio"]], ids=["asyncio", "trio"])
+def test_example_asgi_files(
+    options: list[str], tmp_path: Path, running: list[subprocess.Popen[str]]
+) -> None:
+    """examples/asgi_files.py as a user runs it: curl downloads a file and
+    a range of it; Ctrl-C ends it with status 0."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = pseudorandom(3 * MiB + 11, 7)
+    (root / "data.bin").write_bytes(data)
+    path = tmp_path / "server.sock"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "asgi_files.py"),
+            str(root),
+            "--bind",
+            f"unix:{path}",
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running.append(process)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert f"Running on http://unix:{path}" in line, line
+
+    def fetch(*args: str) -> bytes:
+        done = subprocess.run(
+            ["curl", "--silent", "--show-error", "--fail", "--unix-socket", str(path), *args],
+            capture_output=True,
+            timeout=BOUND,
+            check=True,
+        )
+        return done.stdout
+
+    assert fetch("http://server/") == b'{"data.bin":%d}' % len(data)
+    assert fetch("http://server/files/data.bin") == data
+    assert fetch("-r", "100-199", "http://server/files/data.bin") == data[100:200]
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output

@@ -164,14 +164,15 @@ import traffic
 import traffic.anyio_backend
 import traffic.trio_integration
 
-hosts = ("httpx", "httpcore", "httpx2", "httpcore2")
+hosts = ("httpx", "httpcore", "httpx2", "httpcore2", "hypercorn", "anycorn")
 print(sorted(name for name in sys.modules if name.split(".")[0] in hosts))
 """
 
 
 def test_import_traffic_imports_no_integration_host() -> None:
-    """``import traffic`` (and its layers) imports neither httpx nor httpcore,
-    nor their forks: the integrations are optional extras."""
+    """``import traffic`` (and its layers) imports no host of an integration
+    (httpx, httpcore, their forks, hypercorn, anycorn): the integrations
+    are optional extras."""
     result = run_python(IMPORT_TRAFFIC)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[]"]
@@ -195,6 +196,8 @@ except ImportError as exc:
         ("httpx", "httpx", "traffic[httpx]"),
         ("httpcore2", "httpcore2", "traffic[httpx2]"),
         ("httpx2", "httpx2", "traffic[httpx2]"),
+        ("hypercorn", "hypercorn", "traffic[hypercorn]"),
+        ("anycorn", "anycorn", "traffic[anycorn]"),
     ],
 )
 def test_an_integration_without_its_host_names_the_extra(
