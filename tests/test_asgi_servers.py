@@ -705,3 +705,33 @@ def test_example_asgi_files(
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
+
+
+@pytest.mark.parametrize("host", ["hypercorn", "anycorn"])
+def test_command_application_not_found(
+    host: str, tmp_path: Path, running: list[subprocess.Popen[str]]
+) -> None:
+    """A worker that cannot load the application fails the command with the
+    host's own error (hypercorn's own command then exits 0: a non-zero code
+    is anycorn's fix, kept for both)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            f"traffic.integrations.{host}",
+            "--workers",
+            "1",
+            "-b",
+            f"unix:{tmp_path / 's'}",
+            "nosuchmodule:app",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running.append(process)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert f"{host}.utils.NoAppError: Cannot load application from 'nosuchmodule:app'" in output
