@@ -14,6 +14,7 @@ from .errors import FileEndedError, OutOfRangeError, TransitClosedError, Transit
 from .libkqueue import (
     Completion,
     Descriptors,
+    FileRegion,
     Octets,
     Polarity,
     Sockets,
@@ -107,6 +108,7 @@ __all__ = [
     "Datagrams",
     "Descriptors",
     "FileEndedError",
+    "FileRegion",
     "Octets",
     "OutOfRangeError",
     "Polarity",

@@ -32,7 +32,7 @@ from typing import Any
 from ._requests import DONE, FAULT, FILE_ENDED, TERMINATED, Result
 from .errors import FileEndedError, OutOfRangeError
 
-__all__ = ["UNTIL_END", "Region", "conclude", "receive_region", "send_region"]
+__all__ = ["UNTIL_END", "Region", "conclude", "fault", "receive_region", "send_region"]
 
 #: The count of a receive that goes on until the stream ends.
 UNTIL_END = 1 << 62  # beyond any stream; offset + count still fits an off_t
@@ -106,6 +106,10 @@ def _descriptor(file: Any, doing: str, reading: bool) -> tuple[int, Any]:
             raise ValueError(f"{doing}(): {file} is not a descriptor")
         _check_descriptor(file, doing)
         flags = _flags(file)
+        if flags & getattr(os, "O_PATH", 0):
+            # It names the file but reads and writes nothing: refused now,
+            # as the kernel would refuse the transfer's first system call.
+            raise OSError(errno.EBADF, f"{doing}(): an O_PATH descriptor moves no bytes")
         access = flags & os.O_ACCMODE
         if access == (os.O_WRONLY if reading else os.O_RDONLY):
             direction = "reading" if reading else "writing"
@@ -166,7 +170,9 @@ def _number(value: Any, name: str) -> int:
     return value
 
 
-def send_region(file: Any, offset: int | None, count: int | None) -> Region:
+def send_region(
+    file: Any, offset: int | None, count: int | None, doing: str = "send_file"
+) -> Region:
     """The region of ``file`` a ``send_file`` sends: from ``offset`` (None:
     the file's position, ``tell()``) for ``count`` bytes (None: to the
     end of the file as ``fstat`` sees it now).
@@ -174,9 +180,10 @@ def send_region(file: Any, offset: int | None, count: int | None) -> Region:
     ``ValueError`` for a negative offset, a ``count`` below 1, or a region
     past the end of the file; see :func:`_descriptor` and :func:`_regular`
     for the file itself.  Nothing is transferred or moved when it raises.
+    ``doing`` names the caller in the messages.
     """
-    fd, obj = _descriptor(file, "send_file", reading=True)
-    size = _regular(fd, "send_file").st_size
+    fd, obj = _descriptor(file, doing, reading=True)
+    size = _regular(fd, doing).st_size
     if offset is None:
         offset = obj.tell() if obj is not None else os.lseek(fd, 0, os.SEEK_CUR)
     offset = _number(offset, "offset")
@@ -197,7 +204,7 @@ def send_region(file: Any, offset: int | None, count: int | None) -> Region:
     return Region(fd, offset, count, obj, append=False)
 
 
-def receive_region(file: Any, count: int | None) -> Region:
+def receive_region(file: Any, count: int | None, doing: str = "receive_file") -> Region:
     """The region of ``file`` a ``receive_file`` writes: from the file's
     position (a buffered writer is flushed first) for ``count`` bytes
     (None: until the stream ends).  A file opened for appending is
@@ -205,15 +212,16 @@ def receive_region(file: Any, count: int | None) -> Region:
 
     ``ValueError`` for a ``count`` below 1; a count beyond any stream
     (:data:`UNTIL_END`) receives until the end.  See :func:`_descriptor`
-    and :func:`_regular` for the file itself.
+    and :func:`_regular` for the file itself.  ``doing`` names the caller
+    in the messages.
     """
     if count is not None:
         count = _number(count, "count")
         if count < 1:
             raise ValueError(f"count must be >= 1, not {count}")
         count = min(count, UNTIL_END)
-    fd, obj = _descriptor(file, "receive_file", reading=False)
-    _regular(fd, "receive_file")
+    fd, obj = _descriptor(file, doing, reading=False)
+    _regular(fd, doing)
     if obj is not None and hasattr(obj, "flush"):
         obj.flush()  # its bytes go first, where they belong
     offset = obj.tell() if obj is not None else os.lseek(fd, 0, os.SEEK_CUR)
@@ -242,12 +250,18 @@ def conclude(
     if outcome == DONE:
         return moved
     if outcome == FAULT:
-        if error == FILE_ENDED:
-            raise FileEndedError(moved, region.count)
-        doing = "send_file" if sending else "receive_file"
-        raise OSError(error, f"{doing}: the file: {os.strerror(error)}")
+        raise fault(error, moved, region.count, "send_file" if sending else "receive_file")
     if outcome == TERMINATED:
         if not sending and error == 0:
             return 0  # the end of the stream, nothing written
         raise broken(error or errno.EPIPE)
     raise closed()
+
+
+def fault(error: int, moved: int, count: int, doing: str) -> BaseException:
+    """The exception a file's failure (a ``FAULT`` with ``error``) means,
+    after ``moved`` of ``count`` bytes: :class:`~traffic.errors.FileEndedError`
+    for a file that ended before the region, else ``OSError``."""
+    if error == FILE_ENDED:
+        return FileEndedError(moved, count)
+    return OSError(error, f"{doing}: the file: {os.strerror(error)}")

@@ -481,6 +481,14 @@ class Requests:
             self.exports[transit._token] = exported
         return int(code)
 
+    def acquire_file(self, transit: Any, fd: int, offset: int, count: int) -> int:
+        """Give a synchronous Traffic's stream transit the region of the
+        regular file ``fd`` from ``offset`` for ``count`` bytes as its
+        resource: the core's return code.  Nothing is exported or pinned:
+        the core duplicates ``fd``, and closes its duplicate when the
+        cycle reports the region's end."""
+        return int(lib.tr_transit_acquire_file(transit._c, fd, offset, count))
+
     def end(self, token: int) -> None:
         """The core is done with the memory of the transit ``token``'s
         request or resource: release its exports, let go of its pins."""

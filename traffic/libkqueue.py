@@ -9,9 +9,13 @@ The seed's model, kept:
 - A transit is *acquired* into a :class:`Traffic`; then a *transfer
   resource* (a buffer; writable for input) is acquired into the transit.
   The core transfers into or out of it whenever the kernel allows.
+- A stream's transit can take a region of a regular file instead
+  (:class:`FileRegion`): the core moves the bytes between the socket and
+  the file itself.
 - ``with traffic:`` opens a *cycle*: a window in which :meth:`Traffic.transfers`
   yields the transits with events.  Each reports what it transferred
-  (:meth:`Transit.transfer`, a memoryview slice of its resource), whether it
+  (:meth:`Transit.transfer`, a memoryview slice of its resource, or for a
+  file region the range of file offsets that moved), whether it
   is :attr:`~Transit.exhausted` (the resource is used up: flow control by
   starvation) and whether it is :attr:`~Transit.terminated`.  When the cycle
   closes, the event state is reset.  If the body raises before visiting
@@ -39,6 +43,7 @@ intact.  Create a new Traffic in the child.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import itertools
@@ -59,6 +64,7 @@ from .errors import OutOfRangeError, TransitClosedError, TransitError, check
 __all__ = [
     "Completion",
     "Descriptors",
+    "FileRegion",
     "Octets",
     "Polarity",
     "Sockets",
@@ -184,6 +190,151 @@ def _transit(transit: object) -> None:
         raise TypeError(f"expected a Transit, not {type(transit).__name__}")
 
 
+#: The events that end a transit's resource: the core lets go of it.
+_ENDS = lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE
+
+
+class FileRegion:
+    """A region of a regular file as a transfer resource: what a stream's
+    transit (:class:`Octets`, :class:`Descriptors`, over a socket) in a
+    synchronous Traffic sends from or receives into, as it would a buffer:
+    ``transit.acquire(FileRegion(file, offset, count))``.  The core moves
+    the bytes between the socket and the file itself (``sendfile(2)``,
+    ``splice(2)`` where the system has them): they never enter Python.
+
+    ``file`` is a binary file object (open for reading to send, for
+    writing to receive) or a descriptor, of a regular file; the core works
+    on a duplicate of its descriptor, so the caller's is never closed.
+
+    - Sent by an output transit: ``count`` bytes from ``offset``; None
+      for ``offset`` is the file's position (``tell()``) and for
+      ``count`` the rest of the file, its size read once, when the region
+      is acquired (as :func:`traffic.send_file` does).
+    - Received by an input transit: what arrives is written from the
+      file's position (a buffered writer is flushed first; a file opened
+      for appending is written at its end) until ``count`` bytes, None:
+      until the stream ends.  A receive takes no ``offset``.
+
+    In the cycle, :meth:`Transit.transfer` is the ``range`` of the file's
+    offsets that moved in this cycle (a region has no memory to slice:
+    its length is the bytes moved, as a memoryview's is).  The region
+    ends as memory does: exhausted once every byte of ``count`` moved; a
+    fault is the file's failure (:attr:`fault` says which; the stream is
+    intact); the transit's termination ends it too (the stream's end, an
+    error, the owner).  When it ends, the file's position is settled just
+    after the last byte that moved, as :func:`traffic.send_file` leaves
+    it: ``start + moved`` (the end of a file opened for appending).
+
+    Refused when acquired, before anything moves, with
+    :func:`traffic.send_file`'s exceptions: ``TypeError`` for a text file
+    or an object that is not a file, ``ValueError`` for a closed file, a
+    file that is not a regular one (``IsADirectoryError`` for a
+    directory), a negative ``offset``, a ``count`` below 1 or a region
+    past the end of the file, ``io.UnsupportedOperation`` for a file not
+    open for the direction, ``OSError`` (``EBADF``) for a descriptor that
+    is not open.  A region is held by one transit at a time, until its end
+    is reported; after that it may be acquired again (``offset`` None then
+    starts at the position the last transfer left).
+    """
+
+    __slots__ = ("_fault", "_length", "_moved", "_region", "_start", "count", "file", "offset")
+
+    def __init__(self, file: object, offset: int | None = None, count: int | None = None) -> None:
+        if offset is not None and _files._number(offset, "offset") < 0:
+            raise ValueError(f"offset must be >= 0, not {offset}")
+        if count is not None and _files._number(count, "count") < 1:
+            raise ValueError(f"count must be >= 1, not {count}")
+        #: The file, the offset and the count, as given.
+        self.file = file
+        self.offset = offset
+        self.count = count
+        self._region: _files.Region | None = None
+        self._start: int | None = None
+        self._length: int | None = None
+        self._moved = 0
+        self._fault: BaseException | None = None
+
+    @property
+    def start(self) -> int | None:
+        """The file offset of the region's first byte, once acquired."""
+        return self._start
+
+    @property
+    def length(self) -> int | None:
+        """The bytes the region moves once acquired: ``count``, or what a
+        send's ``count`` None came to; None for a receive until the end."""
+        return self._length
+
+    @property
+    def moved(self) -> int:
+        """The bytes moved so far, as the cycles reported them: the file's
+        offsets ``range(start, start + moved)``."""
+        return self._moved
+
+    @property
+    def fault(self) -> BaseException | None:
+        """Why the region ended by a fault (the file's failure): a
+        :class:`~traffic.errors.FileEndedError` for a file that ended
+        before the region (truncated while it was sent), else an
+        ``OSError``; None otherwise.  Not raised: the cycle reports."""
+        return self._fault
+
+    @property
+    def held(self) -> bool:
+        """Whether a transit holds the region (acquired, its end not reported yet)."""
+        return self._region is not None
+
+    def _resolve(self, polarity: int) -> _files.Region:
+        """The file's region for a transit of ``polarity``, checked."""
+        if polarity == lib.TR_OUTPUT:
+            return _files.send_region(self.file, self.offset, self.count, "FileRegion")
+        if self.offset is not None:
+            raise TypeError(
+                "a receive into a file starts at its position: FileRegion(file, count=...) "
+                "takes no offset for an input transit"
+            )
+        return _files.receive_region(self.file, self.count, "FileRegion")
+
+    def _begin(self, region: _files.Region) -> None:
+        """The core took ``region``: from now on the file's position is
+        settled when it ends."""
+        region.submitted = True
+        self._region = region
+        self._start = os.fstat(region.fd).st_size if region.append else region.offset
+        self._length = None if region.count == _files.UNTIL_END else region.count
+        self._moved = 0
+        self._fault = None
+
+    def _took(self, report: Any, events: int) -> range | None:
+        """A cycle's report: the offsets moved, and the end if it came."""
+        start = self._start
+        if self._region is None or start is None:
+            return None
+        stop = int(report.stop)
+        self._moved = stop
+        span = range(start + report.start, start + stop) if events & lib.TR_EV_TRANSFER else None
+        if events & _ENDS:
+            self._end(report.error if events & lib.TR_EV_FAULT else 0)
+        return span
+
+    def _end(self, error: int, settle: bool = True) -> None:
+        """The region ended (``error``: the file's, for a fault): settle
+        the file's position after what moved."""
+        region, self._region = self._region, None
+        if region is None:
+            return
+        if error:
+            self._fault = _files.fault(error, self._moved, region.count, "FileRegion")
+        if settle:
+            with contextlib.suppress(OSError, ValueError):  # the caller closed it
+                region.settle(self._moved)
+
+    def __repr__(self) -> str:
+        if self._region is None:
+            return f"<FileRegion file={self.file!r} offset={self.offset} count={self.count}>"
+        return f"<FileRegion held start={self._start} length={self._length} moved={self._moved}>"
+
+
 class Transit:
     """An object that transfers, in one direction, over one kernel point.
 
@@ -211,7 +362,7 @@ class Transit:
     _resource: object | None
     _memory: memoryview | None
     _events: int
-    _view: memoryview | None
+    _view: memoryview | range | None
 
     def __init__(self) -> None:
         raise TypeError(f"use the constructors of {type(self).__name__}, such as from_fd()")
@@ -312,8 +463,10 @@ class Transit:
 
     # Events of the open cycle
 
-    def transfer(self) -> memoryview | None:
-        """What moved in this cycle: a memoryview slice of the resource, or None."""
+    def transfer(self) -> memoryview | range | None:
+        """What moved in this cycle: a memoryview slice of the resource (for
+        a :class:`FileRegion`, the ``range`` of the file's offsets that
+        moved), or None."""
         return self._view
 
     @property
@@ -356,10 +509,16 @@ class Transit:
         cycle on.  In a threaded one (trio, anyio) it is the buffer that
         requests without one use: ``await traffic.recv_into(transit)``.
 
+        A stream's transit also takes a :class:`FileRegion` (a synchronous
+        Traffic's only: a threaded one moves files by request).
+
         Raises ``TypeError`` for a read-only buffer on an input transit,
         ``BufferError`` for a busy one (a resource is held and not exhausted),
         :class:`~traffic.errors.TransitClosedError` after termination.
         """
+        if isinstance(resource, FileRegion):
+            self._acquire_region(resource)
+            return
         traffic = self._traffic
         if traffic is None and not self.terminated:
             # Recorded for later: a synchronous Traffic takes it when it
@@ -386,6 +545,44 @@ class Transit:
         check(rc, "acquire")
         self._resource = resource
         self._memory = memory if self._itemsize == 1 else memory.cast("i")
+
+    def _acquire_region(self, region: FileRegion) -> None:
+        """:meth:`acquire` of a :class:`FileRegion`: checked (as
+        :func:`traffic.send_file` checks) before the core gets it."""
+        if self._type not in (lib.TR_OCTETS, lib.TR_DESCRIPTORS):
+            raise TypeError(
+                "a FileRegion is a stream's resource (an Octets or Descriptors transit), "
+                f"not a {type(self).__name__} transit's"
+            )
+        if region._region is not None:
+            raise ValueError("the FileRegion is held by a transit until its end is reported")
+        traffic = self._traffic
+        if traffic is None and not self.terminated:
+            # Checked now, taken when the transit enters a Traffic (as memory).
+            region._resolve(self._polarity)
+            self._resource = region
+            return
+        traffic = self._in_traffic()
+        if traffic.threaded:
+            raise RuntimeError(
+                "a threaded Traffic moves files by request (Traffic.request_file, "
+                "traffic.send_file), not as a resource"
+            )
+        resolved = region._resolve(self._polarity)
+        rc = traffic.requests.acquire_file(self, resolved.fd, resolved.offset, resolved.count)
+        if rc == -errno.EBUSY:
+            raise BufferError(
+                "the transit's resource is not exhausted yet; acquire after its exhaust event"
+            )
+        if rc == -errno.EINVAL:
+            raise TransitError(
+                errno.EINVAL, "a FileRegion moves over a stream socket: this transit's is not one"
+            )
+        check(rc, "acquire")
+        region._begin(resolved)
+        traffic._regions[self._token] = region
+        self._resource = region
+        self._memory = None
 
     def terminate(self) -> None:
         """End the transit.  A connection's direction is shut down
@@ -756,8 +953,12 @@ class Descriptors(Octets):
         descriptor that is not an int, ``ValueError`` for descriptors
         without data to carry them, :class:`~traffic.errors.TransitError`
         (``EBADF``) for a descriptor that is not open, and what
-        :meth:`Transit.acquire` raises.
+        :meth:`Transit.acquire` raises.  A :class:`FileRegion` is taken as
+        by :meth:`Transit.acquire` (its bytes carry no descriptors).
         """
+        if isinstance(resource, FileRegion):
+            self._acquire_region(resource)
+            return
         data, fds, _ = self._split(resource)
         traffic = self._traffic
         if traffic is None and not self.terminated:
@@ -857,6 +1058,9 @@ class Traffic:
         # transits are not kept here (a weak entry per transit costs memory
         # and time per connection).
         self._transits: weakref.WeakValueDictionary[int, Transit] = weakref.WeakValueDictionary()
+        # The file regions the core holds, by transit token: settled when
+        # the cycle reports their end, also of a transit its owner dropped.
+        self._regions: dict[int, FileRegion] = {}
         self._seen: list[Transit] = []
         self._cycling: threading.Thread | None = None
         # Orders wake() (any thread) against close() destroying the C side.
@@ -972,7 +1176,9 @@ class Traffic:
             transit._events = 0
             transit._view = None
             transit._forget_report()
-            if transit._traffic is self and transit._token not in self._exports:
+            token = transit._token
+            held = token in self._exports or token in self._regions
+            if transit._traffic is self and not held:
                 transit._resource = None
                 transit._memory = None
         self._seen.clear()
@@ -985,17 +1191,26 @@ class Traffic:
         if self._cycling is None:
             raise RuntimeError("transfers() is for the inside of a cycle: with traffic: ...")
         report = self._report
+        regions = self._regions
         while not self._closed and lib.tr_cycle_take(self._c, report):
             token = report.token
             events = report.events
-            if events & (lib.TR_EV_EXHAUST | lib.TR_EV_FAULT | lib.TR_EV_TERMINATE):
+            region = regions.get(token) if regions else None
+            if events & _ENDS:
                 self.requests.end(token)  # the core is done with the resource
+                if region is not None:
+                    del regions[token]
+            if region is not None:
+                # Settled at its end, also for a transit dropped by its owner.
+                span = region._took(report, events)
             transit = self._transits.get(token)
             if transit is None:
                 continue  # dropped by its owner: nobody to tell
             transit._events = events
             memory = transit._memory
-            if events & lib.TR_EV_TRANSFER and memory is not None:
+            if region is not None:
+                transit._view = span
+            elif events & lib.TR_EV_TRANSFER and memory is not None:
                 size = transit._itemsize
                 transit._view = memory[report.start // size : report.stop // size]
             else:
@@ -1253,6 +1468,9 @@ class Traffic:
         for transit in list(self._transits.values()):
             transit._resource = None
             transit._memory = None
+        # Regions whose end no cycle reported: settled after what was reported.
+        while self._regions:
+            self._regions.popitem()[1]._end(0)
         _live_traffics.discard(self)
 
     def _abandon(self) -> None:
@@ -1262,6 +1480,9 @@ class Traffic:
             self.requests.closed = True
             self._finalizer()  # abandons: it sees the pid changed
             self.requests.close()
+            # The file's position is shared with the parent: left alone.
+            while self._regions:
+                self._regions.popitem()[1]._end(0, settle=False)
             _live_traffics.discard(self)
 
     def __len__(self) -> int:

@@ -21,6 +21,20 @@ terminate (the data always comes before the news that no more follows).
 A transit that has no callback for a kind simply ignores it; the state is
 still readable from the transit (``exhausted``, ``terminated``, ``error``).
 
+Files
+-----
+A stream's transit takes a :class:`~traffic.libkqueue.FileRegion` as its
+resource as it takes a buffer (``attach(..., resource=FileRegion(file))``
+or ``transit.acquire(FileRegion(file, offset, count))``), so a loop's
+server sends a file on a connection, or receives one into a file, without
+its bytes entering Python.  ``on_transfer`` is then given the ``range`` of
+the file's offsets that moved instead of a memoryview; ``on_exhaust`` says
+the whole region moved, ``on_fault`` that the file failed (the region's
+:attr:`~traffic.libkqueue.FileRegion.fault` says how), ``on_terminate``
+that the stream ended; in each case the file's position is already
+settled after the last byte that moved.  A callback that takes both kinds
+of resource tells them apart by the type of what it is given.
+
 How timers bound the cycle
 --------------------------
 Timers live in a heap ordered by (deadline, sequence number) on
@@ -82,6 +96,11 @@ __all__ = ["Loop", "Timer"]
 MAX_WAIT = 86400.0
 
 _T = TypeVar("_T", bound=Transit)
+
+#: An ``on_transfer`` callback: given a memoryview of a buffer resource,
+#: or the range of file offsets a :class:`~traffic.libkqueue.FileRegion`
+#: moved (a callback for either kind, or for both).
+OnTransfer = Callable[[_T, memoryview], object] | Callable[[_T, range], object]
 
 #: Event kinds, in the order they are delivered for one transit.
 _ORDER = (lib.TR_EV_TRANSFER, lib.TR_EV_EXHAUST, lib.TR_EV_FAULT, lib.TR_EV_TERMINATE)
@@ -156,7 +175,7 @@ class _Callbacks(Generic[_T]):
 
     def __init__(
         self,
-        on_transfer: Callable[[_T, memoryview], object] | None,
+        on_transfer: OnTransfer[_T] | None,
         on_exhaust: Callable[[_T], object] | None,
         on_terminate: Callable[[_T], object] | None,
         on_fault: Callable[[_T], object] | None,
@@ -172,7 +191,7 @@ class _Carried:
 
     __slots__ = ("events", "transit", "view")
 
-    def __init__(self, transit: Transit, events: int, view: memoryview | None) -> None:
+    def __init__(self, transit: Transit, events: int, view: memoryview | range | None) -> None:
         self.transit = transit
         self.events = events
         self.view = view
@@ -248,7 +267,7 @@ class Loop:
         self,
         transit: _T,
         *,
-        on_transfer: Callable[[_T, memoryview], object] | None = None,
+        on_transfer: OnTransfer[_T] | None = None,
         on_exhaust: Callable[[_T], object] | None = None,
         on_terminate: Callable[[_T], object] | None = None,
         on_fault: Callable[[_T], object] | None = None,
@@ -259,7 +278,9 @@ class Loop:
         Callbacks are called from :meth:`run` as ``on_transfer(transit,
         view)`` (``view``: a memoryview slice of the resource holding what
         moved; for :class:`~traffic.libkqueue.Sockets`, the new descriptors,
-        which the callback then owns) and ``on_exhaust(transit)``,
+        which the callback then owns; for a
+        :class:`~traffic.libkqueue.FileRegion`, the ``range`` of the file's
+        offsets that moved) and ``on_exhaust(transit)``,
         ``on_fault(transit)``, ``on_terminate(transit)``.  A kind without a
         callback is ignored.  The transit stays attached, keeping
         :meth:`run` going, until its termination is delivered.
@@ -376,10 +397,11 @@ class Loop:
                 if callbacks is None:
                     continue
                 if kind == lib.TR_EV_TRANSFER:
-                    if callbacks.on_transfer is not None:
+                    on_transfer: Callable[[Transit, Any], object] | None = callbacks.on_transfer
+                    if on_transfer is not None:
                         view = entry.view if entry.view is not None else memoryview(b"")
                         entry.view = None
-                        callbacks.on_transfer(transit, view)
+                        on_transfer(transit, view)
                 elif kind == lib.TR_EV_EXHAUST:
                     if callbacks.on_exhaust is not None:
                         callbacks.on_exhaust(transit)

@@ -88,6 +88,7 @@ tr_cycle_take(tr_traffic *tr, tr_report *report)
 		if (t->events & (TR_EV_EXHAUST | TR_EV_FAULT | TR_EV_TERMINATE)) {
 			t->buf = NULL;   /* released: the owner keeps it for this cycle's view */
 			tr_fds_release(t);  /* the reported descriptors are the owner's now */
+			tr_file_release(t);  /* a region's duplicate (held bytes stay) */
 		}
 		t->events = 0;
 		taken = 1;

@@ -209,6 +209,16 @@ int tr_traffic_acquire(tr_traffic *traffic, tr_transit *transit, unsigned long l
 int tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *sibling);
 int tr_transit_acquire(tr_transit *transit, void *resource, size_t size);
 int tr_transit_acquire_fds(tr_transit *transit, void *resource, size_t size, int *fds, size_t nfds);
+/*
+ * A synchronous Traffic's transit takes a file region as its resource (see
+ * Files above: the same checks, -EINVAL and -EBADF, and the same transfer
+ * as tr_request_file's).  Its cycle reports the bytes moved as the slice
+ * [start, stop) of the region; the duplicate closes when the region's end
+ * (exhaustion, fault, termination) is taken from the cycle.  -EBUSY while
+ * the transit holds a resource, memory or a region, not yet exhausted.
+ */
+int tr_transit_acquire_file(tr_transit *transit, int file, long long offset,
+    unsigned long long count);
 int tr_transit_terminate(tr_transit *transit, int disregard);
 void tr_transit_release(tr_transit *transit);
 int tr_transit_forget(tr_transit *transit);

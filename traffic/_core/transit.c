@@ -313,7 +313,7 @@ tr_transit_status(tr_transit *t, int *error)
 
 	if (tr != NULL)
 		status |= TR_ST_ACQUIRED;
-	if (t->buf != NULL)
+	if (t->buf != NULL || t->file >= 0)
 		status |= TR_ST_RESOURCE;
 	/* Exhausted once its exhaust event is delivered (the seed's definition). */
 	if ((t->flags & TF_EXHAUSTED) && !(t->events & TR_EV_EXHAUST))
@@ -432,7 +432,7 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 		err = -EINVAL;
 	else if (tr_ending(t))
 		err = TR_ETERMINATED;
-	else if (t->buf != NULL || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
+	else if (t->buf != NULL || t->file >= 0 || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
 		err = -EBUSY;   /* the current resource is not exhausted, or its end not yet seen */
 	else {
 		tr_set_mode(tr, TR_MODE_SYNCHRONOUS);
@@ -449,6 +449,43 @@ tr_transit_acquire_fds(tr_transit *t, void *resource, size_t size, int *fds, siz
 	}
 	pthread_mutex_unlock(&tr->lock);
 	tr_fds_close_all(dups, nfds);   /* refused: the duplicates go */
+	return err;
+}
+
+int
+tr_transit_acquire_file(tr_transit *t, int file, long long offset, unsigned long long count)
+{
+	struct tr_file_region region;
+	struct tr_traffic *tr;
+	int err;
+
+	/* Checked, duplicated and given its pipe outside the lock: system calls. */
+	if ((err = tr_file_submit(t, file, offset, count, &region)) < 0)
+		return err;
+	tr = tr_lock_traffic(t);
+	if (tr == NULL) {
+		tr_file_region_close(&region);
+		return t->life == TR_LIFE_TERMINATED ? TR_ETERMINATED : -ENOTCONN;
+	}
+	if (tr_threaded(tr))
+		err = -EINVAL;
+	else if (tr_ending(t))
+		err = TR_ETERMINATED;
+	else if (t->buf != NULL || t->file >= 0 || (t->events & (TR_EV_EXHAUST | TR_EV_FAULT)))
+		err = -EBUSY;
+	else {
+		tr_set_mode(tr, TR_MODE_SYNCHRONOUS);
+		t->size = (size_t)count;
+		t->pos = t->mark = 0;
+		tr_file_install(t, &region, offset);
+		t->flags &= ~TF_EXHAUSTED;
+		if (t->flags & TF_READY) {
+			push_work(tr, t);
+			tr_wake_cycle(tr);
+		}
+	}
+	pthread_mutex_unlock(&tr->lock);
+	tr_file_region_close(&region);   /* refused: the duplicate and the pipe go */
 	return err;
 }
 
