@@ -17,7 +17,7 @@ import or one argument and keeps the host's exceptions and behaviour:
   (asyncio, uvloop, trio), file responses sent by the core, and its command.
 
 Each is an optional extra (``pip install 'traffic[httpx]'``,
-``'traffic[httpx2]'``, ``'traffic[hypercorn]'``, ``'traffic[anycorn]'``); ``import traffic`` imports none of them, and
-importing one without its host raises an ``ImportError`` that names the
-extra.
+``'traffic[httpx2]'``, ``'traffic[hypercorn]'``, ``'traffic[anycorn]'``);
+``import traffic`` imports none of them, and importing one without its
+host raises an ``ImportError`` that names the extra.
 """
