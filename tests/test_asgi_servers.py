@@ -735,3 +735,27 @@ def test_command_application_not_found(
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1, output
     assert f"{host}.utils.NoAppError: Cannot load application from 'nosuchmodule:app'" in output
+
+
+@pytest.mark.parametrize("host", ["hypercorn", "anycorn"])
+def test_command_without_workers_stops_on_sigterm(
+    host: str, tmp_path: Path, running: list[subprocess.Popen[str]]
+) -> None:
+    """``--workers 0``: the command serves in its own process, and SIGTERM
+    shuts it down gracefully, exit status 0 (hypercorn's trio worker
+    would die of it)."""
+    path = tmp_path / "server.sock"
+    process = command(host, "--workers", "0", "-b", f"unix:{path}")
+    running.append(process)
+    assert list(answers_from(path, 1).items()) == [(process.pid, True)]
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+
+
+@pytest.mark.anyio
+async def test_serve_warns_about_process_options(adapter: Adapter) -> None:
+    config = config_for(adapter, "127.0.0.1:0", workers=2)
+    with pytest.warns(Warning, match="`workers` has no affect"):
+        async with serving(adapter.serve, make_app(), config):
+            pass

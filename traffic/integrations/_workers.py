@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -34,7 +35,7 @@ from pickle import PicklingError
 from types import ModuleType
 from typing import Any, Protocol
 
-__all__ = ["Worker", "run"]
+__all__ = ["Worker", "run", "warn_process_options"]
 
 #: Seconds a worker has to exit after its graceful timeout, before SIGTERM.
 EXIT_MARGIN = 5.0
@@ -48,6 +49,16 @@ class Worker(Protocol):
     def __call__(
         self, config: Any, sockets: Any = None, shutdown_event: EventType | None = None
     ) -> None: ...
+
+
+def warn_process_options(config: Any) -> None:
+    """Warn, as the hosts' ``serve`` does, that the options about processes
+    (``debug``, ``workers``) mean nothing to a ``serve`` call: it runs in
+    the caller's process."""
+    if config.debug:
+        warnings.warn("The config `debug` has no affect when using serve", Warning, stacklevel=3)
+    if config.workers != 1:
+        warnings.warn("The config `workers` has no affect when using serve", Warning, stacklevel=3)
 
 
 def run(

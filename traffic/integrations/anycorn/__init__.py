@@ -27,7 +27,6 @@ MODULE:APP`` runs the same with anycorn's options, ``--workers`` included.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -42,6 +41,7 @@ except ImportError as exc:  # pragma: no cover (the test extra installs it)
         "traffic.integrations.anycorn needs anycorn: pip install 'traffic[anycorn]'"
     ) from exc
 
+from .._workers import warn_process_options
 from ._worker import KernelTLSWarning, worker_serve
 
 __all__ = ["KernelTLSWarning", "serve"]
@@ -67,10 +67,7 @@ async def serve(
     errors for bad input.  ``mode="wsgi"`` (or a WSGI application) is
     served as anycorn serves it.
     """
-    if config.debug:
-        warnings.warn("The config `debug` has no affect when using serve", Warning, stacklevel=2)
-    if config.workers != 1:
-        warnings.warn("The config `workers` has no affect when using serve", Warning, stacklevel=2)
+    warn_process_options(config)
     await worker_serve(
         wrap_app(app, config.wsgi_max_body_size, mode),
         config,

@@ -24,7 +24,6 @@ included (see :mod:`traffic.integrations.hypercorn.__main__`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ except ImportError as exc:  # pragma: no cover (the test extra installs it)
         "traffic.integrations.hypercorn needs hypercorn: pip install 'traffic[hypercorn]'"
     ) from exc
 
+from .._workers import warn_process_options
 from ._worker import worker_serve
 
 __all__ = ["serve"]
@@ -64,10 +64,7 @@ async def serve(
     ``mode="wsgi"``, or a WSGI application, fails as it does in
     hypercorn's trio worker: WSGI is not served.
     """
-    if config.debug:
-        warnings.warn("The config `debug` has no affect when using serve", Warning, stacklevel=2)
-    if config.workers != 1:
-        warnings.warn("The config `workers` has no affect when using serve", Warning, stacklevel=2)
+    warn_process_options(config)
     await worker_serve(
         wrap_app(app, config.wsgi_max_body_size, mode),
         config,
