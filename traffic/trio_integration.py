@@ -1007,6 +1007,18 @@ async def _run_handler(stream: TrafficStream, handler: _Handler) -> None:
         stream._close()
 
 
+def _start_handlers(
+    handler_nursery: trio.Nursery, handler: _Handler, streams: list[TrafficStream]
+) -> None:
+    """A handler task per stream; the list is emptied.  The serving loop
+    holds no stream while it waits for the next batch: a stream it held
+    would outlive its handler (its transits alive, if closed) for as long
+    as no connection comes."""
+    for stream in streams:
+        handler_nursery.start_soon(_run_handler, stream, handler)
+    streams.clear()
+
+
 async def _serve_one_listener(
     listener: TrafficListener, handler_nursery: trio.Nursery, handler: _Handler
 ) -> NoReturn:
@@ -1026,8 +1038,7 @@ async def _serve_one_listener(
                 )
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
-            for stream in streams:
-                handler_nursery.start_soon(_run_handler, stream, handler)
+            _start_handlers(handler_nursery, handler, streams)
 
 
 async def serve_listeners(
