@@ -282,10 +282,27 @@ tr_transit_create(tr_transit **out, int fd, int type, int polarity, tr_transit *
 	return 0;
 }
 
+/*
+ * Under the lock of the point's Traffic, as everything of the point: its
+ * cycle thread closes the point when a transfer meets the end, and writes
+ * the bit fields that share a word with closed (armed) on every event.
+ * Without a Traffic, the point is the caller's alone.
+ */
 int
 tr_transit_fd(tr_transit *t)
 {
-	return t->point->closed ? -1 : t->point->fd;
+	struct tr_traffic *owner;
+	int fd;
+
+	pthread_mutex_lock(&tr_registry);
+	owner = t->point->traffic;
+	if (owner != NULL)
+		pthread_mutex_lock(&owner->lock);
+	fd = t->point->closed ? -1 : t->point->fd;
+	if (owner != NULL)
+		pthread_mutex_unlock(&owner->lock);
+	pthread_mutex_unlock(&tr_registry);
+	return fd;
 }
 
 /*
