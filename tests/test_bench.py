@@ -16,13 +16,23 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import traffic
-from traffic.bench import build, driver, http_client, instructions, servers, stream, workloads
+from traffic.bench import (
+    build,
+    driver,
+    http_client,
+    http_server,
+    instructions,
+    report,
+    servers,
+    stream,
+    workloads,
+)
 
 pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C compiler (gcc)")
 
@@ -108,7 +118,7 @@ def test_every_row_runs_a_server() -> None:
     workload, and is a row."""
     for name in driver.ALL_SERVERS:
         base = workloads.base_name(name)
-        known = {*servers.SERVERS, *servers.FILE_SERVERS, *http_client.ROWS}
+        known = {*servers.SERVERS, *servers.FILE_SERVERS, *http_client.ROWS, *http_server.ROWS}
         assert name == workloads.C_SERVER or base in known
     assert set(driver.OPTIONAL_SERVERS) <= set(driver.ALL_SERVERS)
     assert set(servers.FILE_SERVERS) <= set(driver.ALL_SERVERS)
@@ -619,5 +629,247 @@ def test_http_client_workload_end_to_end(tmp_path: Path) -> None:
         assert run["downloads"] >= 1
     assert case["results"]["trio"]["ratio_to_trio"]["req_per_cpu"] == 1.0
     assert case["results"]["asyncio-floor"]["ratio_to_trio"]["dl_per_cpu"] > 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.stat().st_size > 0
+
+
+# --- the http-server workload ---------------------------------------------------------
+
+#: A small file for the tests, not a multiple of a read or of a CRC step.
+HTTP_FILE_BYTES = (1 << 20) + 3
+
+
+@pytest.fixture(scope="module")
+def http_load(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAFFIC_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return build.build("http_load")
+
+
+@pytest.fixture(scope="module")
+def http_file() -> Iterator[workloads.HttpFile]:
+    with workloads.HttpFile.made(HTTP_FILE_BYTES) as made:
+        yield made
+
+
+def _fake_http_server(answer: Callable[[int, bytes], tuple[bytes, bool]]) -> int:
+    """A server on a port of its own: the n-th request of the run (counted
+    from 0 over every connection) gets the bytes of ``answer(n, request)``,
+    and the connection is closed after them if it says so; each connection
+    in a thread of its own.  It stops accepting after a second without a
+    connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(1.0)
+    served = iter(range(1 << 30))
+
+    def connection(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                request, _, data = data.partition(b"\r\n\r\n")
+                reply, close = answer(next(served), request)
+                conn.sendall(reply)
+                if close:
+                    return
+
+    def accept() -> None:
+        with listener, contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=connection, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+def _http_load(binary: Path, args: list[object]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=30)
+
+
+def _response(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra) + body
+
+
+def test_http_load_checks_every_response(http_load: Path, http_file: workloads.HttpFile) -> None:
+    """The load generator counts whole responses, opens a new connection
+    where the server says it closes one, refuses a wrong byte or checksum,
+    and reports a download that breaks off, with how far it got."""
+    small = http_client.body(1024)
+
+    def requests(n: int, request: bytes) -> tuple[bytes, bool]:
+        assert request.startswith(b"GET /small HTTP/1.1\r\n")
+        if n % 3 == 2:
+            return _response(small, b"Connection: close\r\n"), True
+        return _response(small), False
+
+    port = _fake_http_server(requests)
+    done = _http_load(http_load, ["requests", f"127.0.0.1:{port}", 2, 0.3, 0.1, 1024])
+    assert done.returncode == 0, done.stderr
+    start, line = done.stdout.splitlines()
+    result = json.loads(line)
+    assert start == "start" and result["requests"] > 0 and result["reconnects"] > 0
+
+    port = _fake_http_server(lambda n, _: (_response(small[:-1] + b"?"), False))
+    done = _http_load(http_load, ["requests", f"127.0.0.1:{port}", 2, 0.3, 0.1, 1024])
+    assert done.returncode == 1 and "a wrong byte" in done.stderr
+
+    content = http_file.path.read_bytes()
+    whole = _response(content)
+    port = _fake_http_server(lambda n, _: (whole, False))
+    args: list[object] = ["file", f"127.0.0.1:{port}", 2, 0.2, HTTP_FILE_BYTES, http_file.crc]
+    done = _http_load(http_load, args)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[1])
+    assert result["broken"] is None and result["downloads"] >= 2
+    assert result["bytes"] == result["downloads"] * HTTP_FILE_BYTES
+
+    port = _fake_http_server(lambda n, _: (whole, False) if n < 2 else (whole[:-1000], True))
+    done = _http_load(
+        http_load, ["file", f"127.0.0.1:{port}", 2, 5, HTTP_FILE_BYTES, http_file.crc]
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[1])
+    assert result["broken"] == "closed" and result["broken_at"] == HTTP_FILE_BYTES - 1000
+
+    port = _fake_http_server(lambda n, _: (whole, False))
+    done = _http_load(http_load, ["file", f"127.0.0.1:{port}", 1, 0.2, HTTP_FILE_BYTES, 1])
+    assert done.returncode == 1 and "CRC-32" in done.stderr
+
+
+def http_server_unavailable(name: str) -> str | None:
+    absent = http_server.missing_module(name)
+    return None if absent is None else f"{absent} is not importable"
+
+
+#: The rows whose host breaks a pathsend off (anycorn's own on asyncio and
+#: uvloop: ``anyio.wait_writable`` on a socket its transport owns) once the
+#: socket's buffer is full, which a small file may never fill.
+MAY_BREAK = {"anycorn-asyncio", "anycorn-uvloop"}
+
+
+def test_http_server_rows_serve(tmp_path: Path, http_file: workloads.HttpFile) -> None:
+    """Every row of the http-server workload installed here serves both
+    phases (4 connections, a 1 MiB file) to the load generator, which
+    checked every response; the rows run side by side (a process each)."""
+    rows = [name for name in http_server.ROWS if http_server_unavailable(name) is None]
+    if not rows:
+        pytest.skip("no host of the http-server workload is installed")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRAFFIC_BENCH_CACHE", str(tmp_path / "cache"))
+        binaries = {"http_load": build.build("http_load")}
+    placement = workloads.Placement.make("none")
+
+    def run(name: str) -> workloads.Measured:
+        return workloads.http_server(name, 0.2, 0.1, placement, binaries, http_file, 4, 1)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        measured = dict(zip(rows, pool.map(run, rows), strict=True))
+    for name, got in measured.items():
+        assert got.metrics["rate"] > 0 and got.metrics["req_per_cpu"] > 0, (name, got.metrics)
+        if "file_broken_mb" in got.metrics:
+            assert name in MAY_BREAK, (name, got.details)
+            assert "broke off" in got.details["error"]
+            continue
+        assert got.metrics["downloads"] >= 1, (name, got.metrics)
+        assert got.metrics["file_per_cpu"] > 0 and got.metrics["file_gbps"] > 0, name
+
+
+def test_http_server_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--only http-server`` plans one case with its own baseline
+    (hypercorn-trio, added as trio is elsewhere, and trio not); its rows
+    are its alone, and traffic's adapters are left out with a note where
+    they cannot be imported."""
+    notes: list[str] = []
+    args = driver.parse_args(["--only", "http-server", "--servers", "uvicorn"])
+    [case], runnable, missing = driver.plan(args, notes)
+    assert (case.workload, case.label) == ("http-server", "http server")
+    assert "100 keep-alive connections" in case.note and "64 MiB" in case.note
+    assert set(runnable + missing) == {"hypercorn-trio", "uvicorn"}
+    assert report.baseline("http-server") == "hypercorn-trio" == report.baseline(case.workload)
+    [echo] = driver.plan(driver.parse_args(["--only", "echo", "--connections", "1"]), notes)[0]
+    for name in http_server.ROWS:
+        assert name in driver.ALL_SERVERS
+        assert driver.supported(case, name) and not driver.supported(echo, name)
+        assert driver.shown(case, name) and not driver.shown(echo, name)
+    for name in ("trio", workloads.C_SERVER, "asyncio-floor"):
+        assert not driver.shown(case, name) and driver.shown(echo, name)
+    monkeypatch.setitem(sys.modules, "traffic.integrations.hypercorn", None)
+    notes.clear()
+    args = driver.parse_args(["--only", "http-server", "--servers", "traffic-hypercorn"])
+    _, runnable, _ = driver.plan(args, notes)
+    assert "traffic-hypercorn" not in runnable
+    assert notes == ["traffic-hypercorn skipped: traffic.integrations.hypercorn is not importable"]
+
+
+def test_http_server_broken_row_reported() -> None:
+    """A row whose host broke off the download shows how far it got in
+    place of the file's figures, and no ratio."""
+    case = report.Case("http-server", None, "http server")
+    base = {"rate": 10.0, "req_per_cpu": 20.0, "file_gbps": 1.0, "file_per_cpu": 2.0}
+    case.row("hypercorn-trio").runs = [base]
+    case.row("hypercorn-trio").client_bound = [False]
+    case.row("anycorn-asyncio").runs = [{"rate": 5.0, "req_per_cpu": 40.0, "file_broken_mb": 4.2}]
+    case.row("anycorn-asyncio").client_bound = [False]
+    table = report.case_table(case)
+    assert "x hypercorn-trio" in table
+    [line] = [line for line in table.splitlines() if line.startswith("| anycorn-asyncio")]
+    assert line.count("broken at 4.2 MB") == 2 and "broken 1/1" in line
+    assert report.median_ratio(case, "anycorn-asyncio", "req_per_cpu") == 2.0
+    assert report.median_ratio(case, "anycorn-asyncio", "file_per_cpu") is None
+    summary = report.summary_table([case])
+    assert "requests per server CPU-s (higher better, x hypercorn-trio)" in summary
+    [line] = [line for line in summary.splitlines() if line.startswith("| anycorn-asyncio")]
+    assert [cell.strip() for cell in line.strip("|").split("|")][1:] == ["2.00", "broken"]
+
+
+def test_http_server_workload_end_to_end(tmp_path: Path) -> None:
+    """``--only http-server`` reports requests and file bytes per server
+    CPU-second for each row, with their ratios to hypercorn-trio, in the
+    table, the summary, the JSON and the plot."""
+    rows = ["hypercorn-trio", "hypercorn-floor"]
+    for name in rows:
+        if (why := http_server_unavailable(name)) is not None:
+            pytest.skip(why)
+    out, plot = tmp_path / "out.json", tmp_path / "out.png"
+    done = run_module(
+        "traffic.bench",
+        [
+            "--only", "http-server",
+            "--servers", ",".join(rows),
+            "--seconds", "0.2",
+            "--warmup", "0.1",
+            "--http-connections", "4",
+            "--http-file-mib", "1",
+            "--repeat", "1",
+            "--pin", "none",
+            "--json", str(out),
+            "--plot", str(plot),
+        ],
+        tmp_path / "cache",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "http server: requests per server CPU-s" in done.stdout
+    assert "http server: file per server CPU-s" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["meta"]["http_server"] == {
+        "connections": 4,
+        "file_mib": 1,
+        "file_connections": 1,
+    }
+    [case] = results["cases"]
+    assert case["headlines"] == ["req_per_cpu", "file_per_cpu"]
+    assert case["baseline"] == "hypercorn-trio"
+    assert set(case["results"]) == set(rows)
+    for server, row in case["results"].items():
+        assert row["status"] == "ok" and row["errors"] == [], (server, row)
+        [run] = row["runs"]
+        assert run["req_per_cpu"] > 0 and run["file_per_cpu"] > 0, (server, run)
+    assert case["results"]["hypercorn-trio"]["ratio_to_baseline"]["req_per_cpu"] == 1.0
+    assert case["results"]["hypercorn-floor"]["ratio_to_baseline"]["file_per_cpu"] > 0
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot.stat().st_size > 0

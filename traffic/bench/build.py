@@ -26,6 +26,7 @@ PROGRAMS = (
     "epoll_server",
     "file_client",
     "http_responder",
+    "http_load",
 )
 
 #: Flags for every program: optimised, warnings on (they are all small).

@@ -25,6 +25,19 @@ responses in flight, then ``--http-download-mib`` downloads.  It reports
 requests and download bytes per client CPU-second (every thread of the
 client process), both in the summary and the plot; the client takes the
 server's CPU of the placement and the responder the client's.
+
+The http-server workload (``--only http-server``) is one case whose rows
+are HTTP servers (:data:`http_server.ROWS`: hypercorn's trio worker,
+anycorn on each loop, traffic's adapters of both, a floor row per host,
+uvicorn) serving one ASGI app (:mod:`.asgi_app`) to a C load generator
+(http_load.c): ``--http-connections`` keep-alive connections asking for a
+1 KiB response one request at a time each, then ``--http-file-mib``
+downloads of Starlette's ``FileResponse`` on ``--http-file-connections``.
+It reports requests and file bytes per server CPU-second (every thread),
+both in the summary and the plot, as ratios to ``hypercorn-trio``, its
+baseline; a row whose host broke off a download shows how far it got.
+Its rows appear in its table alone, and the other workloads' rows not in
+it.
 """
 
 from __future__ import annotations
@@ -41,10 +54,10 @@ from pathlib import Path
 from typing import Any
 
 from ..libkqueue import backend, cycle_policy
-from . import build, http_client, report, servers, stream, workloads
-from .report import BASELINE, Case
+from . import build, http_client, http_server, report, servers, stream, workloads
+from .report import Case
 
-WORKLOADS = ("echo", "accept", "stream", "idle", "file", "http-client")
+WORKLOADS = ("echo", "accept", "stream", "idle", "file", "http-client", "http-server")
 
 #: Default echo connection counts (the benchmark's workloads) and the --quick ones.
 ECHO_CONNECTIONS = (1, 100, 1000)
@@ -68,7 +81,9 @@ QUICK_FILE_CASES = ("download-tcp-warm", "download-tcp-cold", "upload-tcp")
 #: uvloop-streams are rows of the file workload alone (servers.FILE_SERVERS);
 #: asyncio-floor, uvloop-floor, aiohttp-asyncio and aiohttp-uvloop rows of the
 #: http-client workload alone (http_client.ROWS, where the rows named as
-#: elsewhere are HTTP clients on that loop or layer).
+#: elsewhere are HTTP clients on that loop or layer).  The rows from
+#: hypercorn-trio on are the http-server workload's (http_server.ROWS), and
+#: its alone.
 ALL_SERVERS = (
     workloads.C_SERVER,
     "traffic-trio",
@@ -91,6 +106,7 @@ ALL_SERVERS = (
     "uvloop-protocol",
     "aiohttp-asyncio",
     "aiohttp-uvloop",
+    *http_server.ROWS,
 )
 
 #: Rows left out (with a note) rather than shown as missing when a module
@@ -102,6 +118,10 @@ OPTIONAL_SERVERS = (
     "traffic-anyio-asyncio",
     "traffic-anyio-uvloop",
     "anyio-uvloop",
+    "traffic-hypercorn",
+    "traffic-anycorn-trio",
+    "traffic-anycorn-asyncio",
+    "traffic-anycorn-uvloop",
 )
 
 
@@ -118,7 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         type=_names(ALL_SERVERS),
-        help="implementations, comma-separated (trio is always added: it is the baseline); "
+        help="implementations, comma-separated (the baseline of each workload is always "
+        "added: trio, and hypercorn-trio in the http-server workload); "
         f"default all of: {','.join(ALL_SERVERS)}",
     )
     parser.add_argument(
@@ -180,6 +201,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_positive,
         default=workloads.HTTP_DOWNLOAD_MIB,
         help=f"http-client workload: MiB of each download (default {workloads.HTTP_DOWNLOAD_MIB})",
+    )
+    parser.add_argument(
+        "--http-connections",
+        type=_positive,
+        default=workloads.HTTP_CONNECTIONS,
+        help="http-server workload: keep-alive connections of the request phase, one request "
+        f"in flight on each (default {workloads.HTTP_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--http-file-mib",
+        type=_positive,
+        default=workloads.HTTP_FILE_MIB,
+        help=f"http-server workload: MiB of the file served (default {workloads.HTTP_FILE_MIB})",
+    )
+    parser.add_argument(
+        "--http-file-connections",
+        type=_positive,
+        default=workloads.HTTP_FILE_CONNECTIONS,
+        help="http-server workload: connections downloading the file at once "
+        f"(default {workloads.HTTP_FILE_CONNECTIONS})",
     )
     parser.add_argument(
         "--quick",
@@ -251,13 +292,18 @@ def _counts(text: str) -> list[int]:
 
 def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[str], list[str]]:
     """The cases, the servers to run, and those shown as not installed."""
-    chosen = args.servers or list(ALL_SERVERS)
-    if BASELINE not in chosen:
-        chosen.append(BASELINE)
+    only = args.only or list(WORKLOADS)
+    chosen = list(args.servers or ALL_SERVERS)
+    for workload in only:
+        if report.baseline(workload) not in chosen:
+            chosen.append(report.baseline(workload))
     names = [name for name in ALL_SERVERS if name in chosen]
     runnable, missing = [], []
     for name in names:
-        absent = servers.missing_module(workloads.base_name(name))
+        if name in http_server.ROWS:
+            absent = http_server.missing_module(name)
+        else:
+            absent = servers.missing_module(workloads.base_name(name))
         if absent is None:
             runnable.append(name)
         elif name in OPTIONAL_SERVERS:
@@ -265,7 +311,6 @@ def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[s
         else:
             missing.append(name)
 
-    only = args.only or list(WORKLOADS)
     cases = []
     for workload in WORKLOADS:
         if workload not in only:
@@ -302,6 +347,13 @@ def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[s
                 f"{args.http_download_mib} MiB downloads; the client is measured"
             )
             cases.append(Case("http-client", None, "http client", note))
+        elif workload == "http-server":
+            note = (
+                f"{args.http_connections} keep-alive connections, 1 KiB responses; "
+                f"a {args.http_file_mib} MiB FileResponse to {args.http_file_connections} "
+                "connection(s); the server is measured"
+            )
+            cases.append(Case("http-server", None, "http server", note))
     return cases, runnable, missing
 
 
@@ -320,7 +372,20 @@ def run_one(
     placement: workloads.Placement,
     binaries: dict[str, Path],
     fixture: workloads.FileFixture | None = None,
+    http_file: workloads.HttpFile | None = None,
 ) -> workloads.Measured:
+    if case.workload == "http-server":
+        assert http_file is not None
+        return workloads.http_server(
+            server,
+            args.seconds,
+            args.warmup,
+            placement,
+            binaries,
+            http_file,
+            args.http_connections,
+            args.http_file_connections,
+        )
     if case.workload == "file":
         assert fixture is not None
         return workloads.file_transfer(server, case.param, fixture, placement)
@@ -352,12 +417,37 @@ def supported(case: Case, server: str) -> bool:
         return base in servers.FILE_SERVERS
     if case.workload == "http-client":
         return base in http_client.ROWS
+    if case.workload == "http-server":
+        return server in http_server.ROWS
     return server == workloads.C_SERVER or base in servers.SERVERS
+
+
+def shown(case: Case, server: str) -> bool:
+    """Whether ``server`` has a row in ``case``'s table: every row the
+    case supports, and "n/a" for the others, except between the
+    http-server workload and the rest (servers of a different kind, which
+    would only fill each other's tables with n/a)."""
+    if supported(case, server):
+        return True
+    return (case.workload == "http-server") == (server in http_server.ROWS)
 
 
 def _versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {}
-    for name in ("traffic", "trio", "anyio", "uvloop", "httpx", "httpcore", "aiohttp"):
+    for name in (
+        "traffic",
+        "trio",
+        "anyio",
+        "uvloop",
+        "httpx",
+        "httpcore",
+        "aiohttp",
+        "hypercorn",
+        "anycorn",
+        "uvicorn",
+        "httptools",
+        "starlette",
+    ):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -382,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for case in cases:
         for server in [*runnable, *missing]:
+            if not shown(case, server):
+                continue
             row = case.row(server)
             if not supported(case, server):
                 row.status = "n/a"
@@ -395,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeat)
         for case in cases
         for server in _rotate(runnable, repeat)
-        if case.rows[server].status == "ok"
+        if server in case.rows and case.rows[server].status == "ok"
     ]
     progress = report.Progress(len(steps))
     with contextlib.ExitStack() as stack:
@@ -414,11 +506,14 @@ def main(argv: list[str] | None = None) -> int:
             except workloads.WorkloadError as error:
                 print(f"traffic.bench: {error}", file=sys.stderr)
                 return 2
+        http_file = None
+        if any(case.workload == "http-server" for _, case, _ in steps):
+            http_file = stack.enter_context(workloads.HttpFile.made(args.http_file_mib << 20))
         for repeat, case, server in steps:
             progress.step(f"{case.label} | {server} | repeat {repeat + 1}/{args.repeat}")
             row = case.rows[server]
             try:
-                measured = run_one(case, server, args, placement, binaries, fixture)
+                measured = run_one(case, server, args, placement, binaries, fixture, http_file)
             except workloads.WorkloadError as error:
                 row.runs.append(None)
                 row.client_bound.append(False)
@@ -426,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row.runs.append(measured.metrics)
                 row.client_bound.append(measured.client_bound)
+                if "error" in measured.details:  # a result, but one to explain
+                    row.errors.append(measured.details["error"])
             progress.advance()
     progress.close()
 
@@ -441,6 +538,11 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.file_connections,
         },
         "http": {"in_flight": args.http_in_flight, "download_mib": args.http_download_mib},
+        "http_server": {
+            "connections": args.http_connections,
+            "file_mib": args.http_file_mib,
+            "file_connections": args.http_file_connections,
+        },
         "cpus": sorted(os.sched_getaffinity(0)),
         "placement": {
             "server": sorted(placement.server) if placement.server else None,

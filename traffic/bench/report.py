@@ -1,6 +1,7 @@
-"""Results: their summary (median, min-max, ratios to trio taken within each
-repeat), the tables printed at the end, the JSON file, the plot, and the
-progress bar shown while the benchmark runs.
+"""Results: their summary (median, min-max, ratios to the baseline taken
+within each repeat: trio, or a workload's own baseline row), the tables
+printed at the end, the JSON file, the plot, and the progress bar shown
+while the benchmark runs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-#: The baseline every ratio is taken against.
+#: The baseline every ratio is taken against...
 BASELINE = "trio"
+
+#: ...but in these workloads, whose rows are other programs: this one.
+BASELINES = {"http-server": "hypercorn-trio"}
+
+
+def baseline(workload: str) -> str:
+    """The row a workload's ratios are taken against."""
+    return BASELINES.get(workload, BASELINE)
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,11 @@ class Metric:
     header: str
     decimals: int
     higher_is_better: bool = True
-    ratio: bool = False  # shown with a "x trio" column
+    ratio: bool = False  # shown with a "x trio" column (x the case's baseline)
+    #: The key a run has instead of this metric when the row's host broke
+    #: off (the http-server workload's download): its cell then says
+    #: "broken at N MB" (the key's value).
+    broken: str | None = None
 
 
 #: The metrics each workload reports, in table order.
@@ -70,6 +83,17 @@ METRICS: dict[str, tuple[Metric, ...]] = {
         Metric("dl_client_cores", "download client cores", 2),
         Metric("dl_server_cores", "download server cores", 2),
     ),
+    # The server is measured (every thread), under the C load generator.
+    "http-server": (
+        Metric("rate", "requests/s", 0),
+        Metric("req_per_cpu", "requests per server CPU-s", 0, ratio=True),
+        Metric("server_cores", "server cores", 2),
+        Metric("client_cores", "client cores", 2),
+        Metric("file_gbps", "file GB/s", 2, broken="file_broken_mb"),
+        Metric("file_per_cpu", "file GB per server CPU-s", 2, ratio=True, broken="file_broken_mb"),
+        Metric("file_server_cores", "file server cores", 2),
+        Metric("file_client_cores", "file client cores", 2),
+    ),
 }
 
 
@@ -88,6 +112,8 @@ def headlines(workload: str, param: Any) -> tuple[str, ...]:
         return ("gbps", "per_cpu")
     if workload == "http-client":
         return ("req_per_cpu", "dl_per_cpu")
+    if workload == "http-server":
+        return ("req_per_cpu", "file_per_cpu")
     return ({"accept": "per_cpu", "stream": "gbps", "idle": "kib_per_conn"}[workload],)
 
 
@@ -126,8 +152,9 @@ def summary(values: list[float]) -> dict[str, float] | None:
 
 
 def ratios(case: Case, server: str, key: str) -> list[float]:
-    """value / trio's value, for each repeat where both ran."""
-    base = case.rows.get(BASELINE)
+    """value / the baseline's value (trio's, or the case's own baseline
+    row's), for each repeat where both ran."""
+    base = case.rows.get(baseline(case.workload))
     row = case.rows.get(server)
     if base is None or row is None:
         return []
@@ -158,8 +185,10 @@ def _number(value: float, decimals: int) -> str:
     return f"{value:,.{decimals}f}"
 
 
-def _cell(values: list[float], decimals: int) -> str:
+def _cell(values: list[float], decimals: int, broken: list[float] | None = None) -> str:
     if not values:
+        if broken:
+            return f"broken at {_cell(broken, 1)} MB"
         return "-"
     middle = _number(statistics.median(values), decimals)
     if len(values) == 1:
@@ -177,6 +206,12 @@ def _note(row: Row, workload: str = "") -> str:
         # is the fixed peer that may be the bottleneck.
         peer = "server" if workload == "http-client" else "client"
         notes.append(f"{peer}-bound {bound}/{len(row.client_bound)}")
+    broken = sum(
+        run is not None and any(m.broken in run for m in METRICS.get(workload, ()) if m.broken)
+        for run in row.runs
+    )
+    if broken:
+        notes.append(f"broken {broken}/{len(row.runs)}")
     failed = sum(run is None for run in row.runs)
     if failed:
         notes.append(f"failed {failed}/{len(row.runs)} (errors below)")
@@ -202,13 +237,14 @@ def case_table(case: Case) -> str:
     for metric in metrics:
         header.append(metric.header)
         if metric.ratio:
-            header.append("x trio")
+            header.append(f"x {baseline(case.workload)}")
     header.append("note")
     lines = []
     for server, row in case.rows.items():
         line = [server]
         for metric in metrics:
-            line.append(_cell(_values(row, metric.key), metric.decimals))
+            broken = _values(row, metric.broken) if metric.broken else None
+            line.append(_cell(_values(row, metric.key), metric.decimals, broken))
             if metric.ratio:
                 found = median_ratio(case, server, metric.key)
                 line.append("-" if found is None else f"{found:.2f}")
@@ -218,7 +254,8 @@ def case_table(case: Case) -> str:
 
 
 def summary_table(cases: list[Case]) -> str:
-    """Servers by cases: the headline metrics' median ratios to trio."""
+    """Servers by cases: the headline metrics' median ratios to the baseline
+    (trio, or the case's own: its header names it)."""
     servers: list[str] = []
     for case in cases:
         servers.extend(s for s in case.rows if s not in servers)
@@ -226,18 +263,35 @@ def summary_table(cases: list[Case]) -> str:
     header = ["server"]
     for case, key in columns:
         better = "lower" if key in ("p50_us", "kib_per_conn") else "higher"
-        header.append(f"{case.label}: {_short(key)} ({better} better)")
+        against = baseline(case.workload)
+        versus = "" if against == BASELINE else f", x {against}"
+        header.append(f"{case.label}: {_short(key, case.workload)} ({better} better{versus})")
     lines = []
     for server in servers:
         line = [server]
         for case, key in columns:
             found = median_ratio(case, server, key)
-            line.append("-" if found is None else f"{found:.2f}")
+            if found is None and _broken(case, server, key):
+                line.append("broken")
+            else:
+                line.append("-" if found is None else f"{found:.2f}")
         lines.append(line)
     return _table(header, lines)
 
 
-def _short(key: str) -> str:
+def _broken(case: Case, server: str, key: str) -> bool:
+    """Whether ``server``'s host broke off in every run of ``case`` where it
+    ran, so that ``key`` has no figure."""
+    row = case.rows.get(server)
+    metric = next((m for m in METRICS[case.workload] if m.key == key), None)
+    if row is None or metric is None or metric.broken is None:
+        return False
+    return bool(_values(row, metric.broken)) and not _values(row, key)
+
+
+def _short(key: str, workload: str = "") -> str:
+    if workload == "http-server" and key == "req_per_cpu":
+        return "requests per server CPU-s"
     return {
         "p50_us": "p50",
         "per_cpu": "per CPU-s",
@@ -245,6 +299,7 @@ def _short(key: str) -> str:
         "kib_per_conn": "KiB/conn",
         "req_per_cpu": "requests per client CPU-s",
         "dl_per_cpu": "download per client CPU-s",
+        "file_per_cpu": "file per server CPU-s",
     }.get(key, key)
 
 
@@ -253,7 +308,13 @@ def render(cases: list[Case], meta: dict[str, Any]) -> str:
         f"traffic benchmark ({meta['backend']} backend): pin={meta['pin']}, "
         f"{meta['repeat']} repeat(s), "
         f"{meta['seconds']} s per measurement; cells are median [min-max]; "
-        f"'x trio' is the median of ratios to trio taken within each repeat.",
+        f"'x trio' is the median of ratios to trio taken within each repeat"
+        + "".join(
+            f" ('x {baseline(workload)}' in the {workload} workload: to that row)"
+            for workload in dict.fromkeys(case.workload for case in cases)
+            if baseline(workload) != BASELINE
+        )
+        + ".",
     ]
     parts.extend(f"note: {note}" for note in meta.get("notes", []))
     for case in cases:
@@ -264,7 +325,10 @@ def render(cases: list[Case], meta: dict[str, Any]) -> str:
         parts.append(case_table(case) if case.rows else "(nothing ran)")
         for server, row in case.rows.items():
             parts.extend(f"error: {server}: {error}" for error in dict.fromkeys(row.errors))
-    parts.append("\n## Summary: headline metrics, ratio to trio (median of per-repeat ratios)")
+    parts.append(
+        "\n## Summary: headline metrics, ratio to trio or the named baseline "
+        "(median of per-repeat ratios)"
+    )
     parts.append(summary_table(cases))
     return "\n".join(parts)
 
@@ -284,15 +348,21 @@ def to_json(cases: list[Case], meta: dict[str, Any]) -> dict[str, Any]:
                 "client_bound": row.client_bound,
                 "errors": row.errors,
                 "summary": {k: summary(_values(row, k)) for k in keys},
-                "ratio_to_trio": {k: median_ratio(case, server, k) for k in keys},
-                "ratios_to_trio_per_repeat": {k: ratios(case, server, k) for k in keys},
+                "ratio_to_baseline": {k: median_ratio(case, server, k) for k in keys},
+                "ratios_to_baseline_per_repeat": {k: ratios(case, server, k) for k in keys},
             }
+            if baseline(case.workload) == BASELINE:  # the names from before baselines
+                rows[server]["ratio_to_trio"] = rows[server]["ratio_to_baseline"]
+                rows[server]["ratios_to_trio_per_repeat"] = rows[server][
+                    "ratios_to_baseline_per_repeat"
+                ]
         out_cases.append(
             {
                 "workload": case.workload,
                 "param": case.param,
                 "label": case.label,
                 "note": case.note,
+                "baseline": baseline(case.workload),
                 "headline": headline(case.workload, case.param),
                 "headlines": list(headlines(case.workload, case.param)),
                 "results": rows,
@@ -309,7 +379,8 @@ def write_json(path: Path, cases: list[Case], meta: dict[str, Any]) -> None:
 
 
 def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
-    """Bar chart of the headline ratios to trio; None, or why it was skipped."""
+    """Bar chart of the headline ratios to the baseline (trio, or the
+    case's own); None, or why it was skipped."""
     try:
         import matplotlib
 
@@ -317,9 +388,10 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'traffic[bench]'): no plot"
+    bases = {baseline(case.workload) for case in cases}
     servers: list[str] = []
     for case in cases:
-        servers.extend(s for s in case.rows if s not in servers and s != BASELINE)
+        servers.extend(s for s in case.rows if s not in servers and s not in bases)
     if not servers or not cases:
         return "nothing to plot"
     columns = _columns(cases)
@@ -329,14 +401,26 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
     figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(columns) + 2), 5))
     for i, server in enumerate(servers):
         heights = []
-        for case, key in columns:
+        offset = (i - (len(servers) - 1) / 2) * width
+        for c, (case, key) in enumerate(columns):
+            if _broken(case, server, key):  # no bar: say why
+                axes.text(
+                    c + offset,
+                    0.02,
+                    "broken",
+                    transform=axes.get_xaxis_transform(),
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                )
             found = median_ratio(case, server, key)
             # Lower-is-better metrics are inverted so taller is always better.
             if found and key in ("p50_us", "kib_per_conn"):
                 found = 1.0 / found
             heights.append(found or 0.0)
         axes.bar(
-            [c + (i - (len(servers) - 1) / 2) * width for c in range(len(columns))],
+            [c + offset for c in range(len(columns))],
             heights,
             width,
             label=server,
@@ -345,9 +429,14 @@ def plot(path: Path, cases: list[Case], meta: dict[str, Any]) -> str | None:
     axes.set_yscale("log")  # the C reference is 10x to 100x off in places
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(columns)))
-    axes.set_xticklabels([f"{c.label}\n{_short(key)}" for c, key in columns], fontsize=8)
-    axes.set_ylabel("x trio (taller is better; latency and KiB inverted)")
-    axes.set_title(f"traffic benchmark, ratio to trio (pin={meta['pin']}, {meta['repeat']} rep.)")
+    axes.set_xticklabels(
+        [f"{c.label}\n{_short(key, c.workload)}" for c, key in columns], fontsize=8
+    )
+    against = " or ".join(sorted(bases))
+    axes.set_ylabel(f"x {against} (taller is better; latency and KiB inverted)")
+    axes.set_title(
+        f"traffic benchmark, ratio to {against} (pin={meta['pin']}, {meta['repeat']} rep.)"
+    )
     axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

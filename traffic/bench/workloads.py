@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -724,3 +725,172 @@ def http_client(
     bound = max(metrics["server_cores"], metrics["dl_server_cores"]) > CLIENT_BOUND
     details = {"requests": requests.get("seen"), "downloads": download.get("seen")}
     return Measured(metrics, bound, details)
+
+
+# --- the http-server workload --------------------------------------------------------
+
+#: The http-server workload's defaults: connections of the request phase
+#: (each with one request in flight, kept alive), the file's size, and the
+#: connections of the file phase (each downloading the whole file in turn).
+HTTP_CONNECTIONS = 100
+HTTP_FILE_MIB = 64
+HTTP_FILE_CONNECTIONS = 1
+
+
+@dataclass
+class HttpFile:
+    """The file every http-server row serves at ``/file``: ``size`` random
+    bytes at ``path`` (in a temp directory on disk), and their CRC-32, which
+    the load generator checks each download against."""
+
+    path: Path
+    size: int
+    crc: int
+
+    @classmethod
+    @contextmanager
+    def made(cls, size: int) -> Iterator[HttpFile]:
+        """Make the file in a new temp directory (removed at the end)."""
+        directory = Path(tempfile.mkdtemp(prefix="traffic-bench-http-"))
+        try:
+            path = directory / "file"
+            crc, left = 0, size
+            with open(path, "wb") as f:
+                while left:
+                    chunk = os.urandom(min(left, 1 << 20))
+                    crc = zlib.crc32(chunk, crc)
+                    f.write(chunk)
+                    left -= len(chunk)
+            yield cls(path, size, crc)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def warm(self) -> None:
+        """Read the file through, so every row serves it from the page cache."""
+        with open(self.path, "rb", buffering=0) as f:
+            buffer = bytearray(1 << 20)
+            while f.readinto(buffer):
+                pass
+
+
+def http_server(
+    name: str,
+    seconds: float,
+    warmup: float,
+    placement: Placement,
+    binaries: dict[str, Path],
+    http_file: HttpFile,
+    connections: int = HTTP_CONNECTIONS,
+    file_connections: int = HTTP_FILE_CONNECTIONS,
+) -> Measured:
+    """Row ``name``'s HTTP server (``python -m traffic.bench.http_server``)
+    under the C load generator (http_load.c), in one server process: the
+    request phase (``connections`` connections, ``GET /small`` one request
+    at a time each, ``warmup`` then ``seconds``), then the file phase
+    (``file_connections`` connections downloading ``GET /file`` in turn,
+    one download each to warm up, then ``seconds``).  The server's CPU
+    (every thread) is read from /proc when each window starts and ends.
+
+    A download that breaks off (the server closes or resets the connection,
+    or stalls) is the row's result for the file phase: ``file_broken_mb``
+    says how far it got, in place of the file's figures, and ``details``
+    keeps the last error the server logged."""
+    files = connections + 256
+    command = [
+        sys.executable, "-m", "traffic.bench.http_server", base_name(name),
+        "--file", str(http_file.path),
+    ]  # fmt: skip
+    what = f"http-server {name}"
+    client = binaries["http_load"]
+    with running_server(name, placement, binaries, files=files, command=command) as server:
+        address = f"127.0.0.1:{server.port}"
+        args: list[Any] = ["requests", address, connections, seconds, warmup, SMALL_BYTES]
+        requests, cpu = _load_window(
+            server, _client(client, args, placement, files), f"{what} requests",
+            seconds + warmup + 60,
+        )  # fmt: skip
+        http_file.warm()
+        args = ["file", address, file_connections, seconds, http_file.size, http_file.crc]
+        # Generous: two downloads of each connection at 20 MB/s, and the window.
+        timeout = 60 + seconds + 2 * file_connections * http_file.size / 20e6
+        download, file_cpu = _load_window(
+            server, _client(client, args, placement, files), f"{what} file", timeout
+        )
+        logged = _last_error(server.stderr) if download["broken"] else None
+    if requests["requests"] <= 0:
+        raise WorkloadError(f"{what}: no request completed ({requests})")
+    window = requests["seconds"]
+    metrics = {
+        "rate": requests["requests"] / window,
+        "req_per_cpu": requests["requests"] / max(cpu, 1.0 / CLK_TCK),
+        "server_cores": cpu / window,
+        "client_cores": requests["client_cpu"] / window,
+        "reconnects": requests["reconnects"],
+    }
+    if download["broken"]:
+        metrics["file_broken_mb"] = download["broken_at"] / 1e6
+    else:
+        file_window = max(download["seconds"], 1e-6)
+        moved = download["bytes"]
+        metrics.update(
+            {
+                "file_gbps": moved / file_window / 1e9,
+                "file_per_cpu": moved / max(file_cpu, 1.0 / CLK_TCK) / 1e9,
+                "file_server_cores": file_cpu / file_window,
+                "file_client_cores": download["client_cpu"] / file_window,
+                "downloads": download["downloads"],
+            }
+        )
+    bound = max(metrics["client_cores"], metrics.get("file_client_cores", 0.0)) > CLIENT_BOUND
+    details: dict[str, Any] = {"file": download}
+    if download["broken"]:
+        details["error"] = (
+            f"the download broke off after {download['broken_at']:,} bytes "
+            f"({download['broken']})" + (f": the server logged {logged}" if logged else "")
+        )
+    return Measured(metrics, bound, details)
+
+
+#: The body size of ``GET /small`` (asgi_app.SMALL_BYTES; this module
+#: imports no host).
+SMALL_BYTES = 1024
+
+
+def _load_window(
+    server: Server, client: subprocess.Popen[str], what: str, timeout: float
+) -> tuple[dict[str, Any], float]:
+    """http_load's result, and the server's CPU seconds between its "start"
+    and its result."""
+    try:
+        with _watchdog(client, timeout):
+            _expect(client, what, "start")
+            cpu_from = cpu_seconds(server.pid)
+            line = _expect(client, what, "")
+            cpu = cpu_seconds(server.pid) - cpu_from
+        _, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    if client.returncode != 0:
+        raise WorkloadError(
+            f"{what}: client exited with {client.returncode}: {err.strip()} "
+            f"(server: {_tail(server.stderr, 3)})"
+        )
+    return json.loads(line), cpu
+
+
+def _last_error(stream: IO[str]) -> str | None:
+    """The last line of a traceback (``SomeError: ...``) in a server's
+    stderr, or None."""
+    stream.flush()
+    fd = stream.fileno()
+    # pread: the server writes to the same open file, whose offset a seek
+    # would move under it.
+    text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+    found = None
+    for line in text.splitlines():
+        head = line.split(":", 1)[0].strip()
+        if ":" in line and head.isidentifier() and head.endswith(("Error", "Exception")):
+            found = line.strip()
+    return found
