@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket as _stdlib_socket
 from array import array
@@ -21,12 +22,15 @@ from typing import Any
 from ._requests import pin_descriptors
 
 __all__ = [
+    "ACCEPT_BACKOFF",
     "ACCEPT_BATCH",
+    "ACCEPT_CAPACITY_ERRNOS",
     "DEFAULT_RECEIVE_SIZE",
     "MAX_RECEIVE_FDS",
     "AcceptQueue",
     "Guard",
     "SocketView",
+    "accept_backoff",
     "claimed",
     "has_nodelay",
     "set_nodelay",
@@ -46,7 +50,35 @@ ACCEPT_BATCH = 64
 #: full, so what it does not take waits in the kernel for the next call.
 MAX_RECEIVE_FDS = 4096
 
+#: Accept errors that mean "out of resources for now": a serving loop
+#: (trio's ``serve_listeners``, anyio's ``serve()``) backs off and retries,
+#: as trio's own ``serve_listeners`` does.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+#: Seconds a serving loop waits after such an error, as trio's.
+ACCEPT_BACKOFF = 0.100
+
+_SERVE_LOGGER = logging.getLogger("traffic.serve_listeners")
+
 _INET = (_stdlib_socket.AF_INET, _stdlib_socket.AF_INET6)
+
+
+def accept_backoff(exc: OSError) -> bool:
+    """Whether a serving loop backs off from the accept error ``exc`` (out
+    of descriptors or memory: logged at ERROR to the
+    ``traffic.serve_listeners`` logger, as trio's ``serve_listeners`` logs
+    it; the loop then sleeps :data:`ACCEPT_BACKOFF` and accepts again)
+    rather than raise it."""
+    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+        return False
+    _SERVE_LOGGER.error(
+        "accept returned %s (%s); retrying in %s seconds",
+        errno.errorcode[exc.errno],
+        os.strerror(exc.errno),
+        ACCEPT_BACKOFF,
+        exc_info=True,
+    )
+    return True
 
 
 class SocketView:

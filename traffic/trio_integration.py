@@ -67,7 +67,6 @@ any number of times; each run gets its own Traffic.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket as _stdlib_socket
 from array import array
@@ -90,12 +89,14 @@ from ._requests import (
     protected,
 )
 from ._sockets import (
+    ACCEPT_BACKOFF,
     ACCEPT_BATCH,
     DEFAULT_RECEIVE_SIZE,
     MAX_RECEIVE_FDS,
     AcceptQueue,
     Guard,
     SocketView,
+    accept_backoff,
     claimed,
     set_nodelay,
     socket_identity,
@@ -988,15 +989,6 @@ async def open_unix_listener(
 
 _Handler = Callable[[TrafficStream], Awaitable[object]]
 
-#: Accept errors that mean "out of resources for now": back off and retry
-#: (trio's serve_listeners handles the same).
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-#: Seconds to wait after such an error, as trio.
-ACCEPT_BACKOFF = 0.100
-
-_LOGGER = logging.getLogger("traffic.serve_listeners")
-
 
 async def _run_handler(stream: TrafficStream, handler: _Handler) -> None:
     try:
@@ -1027,15 +1019,8 @@ async def _serve_one_listener(
             try:
                 streams = await listener._accept_all()
             except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                if not accept_backoff(exc):
                     raise
-                _LOGGER.error(
-                    "accept returned %s (%s); retrying in %s seconds",
-                    errno.errorcode[exc.errno],
-                    os.strerror(exc.errno),
-                    ACCEPT_BACKOFF,
-                    exc_info=True,
-                )
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
             _start_handlers(handler_nursery, handler, streams)
