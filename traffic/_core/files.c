@@ -236,8 +236,10 @@ file_send(struct tr_transit *t, int nodisk, int *error)
 
 		if (want == 0)
 			return TX_EXHAUSTED;
-		if (passed >= TR_FILE_PASS)
+		if (passed >= TR_FILE_PASS) {
+			t->pass_bounds += 1;
 			return TX_YIELD;
+		}
 		if (want > TR_FILE_CALL)
 			want = TR_FILE_CALL;
 		if (nodisk && !t->file_copy && !resident(t->file, at, want)) {
@@ -367,8 +369,10 @@ file_receive(struct tr_transit *t, int drain, int *error)
 
 		if (want == 0)
 			return TX_EXHAUSTED;
-		if (passed >= TR_FILE_PASS)
+		if (passed >= TR_FILE_PASS) {
+			t->pass_bounds += 1;
 			return TX_YIELD;
+		}
 		if (want > TR_FILE_HOLD)
 			want = TR_FILE_HOLD;
 #ifdef TR_SPLICE

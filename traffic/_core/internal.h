@@ -285,6 +285,12 @@ struct tr_transit {
 	size_t pipe_room, piped;
 	char *hold;
 	size_t held_pos, held_len;
+	/*
+	 * Counts kept by the thread of a transfer while it runs without the
+	 * lock (IN_SYSCALL: only it touches them), added to the Traffic's
+	 * stats when it takes the lock back (transfer_unlocked).
+	 */
+	unsigned int pass_bounds, full_batches;
 	struct tr_transit *next_work, *next_report;
 	struct tr_transit *next_all, *prev_all;
 };
@@ -321,6 +327,7 @@ struct tr_traffic {
 	struct tr_point *dead;
 	struct tr_point *points;   /* every point that belongs to this Traffic */
 	struct tr_kevent events[TR_BATCH];
+	tr_stats stats;           /* see traffic.h */
 };
 
 /* Orders a transit's release against its Traffic's destruction (traffic.c). */

@@ -85,6 +85,8 @@ tr_arm(struct tr_traffic *tr, struct tr_point *p)
 	if (err == 0) {
 		p->registered |= want;
 		p->armed = want;
+		if (want == (TR_K_READ | TR_K_WRITE))
+			tr->stats.armed_both += 1;
 	}
 	return err;
 }

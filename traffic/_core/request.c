@@ -316,6 +316,9 @@ tr_withdraw(tr_transit *t, tr_report *report)
 	} else if (t->flags & TF_IN_SYSCALL) {
 		t->flags |= TF_WITHDRAW;    /* the transferring thread completes it */
 		outcome = TR_COMPLETING;
+		tr->stats.withdraw_in_call += 1;
+		if (t->file >= 0)
+			tr->stats.withdraw_in_file_call += 1;
 	} else {
 		t->flags &= ~TF_REQUEST;
 		report->outcome = TR_WITHDRAWN;

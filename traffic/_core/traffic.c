@@ -111,6 +111,15 @@ tr_traffic_transits(tr_traffic *tr)
 }
 
 int
+tr_traffic_stats(tr_traffic *tr, tr_stats *stats)
+{
+	pthread_mutex_lock(&tr->lock);
+	*stats = tr->stats;
+	pthread_mutex_unlock(&tr->lock);
+	return 0;
+}
+
+int
 tr_traffic_wake(tr_traffic *tr)
 {
 	pthread_mutex_lock(&tr->lock);

@@ -173,6 +173,32 @@ typedef struct {
 /* Core objects alive (Traffics and transits), for leak checks in tests. */
 long tr_live_objects(void);
 
+/*
+ * How often a Traffic took paths that tests must prove they reached (the
+ * races and bounds no test can force from outside): plain counters, kept
+ * under the Traffic's lock, never reset, read by tr_traffic_stats.  They
+ * change nothing the core does.
+ */
+typedef struct {
+	/* tr_withdraw found the request inside its system call (TR_COMPLETING) */
+	unsigned long long withdraw_in_call;
+	/* ... and that request was a file region's (sendfile, splice) */
+	unsigned long long withdraw_in_file_call;
+	/* a file transfer's pass stopped at TR_FILE_PASS with more to do */
+	unsigned long long file_pass_bound;
+	/* a datagram receive's batch filled every one of its TR_DG_BATCH slots */
+	unsigned long long datagram_full_batch;
+	/* an owner's termination met a system call in flight; its thread finished it */
+	unsigned long long end_settled;
+	/* accepted descriptors the core closed because nobody was told of them */
+	unsigned long long accepted_closed;
+	/* an arm left both directions of a socket armed at once (threaded) */
+	unsigned long long armed_both;
+} tr_stats;
+
+/* Copy the Traffic's counters into *stats; 0. */
+int tr_traffic_stats(tr_traffic *traffic, tr_stats *stats);
+
 /* The kernel event backend compiled in: "epoll" or "kqueue". */
 const char *tr_backend(void);
 

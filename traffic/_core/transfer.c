@@ -284,6 +284,8 @@ transfer_datagrams(struct tr_transit *t, int *error)
 		else
 			n = tr_dg_send(fd, t->buf, t->size, &t->pos);
 		if (n > 0) {
+			if (t->polarity == TR_INPUT && n == TR_DG_BATCH)
+				t->full_batches += 1;
 			if (t->polarity == TR_INPUT && n < TR_DG_BATCH && t->pos < t->size)
 				return TX_AGAIN;
 			continue;
@@ -350,6 +352,8 @@ tr_close_unreported(struct tr_transit *t)
 
 		memcpy(&fd, t->buf + at, sizeof fd);
 		close(fd);
+		if (t->traffic != NULL)
+			t->traffic->stats.accepted_closed += 1;
 	}
 	t->pos = t->mark;
 }
@@ -521,6 +525,9 @@ transfer_unlocked(struct tr_traffic *tr, struct tr_transit *t, int nodisk, int *
 	pthread_mutex_lock(&tr->lock);
 	t->flags &= ~TF_IN_SYSCALL;
 	p->busy -= 1;
+	tr->stats.file_pass_bound += t->pass_bounds;
+	tr->stats.datagram_full_batch += t->full_batches;
+	t->pass_bounds = t->full_batches = 0;
 	if (p->error != 0)
 		rc = take_event_error(p, t, rc, error);
 	/* Memory the core allocated (not the caller's, nor its scratch). */
@@ -667,6 +674,7 @@ tr_drive(struct tr_traffic *tr, struct tr_transit *t, tr_report *report)
 			t->flags &= ~TF_READY;
 		if (t->life == TR_LIFE_TERMINATING) {
 			/* The owner terminated it while we were in the kernel. */
+			tr->stats.end_settled += 1;
 			if (t->flags & TF_RELEASED)
 				tr_close_unreported(t);
 			tr_terminate(tr, t, TR_LIFE_SETTLE, 0);
