@@ -484,8 +484,21 @@ class _AsyncioParking:
     def wake(self, transit: Transit) -> None:
         """Wake the task waiting on ``transit`` (just terminated by its owner)
         with a closed outcome now, without waiting for the core's report;
-        the resource stays pinned until that report arrives."""
+        the resource stays pinned until that report arrives.
+
+        The completions already queued are collected first: a request the
+        core completed before its owner's end gets its own completion,
+        which carries what it transferred (descriptors accepted or
+        received, bytes of a file sent) for the waiter to settle (close,
+        count).  Woken with a closed outcome instead, the waiter would
+        never see them, and the descriptors would leak.  Only a request
+        whose system call was in flight at the termination is woken here:
+        the core finishes it when the call returns, as its owner's end, and
+        closes what it accepted or received meanwhile."""
         token = transit._token
+        if token not in self.parked:
+            return
+        self._collect()
         future = self.parked.get(token)
         if future is not None:
             self.parked[token] = None
