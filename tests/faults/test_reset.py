@@ -1,0 +1,131 @@
+"""A reset from the network mid-transfer: ``ss -K`` on either side.
+
+In a private namespace, each layer's server has connections parked in a
+receive (``hold``), in a send to a peer that stopped reading (``blast``)
+and in both at once (``duplex``), beside normal clients echoing 1 MiB.
+Each parked connection is then destroyed with ``ss -K``, either the
+server's socket (the kernel aborts it: ``ECONNABORTED`` there, a reset to
+the client) or the client's (a reset reaches the server: ``ECONNRESET``,
+``EPIPE``).  Every parked operation is woken at once (within 1 s) with a
+clean outcome, the normal clients' transfers arrive whole, and the server
+returns to its baseline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from . import support
+from .support import Client, Engine, Server, check_clients, check_outcomes, echo_client
+
+pytestmark = [pytest.mark.faults_quick, pytest.mark.timeout(60)]
+
+MODES = ("hold", "blast", "duplex")
+
+
+def kill(net: support.Net, ns: str, local: int, remote: int) -> None:
+    """``ss -K`` the one TCP socket bound to port ``local`` and connected to
+    port ``remote`` (the killed socket is listed: exactly one)."""
+    out = net.exec(ns, "ss", "-K", "-t", "-n", "-H", f"( sport = :{local} and dport = :{remote} )")
+    killed = [line for line in out.splitlines() if line.strip()]
+    assert len(killed) == 1, f"ss -K sport {local} dport {remote} killed {killed}"
+
+
+def parked(server: Server, victims: list[Client]) -> bool:
+    """Every victim's handler waits: a receive, or a send that stopped moving."""
+    first = server.stats()["conns"]
+    time.sleep(0.05)
+    second = server.stats()["conns"]
+    for client in victims:
+        a, b = first.get(client.label), second.get(client.label)
+        if a is None or b is None:
+            return False
+        if "blast" in client.label or "duplex" in client.label:
+            if b["phase"] not in ("send", "recv") or a["sent"] != b["sent"] or b["sent"] == 0:
+                return False
+        elif b["phase"] != "recv":
+            return False
+    return True
+
+
+def test_reset_from_the_network_wakes_parked_operations() -> None:
+    with support.net() as net:
+        support.need_tools("ss")
+        ns = net.namespace("r")
+        with (
+            Engine() as engine,
+            support.servers(
+                support.layers(), warm=support.warm_echo(engine, ns), netns=ns
+            ) as servers,
+        ):
+            victims: dict[Server, list[Client]] = {}
+            normal: list[Client] = []
+            for server in servers:
+                victims[server] = [
+                    engine.open(
+                        support.mode_client(
+                            server, mode, f"{mode}-{side}", netns=ns, read=False, rcvbuf=4096
+                        )
+                    )
+                    for mode in MODES
+                    for side in ("server", "client")
+                ]
+            for server in servers:
+                support.wait_for(
+                    lambda server=server: parked(server, victims[server]),
+                    10,
+                    f"[{server.layer}] the victims park",
+                )
+            # The normal clients start, and the resets happen under them.
+            for server in servers:
+                normal += [
+                    engine.open(echo_client(server, f"normal{n}", 1 << 20, n, netns=ns))
+                    for n in range(3)
+                ]
+            killed_at = {}
+            for server in servers:
+                for client in victims[server]:
+                    killed_at[server, client.label] = time.monotonic()
+                    if client.label.endswith("server"):
+                        kill(net, ns, server.port, client.port)
+                    else:
+                        kill(net, ns, client.port, server.port)
+
+            for server in servers:
+
+                def woken(server: Server = server) -> bool:
+                    conns = server.stats()["conns"]
+                    return all(conns[c.label]["t_end"] is not None for c in victims[server])
+
+                support.wait_for(woken, 10, f"[{server.layer}] the victims wake")
+                conns = server.stats()["conns"]
+                for client in victims[server]:
+                    record = conns[client.label]
+                    took = record["t_end"] - killed_at[server, client.label]
+                    assert took < support.AT_ONCE, (
+                        f"[{server.layer}] {client.label} woke {took:.2f} s after the reset"
+                    )
+                    outcomes = record["outcomes"]
+                    # A parked receive may find the end of the stream when
+                    # the send consumed the socket's error first.
+                    expected = len(outcomes) == (3 if client.label.startswith("duplex") else 1)
+                    assert expected and all(
+                        o.startswith("broken:") or o in ("eof", "duplex") for o in outcomes
+                    ), f"[{server.layer}] {client.label}: {outcomes}"
+                    assert any(o.startswith("broken:") for o in outcomes) or (
+                        client.label.startswith("hold")
+                    ), f"[{server.layer}] {client.label}: {outcomes}"
+                    if client.label.endswith("server"):
+                        # The server's own socket was aborted.
+                        assert any(o == "broken:ECONNABORTED" for o in outcomes) or outcomes == [
+                            "eof"
+                        ], f"[{server.layer}] {client.label}: {outcomes}"
+
+            support.wait_clients(normal, 30, "normal clients beside the resets")
+            check_clients(normal)
+            for server in servers:
+                for client in victims[server]:
+                    engine.shut(client)
+                check_outcomes(server.settled(), server.layer)
