@@ -208,15 +208,21 @@ struct tr_point {
 	 * waits on now (cleared as the kernel reports them).
 	 */
 	unsigned registered:2, armed:2;
-	unsigned closed:1, is_socket:1, dead:1;
+	unsigned closed:1, dead:1;
 	/*
-	 * A regular file or a directory: always "ready", so no kernel event
-	 * ever says it can transfer again.  epoll refuses to subscribe it
-	 * (EPERM); kqueue accepts it and never reports a file's end.  The core
-	 * refuses it the same way on both: a transfer that would wait on it
-	 * terminates with EPERM.
+	 * What the descriptor is, set when the point is made and never
+	 * changed.  Not bit fields: a transfer in flight reads is_socket
+	 * without the lock, and adjacent bit fields are one memory location,
+	 * which the cycle thread writes under the lock (armed, on every event
+	 * of a threaded Traffic): ThreadSanitizer reported that race.
+	 *
+	 * is_file: a regular file or a directory, always "ready", so no kernel
+	 * event ever says it can transfer again.  epoll refuses to subscribe
+	 * it (EPERM); kqueue accepts it and never reports a file's end.  The
+	 * core refuses it the same way on both: a transfer that would wait on
+	 * it terminates with EPERM.
 	 */
-	unsigned is_file:1;
+	unsigned char is_socket, is_file;
 	/*
 	 * The kernel reported a hang-up or an error.  From then on a short
 	 * transfer no longer proves the kernel was drained: the end (EOF, the
