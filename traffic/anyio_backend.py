@@ -164,12 +164,14 @@ from ._requests import (
     protected,
 )
 from ._sockets import (
+    ACCEPT_BACKOFF,
     ACCEPT_BATCH,
     DEFAULT_RECEIVE_SIZE,
     MAX_RECEIVE_FDS,
     AcceptQueue,
     Guard,
     SocketView,
+    accept_backoff,
     claimed,
     set_nodelay,
     socket_identity,
@@ -1326,21 +1328,39 @@ class TrafficSocketListener(anyio.abc.SocketListener):
 
         Every batch of connections the core accepted costs one checkpoint,
         not one per connection.  The handler closes its stream, as with
-        anyio's own listeners.
+        anyio's own listeners.  Out of descriptors or memory (EMFILE,
+        ENFILE, ENOBUFS, ENOMEM) it logs to the ``traffic.serve_listeners``
+        logger and accepts again after 100 ms, as the trio layer's
+        :func:`~traffic.trio_integration.serve_listeners` (and trio's own)
+        does, where anyio's ``serve()`` would end with the ``OSError``.
         """
         async with contextlib.AsyncExitStack() as stack:
             if task_group is None:
                 task_group = await stack.enter_async_context(anyio.create_task_group())
             while True:
-                with self._accept_guard:
-                    await self._fill()
-                    streams = []
-                    while self._accepted:
-                        # One at a time: if making a stream fails, the
-                        # descriptors not taken yet stay queued.
-                        streams.append(self._stream())
-                for stream in streams:
-                    task_group.start_soon(handler, stream)
+                try:
+                    streams = await self._accept_all()
+                except OSError as exc:
+                    # Out of descriptors or memory: the listener is intact;
+                    # back off and accept again, as the trio layer's
+                    # serve_listeners (anyio's own serve() would end).
+                    if not accept_backoff(exc):
+                        raise
+                    await anyio.sleep(ACCEPT_BACKOFF)
+                    continue
+                _start_handlers(task_group, handler, streams)
+
+    async def _accept_all(self) -> list[TrafficSocketStream]:
+        """Every connection accepted so far, at least one: :meth:`accept`
+        for a whole batch with one checkpoint (:meth:`serve`)."""
+        with self._accept_guard:
+            await self._fill()
+            streams = []
+            while self._accepted:
+                # One at a time: if making a stream fails, the descriptors
+                # not taken yet stay queued.
+                streams.append(self._stream())
+            return streams
 
     @protected
     async def _fill(self) -> None:
@@ -1386,6 +1406,20 @@ class TrafficSocketListener(anyio.abc.SocketListener):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._transit.fileno()}"
         return f"<traffic.anyio_backend.{type(self).__name__} {state}>"
+
+
+def _start_handlers(
+    task_group: anyio.abc.TaskGroup,
+    handler: Callable[[anyio.abc.SocketStream], Any],
+    streams: list[TrafficSocketStream],
+) -> None:
+    """A handler task per stream; the list is emptied.  The serving loop
+    holds no stream while it waits for the next batch: a stream it held
+    would outlive its handler (its transits alive, if closed) for as long
+    as no connection comes."""
+    for stream in streams:
+        task_group.start_soon(handler, stream)
+    streams.clear()
 
 
 class TrafficUNIXSocketListener(TrafficSocketListener):
