@@ -383,6 +383,51 @@ class Server:
         await anyio.sleep(delay)
         await conn.close()
 
+    def debug(self) -> dict[str, Any]:
+        """Where each unfinished handler's transfers are: the core's status
+        of each transit, whether the layer has it parked, the completion
+        descriptor's and flag's state (what a stuck handler waits on)."""
+        import select
+
+        from traffic._traffic import ffi, lib
+
+        if self.layer in ("trio", "anyio-trio"):
+            from traffic import _trio_parking
+
+            parking: Any = _trio_parking.delivery()
+        else:
+            from traffic.anyio_backend import _AsyncioParking
+
+            parking = _AsyncioParking.current()
+        requests = parking.requests
+        readable = select.select([parking.fd], [], [], 0)[0] != []
+        out: dict[str, Any] = {
+            "completion_fd_readable": readable,
+            "notify_flag": requests.notify_flag()[0],
+            "parked": len(parking.parked),
+        }
+        error = ffi.new("int *")
+        for conn in self.active:
+            stream = conn.stream
+            if stream is None:
+                continue
+            state = {}
+            for side in ("_receiver", "_sender"):
+                transit = getattr(stream, side)
+                status = lib.tr_transit_status(transit._c, error)
+                state[side] = {
+                    "status": [
+                        name
+                        for name in ("ACQUIRED", "RESOURCE", "EXHAUSTED", "TERMINATED", "REQUEST")
+                        if status & getattr(lib, f"TR_ST_{name}")
+                    ],
+                    "error": error[0],
+                    "parked": transit._token in parking.parked,
+                    "fd": transit.fileno(),
+                }
+            out[conn.id] = state
+        return out
+
     # Control.
 
     async def control(self) -> None:
@@ -419,6 +464,8 @@ class Server:
             }
         if name == "transits":
             return {"transits": live_transits()}
+        if name == "debug":
+            return {"debug": self.debug()}
         if name == "cancel":
             asked = time.monotonic()
             targets = [self.conns[key] for key in command["ids"]]

@@ -710,9 +710,18 @@ def wait_clients(
                         for key, conn in conns.items()
                         if conn["t_end"] is None
                     ]
+                    if any(conn["t_end"] is None for conn in conns.values()):
+                        handlers.append(f"[{server.layer}] {server.request({'cmd': 'debug'})}")
+            sockets = []
+            for c in clients:
+                if c.outcome is None and c.port and shutil.which("ss"):
+                    command = ["ss", "-tnmi", f"( sport = :{c.port} or dport = :{c.port} )"]
+                    if c.netns is not None:
+                        command = ["ip", "netns", "exec", c.netns, *command]
+                    sockets.append(run(*command, check=False))
             raise AssertionError(
                 f"{what}: {len(pending)} not done within {timeout} s: {pending}; "
-                f"handlers not ended: {handlers}"
+                f"handlers not ended: {handlers}; sockets: {sockets[:4]}"
             )
 
 
