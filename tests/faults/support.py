@@ -60,7 +60,10 @@ HERE = Path(__file__).resolve().parent
 SERVER_PY = HERE / "server.py"
 GUARANTEES = HERE.parent.parent / "docs" / "guarantees.rst"
 IMPORT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
-ENV = {**os.environ, "PYTHONPATH": IMPORT_ROOT}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [IMPORT_ROOT, os.environ.get("PYTHONPATH")])),
+}
 #: With it set (CI sets it), every skip of the suite is a failure.
 REQUIRED = os.environ.get("TRAFFIC_FAULTS_REQUIRED") == "1"
 #: The tag of this run's namespaces, devices and cgroups.
@@ -121,11 +124,22 @@ def need_tools(*tools: str) -> None:
         skip(f"{', '.join(missing)} not installed (apt-get install {' '.join(names)})")
 
 
+_namespaces: str | None = None
+
+
 def need_namespaces() -> None:
+    """Root, ``ip``, and a kernel (or container) that lets us make network
+    namespaces: probed once, by ``unshare -n`` (skipped with its error)."""
+    global _namespaces
     need_root()
-    need_tools("ip")
-    if not os.path.exists("/proc/self/ns/net"):
-        skip("no network namespaces in this kernel")
+    need_tools("ip", "unshare")
+    if _namespaces is None:
+        probe = subprocess.run(
+            ["unshare", "-n", "true"], capture_output=True, text=True, timeout=30
+        )
+        _namespaces = "" if probe.returncode == 0 else probe.stderr.strip() or "failed"
+    if _namespaces:
+        skip(f"cannot make a network namespace here (unshare -n: {_namespaces})")
 
 
 def layers() -> list[str]:
