@@ -21,6 +21,8 @@ The protocol.  A client's first line says what its handler does:
   until the end of the stream;
 - ``blast``: send 64 KiB chunks forever (a parked send, once the peer
   stops reading);
+- ``drip``: send 1 KiB every 50 ms forever (data always in flight, the
+  peer's window open);
 - ``duplex``: ``hold`` and ``blast`` at once, on one stream (both
   directions parked).
 
@@ -321,6 +323,10 @@ class Server:
             return await self.hold(conn)
         if conn.mode == "blast":
             return await self.blast(conn)
+        if conn.mode == "drip":
+            while True:
+                await conn.send(bytes(1024))
+                await anyio.sleep(0.05)
         if conn.mode == "duplex":
             # One outcome per direction (guarded records each).
             async with anyio.create_task_group() as tg:

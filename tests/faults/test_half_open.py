@@ -101,3 +101,98 @@ def test_half_open_peer() -> None:
                 for client in clients[server].values():
                     engine.shut(client)
                 check_outcomes(server.settled(), server.layer)
+
+
+#: ICMP errors the path sends back, and the errno each becomes once
+#: ``TCP_USER_TIMEOUT`` gives up (the kernel reports the last soft error).
+UNREACHABLE = {
+    "host-unreachable": "EHOSTUNREACH",
+    "net-unreachable": "ENETUNREACH",
+    "port-unreachable": "ECONNREFUSED",
+}
+
+
+def test_unreachable_peer() -> None:
+    """The path answers the server's packets with ICMP errors (a router
+    that lost the peer's host or network, a firewall's ``REJECT``, whose
+    default is port-unreachable): with ``TCP_USER_TIMEOUT`` 1 s the send
+    fails within 10 s, chained to the errno of the ICMP error.  The server
+    sends a little at a time (``drip``), so that data is in flight when the
+    errors start: a zero-window probe's error would not count (its sequence
+    number is outside the window)."""
+    with support.net() as net:
+        support.need_tools("nft")
+        server_ns, client_ns = net.namespace("s"), net.namespace("c")
+        net.link(server_ns, client_ns, SERVER_ADDR, CLIENT_ADDR)
+        with (
+            Engine() as engine,
+            support.servers(
+                support.layers(),
+                warm=support.warm_echo(engine, client_ns),
+                host=SERVER_ADDR,
+                netns=server_ns,
+            ) as servers,
+        ):
+            clients = {
+                (server, kind): engine.open(
+                    mode_client(server, "drip", kind, "tuo=1000", netns=client_ns)
+                )
+                for server in servers
+                for kind in UNREACHABLE
+            }
+            for server in servers:
+                support.wait_for(
+                    lambda s=server: all(
+                        s.stats()["conns"].get(kind, {}).get("sent", 0) > 0 for kind in UNREACHABLE
+                    ),
+                    10,
+                    f"[{server.layer}] connections",
+                )
+            # Every packet of the server's answered with the ICMP error, and
+            # nothing of the client's reaching the server (an ACK would
+            # clear the error the kernel noted).  No rate limit on the
+            # errors: each connection gets its own.
+            net.sysctl(client_ns, "net.ipv4.icmp_ratelimit", 0)
+            rejects = "\n".join(
+                f"tcp dport {client.port} reject with icmp type {kind}"
+                for (_, kind), client in clients.items()
+            )
+            ports = ", ".join(str(client.port) for client in clients.values())
+            net.nft(
+                client_ns,
+                f"""
+                table ip tf_reject {{
+                    chain input {{
+                        type filter hook input priority 0; policy accept;
+                        {rejects}
+                    }}
+                    chain output {{
+                        type filter hook output priority 0; policy accept;
+                        tcp sport {{ {ports} }} drop
+                    }}
+                }}
+                """,
+            )
+            rejected = time.monotonic()
+            for server in servers:
+
+                def failed(server: Server = server) -> bool:
+                    conns = server.stats()["conns"]
+                    return all(conns[kind]["t_end"] is not None for kind in UNREACHABLE)
+
+                support.wait_for(
+                    failed,
+                    TIMEOUT_BOUND - (time.monotonic() - rejected),
+                    f"[{server.layer}] the sends fail",
+                )
+                conns = server.stats()["conns"]
+                for kind, name in UNREACHABLE.items():
+                    assert conns[kind]["outcomes"] == [f"broken:{name}"], (
+                        server.layer,
+                        kind,
+                        conns[kind]["outcomes"],
+                    )
+            for client in clients.values():
+                engine.shut(client)
+            for server in servers:
+                check_outcomes(server.settled(), server.layer)
