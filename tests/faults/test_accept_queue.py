@@ -65,7 +65,7 @@ def test_accept_queue_overflow() -> None:
                 for server in servers:
                     os.kill(server.pid, signal.SIGCONT)
             everyone = [c for group in clients.values() for c in group]
-            support.wait_clients(everyone, 30, "clients of an overflowing queue")
+            support.wait_clients(everyone, 30, "clients of an overflowing queue", servers)
             check_clients(everyone, {"ok", *REFUSED})
             after = net.counters(ns)
             assert after["TcpExtListenOverflows"] > before["TcpExtListenOverflows"], (
@@ -132,7 +132,7 @@ def test_syn_flood() -> None:
                 for server in servers
                 for n in range(NORMAL)
             ]
-            support.wait_clients(normal, 20, "normal clients during a SYN flood")
+            support.wait_clients(normal, 20, "normal clients during a SYN flood", servers)
             check_clients(normal)
             assert all(c.outcome is None for c in flood), "a flood connection completed"
             for client in flood:

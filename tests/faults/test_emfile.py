@@ -52,7 +52,7 @@ def test_emfile_with_connections_waiting() -> None:
         for server in servers:
             for client in holders[server]:
                 engine.shut(client)
-        support.wait_clients(waiting, 20, "clients waiting through EMFILE")
+        support.wait_clients(waiting, 20, "clients waiting through EMFILE", servers)
         check_clients(waiting)
         for server in servers:
             server.request({"cmd": "unlimit"})

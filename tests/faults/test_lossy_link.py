@@ -31,7 +31,7 @@ import pytest
 from . import support
 from .support import Client, Engine, Server, check_clients, check_outcomes, echo_client
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(60)
 
 SERVER_ADDR, CLIENT_ADDR = "198.18.3.1", "198.18.3.2"
 CHAOS = 8
@@ -99,7 +99,7 @@ def test_lossy_link_with_cancellation_and_resets() -> None:
                     client.reset_after = rng.randrange(len(client.header) + 1, SIZE)
                     resets.append(engine.open(client))
             everyone = [*whole, *resets, *(c for group in chaos.values() for c in group)]
-            support.wait_clients(everyone, 60, "clients over the lossy link")
+            support.wait_clients(everyone, 30, "clients over the lossy link", servers)
             check_clients(whole)
             check_clients(resets, {"reset-by-me"})
             for server in servers:

@@ -17,7 +17,7 @@ import pytest
 from . import support
 from .support import Engine, check_clients, check_outcomes, echo_client, sink_client, source_client
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(60)
 
 LIMIT = 256 << 10
 SIZE = 1 << 20
@@ -40,7 +40,7 @@ def test_socket_memory_pressure() -> None:
                     engine.open(source_client(server, f"down{n}", SIZE, n)),
                     engine.open(echo_client(server, f"echo{n}", SIZE, n)),
                 ]
-        support.wait_clients(clients, 60, "clients under socket-memory pressure", servers)
+        support.wait_clients(clients, 30, "clients under socket-memory pressure", servers)
         # The counter reached its limit (its failcnt is no witness: recent
         # kernels count no failures of the TCP counter; what the kernel
         # forces beyond the limit shows in the peak).

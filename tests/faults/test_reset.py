@@ -123,7 +123,7 @@ def test_reset_from_the_network_wakes_parked_operations() -> None:
                             "eof"
                         ], f"[{server.layer}] {client.label}: {outcomes}"
 
-            support.wait_clients(normal, 30, "normal clients beside the resets")
+            support.wait_clients(normal, 30, "normal clients beside the resets", servers)
             check_clients(normal)
             for server in servers:
                 for client in victims[server]:

@@ -19,7 +19,7 @@ import pytest
 from . import support
 from .support import Client, Engine, check_clients, check_idle, check_outcomes, echo_client
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(60)
 
 TRICKLERS = 100
 NORMAL = 5
@@ -49,7 +49,7 @@ def test_slowloris_beside_normal_clients() -> None:
             for server in servers
             for n in range(NORMAL)
         ]
-        support.wait_clients(normal, NORMAL_BOUND, "normal clients beside the tricklers")
+        support.wait_clients(normal, NORMAL_BOUND, "normal clients beside the tricklers", servers)
         check_clients(normal)
         slowest = max((c.t_end or 0) - started for c in normal)
         assert slowest < NORMAL_BOUND, slowest
@@ -60,7 +60,7 @@ def test_slowloris_beside_normal_clients() -> None:
         check_idle(servers, f"{TRICKLERS} receives parked on tricklers")
         engine.call(lambda: [setattr(c, "paused", False) for c in tricklers])
 
-        support.wait_clients(tricklers, 30, "tricklers")
+        support.wait_clients(tricklers, 30, "tricklers", servers)
         check_clients(tricklers)
         for server in servers:
             stats = server.settled()
