@@ -132,7 +132,7 @@ def need_namespaces() -> None:
     namespaces: probed once, by ``unshare -n`` (skipped with its error)."""
     global _namespaces
     need_root()
-    need_tools("ip", "unshare")
+    need_tools("ip", "unshare", "nsenter")
     if _namespaces is None:
         probe = subprocess.run(
             ["unshare", "-n", "true"], capture_output=True, text=True, timeout=30
@@ -251,7 +251,9 @@ class Server:
         if keepalive:
             command += ["--keepalive", str(keepalive)]
         if netns is not None:
-            command = ["ip", "netns", "exec", netns, *command]
+            # nsenter rather than ip netns exec: the latter mounts a sysfs of
+            # the namespace's over /sys, which hides the cgroup hierarchy.
+            command = ["nsenter", f"--net=/run/netns/{netns}", *command]
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by kill())
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=ENV
