@@ -1038,6 +1038,7 @@ def root_state() -> dict[str, str]:
         "net/ipv4/tcp_abort_on_overflow",
         "net/ipv4/tcp_syncookies",
         "net/ipv4/tcp_max_syn_backlog",
+        "net/ipv4/icmp_ratelimit",
     ):
         with contextlib.suppress(OSError):
             state[key] = Path("/proc/sys", key).read_text()
