@@ -119,7 +119,14 @@ def need_root() -> None:
 def need_tools(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        packages = {"ip": "iproute2", "ss": "iproute2", "tc": "iproute2", "nft": "nftables"}
+        packages = {
+            "ip": "iproute2",
+            "ss": "iproute2",
+            "tc": "iproute2",
+            "nft": "nftables",
+            "unshare": "util-linux",
+            "nsenter": "util-linux",
+        }
         names = sorted({packages.get(tool, tool) for tool in missing})
         skip(f"{', '.join(missing)} not installed (apt-get install {' '.join(names)})")
 
