@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+from functools import partial
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -73,10 +75,21 @@ def main() -> None:
 
     from traffic.integrations.anycorn import serve
 
+    async def interrupted() -> None:
+        # A graceful shutdown on Ctrl-C or SIGTERM, on trio as on asyncio
+        # (left to itself, trio would raise KeyboardInterrupt wherever the
+        # server happens to be).
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                return
+
     config = Config()
     config.bind = [args.bind]
     config.errorlog = "-"  # the "Running on" line, on stderr
-    anyio.run(serve, make_app(args.root), config, backend="trio" if args.trio else "asyncio")
+    anyio.run(
+        partial(serve, make_app(args.root), config, shutdown_trigger=interrupted),
+        backend="trio" if args.trio else "asyncio",
+    )
 
 
 if __name__ == "__main__":
