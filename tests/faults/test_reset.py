@@ -6,9 +6,10 @@ and in both at once (``duplex``), beside normal clients echoing 1 MiB.
 Each parked connection is then destroyed with ``ss -K``, either the
 server's socket (the kernel aborts it: ``ECONNABORTED`` there, a reset to
 the client) or the client's (a reset reaches the server: ``ECONNRESET``,
-``EPIPE``).  Every parked operation is woken at once (within 1 s) with a
-clean outcome, the normal clients' transfers arrive whole, and the server
-returns to its baseline.
+``EPIPE``); so are two connections in full flight both ways.  Every parked or
+moving operation is woken at once (within 1 s) with a clean outcome, the
+normal clients' transfers arrive whole, and the server returns to its
+baseline.
 """
 
 from __future__ import annotations
@@ -123,9 +124,59 @@ def test_reset_from_the_network_wakes_parked_operations() -> None:
                             "eof"
                         ], f"[{server.layer}] {client.label}: {outcomes}"
 
+            # Mid-transfer: both directions moving (the server sends for
+            # ever to a client that reads, and reads what the client sends).
+            busy = {
+                server: [
+                    engine.open(
+                        support.mode_client(
+                            server, "duplex", f"busy-{side}", payload=bytes(4 << 20), netns=ns
+                        )
+                    )
+                    for side in ("server", "client")
+                ]
+                for server in servers
+            }
+            for server in servers:
+
+                def moving(server: Server = server) -> bool:
+                    conns = server.stats()["conns"]
+                    return all(
+                        conns.get(c.label, {}).get("received", 0) > 512 << 10 for c in busy[server]
+                    )
+
+                support.wait_for(moving, 10, f"[{server.layer}] the busy echoes move")
+                for client in busy[server]:
+                    killed_at[server, client.label] = time.monotonic()
+                    if client.label.endswith("server"):
+                        kill(net, ns, server.port, client.port)
+                    else:
+                        kill(net, ns, client.port, server.port)
+            for server in servers:
+
+                def stopped(server: Server = server) -> bool:
+                    conns = server.stats()["conns"]
+                    return all(conns[c.label]["t_end"] is not None for c in busy[server])
+
+                support.wait_for(stopped, 10, f"[{server.layer}] the busy echoes end")
+                conns = server.stats()["conns"]
+                for client in busy[server]:
+                    record = conns[client.label]
+                    took = record["t_end"] - killed_at[server, client.label]
+                    assert took < support.AT_ONCE, (server.layer, client.label, took)
+                    outcomes = record["outcomes"]
+                    assert len(outcomes) == 3 and any(o.startswith("broken:") for o in outcomes), (
+                        server.layer,
+                        client.label,
+                        record,
+                    )
+
             support.wait_clients(normal, 30, "normal clients beside the resets", servers)
             check_clients(normal)
+            for group in victims.values():
+                for client in group:
+                    engine.shut(client)  # they never read: the engine does not watch them
+            moving = [c for group in busy.values() for c in group]
+            support.wait_clients(moving, 10, "the busy clients see their reset", servers)
             for server in servers:
-                for client in victims[server]:
-                    engine.shut(client)
                 check_outcomes(server.settled(), server.layer)
