@@ -2,7 +2,8 @@
 protocol, in a process of its own, controlled over stdin and stdout.
 
 Run by :class:`support.Server` as ``python server.py --layer LAYER ...``
-(under ``ip netns exec`` for a private namespace).  The layers:
+(under ``nsenter --net=...`` for a private namespace; ``--cgroup DIR``
+joins a cgroup before anything else).  The layers:
 
 - ``trio``: :func:`traffic.serve_tcp` in a nursery (a trio program);
 - ``anyio-asyncio``, ``anyio-uvloop``, ``anyio-trio``: traffic's anyio
@@ -24,7 +25,7 @@ The protocol.  A client's first line says what its handler does:
 - ``drip``: send 1 KiB every 50 ms forever (data always in flight, the
   peer's window open);
 - ``duplex``: ``hold`` and ``blast`` at once, on one stream (both
-  directions parked).
+  directions parked, or both moving when the peer reads and sends).
 
 Options: ``tuo=MS`` sets ``TCP_USER_TIMEOUT`` through the stream
 (``TrafficStream.setsockopt``; anyio: its ``raw_socket``); ``ka=S`` turns
@@ -53,6 +54,10 @@ Commands, one JSON object a line on stdin, each answered by one on stdout
   them (at most 10 s) and answer the longest time one took;
 - ``{"cmd": "limit", "headroom": N}``: ``RLIMIT_NOFILE``'s soft limit to
   the descriptors open now plus ``N``; ``{"cmd": "unlimit"}`` restores it;
+- ``{"cmd": "transits"}``, ``{"cmd": "debug"}``: for a failure's message,
+  the transits Python still holds and what holds them; where each
+  unfinished handler's transfers are (the core's status of its transits,
+  the layer's parking, the completion descriptor);
 - ``{"cmd": "quit"}`` (or the end of stdin): stop serving, exit 0.
 """
 
