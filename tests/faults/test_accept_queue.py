@@ -2,10 +2,12 @@
 
 - Overflow: ``somaxconn`` 4 and ``tcp_abort_on_overflow`` 1 in the
   server's namespace; each layer's server is stopped (``SIGSTOP``) while
-  40 clients connect, then continued.  The kernel resets the handshakes
-  that found the queue full (the namespace's ``ListenOverflows`` counts
-  them); every connection the server did accept is served (its echo comes
-  back whole), and nothing escapes.
+  three clients connect, send their line and reset (dead connections in
+  the queue), then 40 more connect; then it is continued.  The kernel
+  resets the handshakes that found the queue full (the namespace's
+  ``ListenOverflows`` counts them); the dead connections are accepted and
+  end cleanly; every live connection the server accepted is served (its
+  echo comes back whole), and nothing escapes.
 - SYN flood: a third namespace sends 250 SYNs a layer whose SYN-ACKs its
   nftables rule drops, filling the server's SYN queue (``somaxconn`` 16:
   the kernel answers with SYN cookies, ``TCPReqQFullDoCookies`` counts
@@ -27,6 +29,7 @@ from .support import Client, Engine, Server, check_clients, check_outcomes, echo
 pytestmark = pytest.mark.timeout(60)
 
 OVERFLOW_CLIENTS = 40
+DEAD = 3
 FLOOD = 250
 NORMAL = 20
 #: What a client of an overflowing queue may see: served, or refused by the kernel.
@@ -54,7 +57,19 @@ def test_accept_queue_overflow() -> None:
             clients: dict[Server, list[Client]] = {}
             for server in servers:
                 os.kill(server.pid, signal.SIGSTOP)
+            dead: dict[Server, list[Client]] = {}
             try:
+                for server in servers:
+                    # First into the queue: connections whose clients send
+                    # their line and reset before the server accepts them.
+                    dead[server] = []
+                    for n in range(DEAD):
+                        client = echo_client(server, f"dead{n}", 4096, n, netns=ns)
+                        client.reset_after = len(client.header)
+                        dead[server].append(engine.open(client))
+                support.wait_clients(
+                    [c for group in dead.values() for c in group], 10, "clients that reset"
+                )
                 for server in servers:
                     clients[server] = [
                         engine.open(echo_client(server, f"c{n}", 4096, n, netns=ns))
@@ -79,6 +94,8 @@ def test_accept_queue_overflow() -> None:
                 # every one served is a client that got its echo.
                 assert len(conns) == len(ok), (server.layer, len(conns), len(ok))
                 assert all(conn["outcomes"] == ["eof"] for conn in conns), server.layer
+                # The dead ones accepted (clean outcomes: checked by served).
+                assert served(server, "dead"), f"[{server.layer}] no reset connection accepted"
 
 
 def test_syn_flood() -> None:
