@@ -278,6 +278,9 @@ class Server:
             raise self._died(f"not ready: {ready}")
         self.port = ready["port"]
         self.backend = ready["backend"]
+        assert self.backend == traffic.backend, (
+            f"[{self.layer}] the server runs the {self.backend} build, the tests {traffic.backend}"
+        )
 
     @property
     def address(self) -> tuple[str, int]:
