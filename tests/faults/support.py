@@ -458,6 +458,9 @@ class Client:
     reads until the end of the stream unless ``read`` is False, and checks
     what came against ``expect`` (None: anything).  ``reset_after``: reset
     the connection (``SO_LINGER`` 0) once that many bytes went out.
+    ``keepalive``: probe an idle connection after that many seconds (a
+    reset the network dropped is never sent again: without probes a
+    client that only reads would wait for ever).
     """
 
     address: tuple[str, int]
@@ -469,6 +472,7 @@ class Client:
     shutdown: bool = True
     reset_after: int | None = None
     rcvbuf: int | None = None
+    keepalive: int | None = None
     netns: str | None = None
     label: str = ""
     # State, the engine's.
@@ -562,6 +566,11 @@ class Engine:
             if client.rcvbuf is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client.rcvbuf)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if client.keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, client.keepalive)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, client.keepalive)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
             code = sock.connect_ex(client.address)
             if code not in (0, errno.EINPROGRESS):
                 raise OSError(code, os.strerror(code))
