@@ -40,7 +40,7 @@ import argparse
 import importlib.util
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -117,6 +117,24 @@ def _listener() -> socket.socket:
     return sock
 
 
+async def _floor_accepts(handle: Callable[[socket.socket], Awaitable[None]]) -> None:
+    """The floor rows' server: a plain accept loop on a raw listening
+    socket (announced), ``handle(sock)`` in a task per connection."""
+    import trio
+
+    listener = _listener()
+    _announce(listener.getsockname()[1])
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nursery.start_soon(handle, sock)
+
+
 # --- hypercorn ------------------------------------------------------------------
 
 
@@ -179,19 +197,12 @@ def hypercorn_floor(app: App, loop: str) -> None:
     context = WorkerContext(None)
     state = ConnectionState({})
 
+    async def handle(sock: socket.socket) -> None:
+        stream: Any = Stream(sock)
+        await TCPServer(wrapped, config, context, state, stream).run()
+
     async def main() -> None:
-        listener = _listener()
-        _announce(listener.getsockname()[1])
-        async with trio.open_nursery() as nursery:
-            while True:
-                await trio.lowlevel.wait_readable(listener)
-                try:
-                    sock, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                stream: Any = Stream(sock)
-                nursery.start_soon(TCPServer(wrapped, config, context, state, stream).run)
+        await _floor_accepts(handle)
 
     trio.run(main)
 
@@ -234,7 +245,6 @@ def traffic_anycorn(app: App, loop: str) -> None:
 
 
 def anycorn_floor(app: App, loop: str) -> None:
-    import trio
     from anycorn.tcp_server import TCPServer  # type: ignore[import-not-found,unused-ignore]
     from anycorn.typing import ConnectionState  # type: ignore[import-not-found,unused-ignore]
     from anycorn.utils import wrap_app  # type: ignore[import-not-found,unused-ignore]
@@ -249,19 +259,11 @@ def anycorn_floor(app: App, loop: str) -> None:
     context = WorkerContext(None)
     state = ConnectionState({})
 
+    async def handle(sock: socket.socket) -> None:
+        await TCPServer(wrapped, config, context, state, AnyioFloorStream(sock)).run()
+
     async def main() -> None:
-        listener = _listener()
-        _announce(listener.getsockname()[1])
-        async with trio.open_nursery() as nursery:
-            while True:
-                await trio.lowlevel.wait_readable(listener)
-                try:
-                    sock, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                stream = AnyioFloorStream(sock)
-                nursery.start_soon(TCPServer(wrapped, config, context, state, stream).run)
+        await _floor_accepts(handle)
 
     # anyio's trio backend, as anycorn-trio: anycorn's code calls anyio.
     anyio_run(loop, main)
