@@ -1072,7 +1072,9 @@ class Faults:
     """What the proxy does to a connection: ``latency`` seconds added to
     every chunk, ``slice`` bytes per write (1: one byte a segment), a byte
     ``limit`` after which both sides are closed (FIN), ``reset`` after
-    that many bytes both sides are reset (RST)."""
+    that many bytes both sides are reset (RST).  Both marks count the bytes
+    of both directions; the bytes before a mark are delivered first (a
+    chunk read across it is cut there), whenever the proxy reads them."""
 
     latency: float = 0.0
     slice: int | None = None
@@ -1098,7 +1100,8 @@ class _Pair:
     up: _Leg  # the server's
     moved: int = 0
     connected: bool = False
-    closing: bool = False  # the byte limit: close both once the queues are out
+    closing: bool = False  # a mark reached: end both once the queues are out
+    resetting: bool = False  # ... and end them with a reset
 
 
 class FaultProxy:
@@ -1218,17 +1221,17 @@ class FaultProxy:
             target.eof_pending = True
             return
         faults = pair.faults
-        if faults.reset is not None and pair.moved + len(data) >= faults.reset:
-            self.done["reset"] += 1
-            self._end(pair, reset=True)
-            return
-        if faults.limit is not None and pair.moved + len(data) >= faults.limit:
-            # What fits goes through, then both connections are closed.
-            data = data[: faults.limit - pair.moved]
-            self.done["limit"] += 1
-            pair.closing = True
-            for leg in (pair.down, pair.up):
-                self._stop_reading(leg)
+        for kind, mark in (("reset", faults.reset), ("limit", faults.limit)):
+            if mark is not None and pair.moved + len(data) >= mark:
+                # What comes before the mark goes through (however late the
+                # proxy read it), then both connections end.
+                data = data[: mark - pair.moved]
+                self.done[kind] += 1
+                pair.closing = True
+                pair.resetting = kind == "reset"
+                for leg in (pair.down, pair.up):
+                    self._stop_reading(leg)
+                break
         pair.moved += len(data)
         if data:
             target.queue.append((time.monotonic() + faults.latency, data))
@@ -1262,7 +1265,7 @@ class FaultProxy:
         if pair.down.queue or pair.up.queue:
             return
         if pair.closing or (pair.connected and not pair.down.reading and not pair.up.reading):
-            self._end(pair, reset=False)
+            self._end(pair, reset=pair.resetting)
 
     def _end(self, pair: _Pair, reset: bool) -> None:
         for leg in (pair.down, pair.up):
