@@ -1,9 +1,12 @@
 """The build switch: which kernel event backend ``traffic/_ffi_build.py``
 compiles, and how it links libkqueue (``TRAFFIC_BACKEND``,
-``TRAFFIC_LIBKQUEUE``; see docs/platforms.rst)."""
+``TRAFFIC_LIBKQUEUE``; see docs/platforms.rst), and the stamp of the
+switches compiled into the core (tests/test_build_switches.py rebuilds
+copies of the tree with it)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -79,3 +82,28 @@ def test_a_choice_that_cannot_be_built_is_refused_before_compiling(
 def test_the_core_loads_no_shared_libkqueue() -> None:
     with open("/proc/self/maps") as maps:
         assert "libkqueue.so" not in maps.read()
+
+
+def test_the_core_carries_a_build_stamp() -> None:
+    from traffic._traffic import ffi, lib
+
+    stamp = ffi.string(lib.tr_build_stamp()).decode("ascii")
+    assert re.fullmatch(r"[0-9a-f]{16}", stamp), stamp
+
+
+def test_the_stamp_follows_every_switch(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cflags, ldflags = _ffi_build.CFLAGS, _ffi_build.LDFLAGS
+    default = _ffi_build.backend()
+    stamps = {
+        _ffi_build.build_stamp(default, cflags, ldflags),
+        _ffi_build.build_stamp(default, [*cflags, "-DTR_TEST_FLAG=1"], ldflags),
+        _ffi_build.build_stamp(default, cflags, [*ldflags, "-Wl,-O1"]),
+    }
+    for where in ("one", "other"):
+        clean_env.setenv("TRAFFIC_LIBKQUEUE", str(libkqueue_prefix(tmp_path / where)))
+        stamps.add(_ffi_build.build_stamp(_ffi_build.backend(), cflags, ldflags))
+    assert len(stamps) == 5
+    clean_env.delenv("TRAFFIC_LIBKQUEUE")
+    assert _ffi_build.build_stamp(_ffi_build.backend(), cflags, ldflags) == (
+        _ffi_build.build_stamp(default, cflags, ldflags)
+    )

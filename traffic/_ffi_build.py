@@ -22,6 +22,17 @@ Why it looks like this:
   the current directory when they lie under it: setuptools runs this script
   from the project root (``setup.py``'s ``cffi_modules``) and refuses
   absolute source paths there.
+- A build follows its switches, not only its files' dates. setuptools
+  skips an extension whose module is newer than its sources and depends,
+  and the environment below changes the source list and the flags, not a
+  file: a tree built once (its ``build/`` left by ``pip install .`` or
+  ``-e .``) would keep its old core. So the switches are digested into a
+  stamp (``STAMP``) written into cffi's generated source as a comment: cffi
+  rewrites that file only when its text changes, and a changed stamp makes
+  it newer than the module, so setuptools rebuilds. The same stamp is
+  compiled in as ``TR_BUILD_STAMP`` and read back with
+  ``lib.tr_build_stamp()``, so a test (and a person) can tell which
+  switches the imported core was built with.
 
 Environment (read at build time, for CI):
 
@@ -45,6 +56,8 @@ sanitizer or debugging build.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -59,6 +72,7 @@ import cffi
 MODULE = "traffic._traffic"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 CORE = os.path.join(HERE, "_core")
 API_HEADER = os.path.join(CORE, "traffic.h")
 
@@ -191,11 +205,56 @@ CORE_SOURCES = (
     "files.c",
 )
 
-SOURCES = [*(os.path.join(CORE, name) for name in CORE_SOURCES), BACKEND.source]
+
+def _sources(chosen: _Backend) -> list[str]:
+    return [*(os.path.join(CORE, name) for name in CORE_SOURCES), chosen.source]
+
+
+SOURCES = _sources(BACKEND)
 
 for _source in (API_HEADER, *SOURCES):
     if not os.path.exists(_source):
         raise RuntimeError(f"traffic: C source {_source} is missing")
+
+
+COMPILE_ARGS = CFLAGS + _env_flags("TRAFFIC_CFLAGS")
+LINK_ARGS = LDFLAGS + _env_flags("TRAFFIC_LDFLAGS")
+
+
+def _from_root(path: str) -> str:
+    """``path`` relative to the project root when it lies under it.
+
+    The stamp names the tree's own files this way, so that a copy of the
+    tree built with the same switches gets the same stamp.
+    """
+    relative = os.path.relpath(path, ROOT)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return path
+    return relative
+
+
+def build_stamp(chosen: _Backend, compile_args: list[str], link_args: list[str]) -> str:
+    """A short digest of everything the switches decide about a build.
+
+    The backend, the sources, the include directories, the objects and
+    libraries linked, and the compiler's and linker's flags: two builds
+    with the same stamp compile the same files the same way.
+    """
+    switches = {
+        "backend": chosen.name,
+        "sources": [_from_root(path) for path in _sources(chosen)],
+        "include_dirs": [_from_root(path) for path in (CORE, *chosen.include_dirs)],
+        "extra_objects": [_from_root(path) for path in chosen.extra_objects],
+        "libraries": chosen.libraries,
+        "cflags": compile_args,
+        "ldflags": link_args,
+    }
+    encoded = json.dumps(switches, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+#: The stamp of this build's switches (``lib.tr_build_stamp()`` in the module).
+STAMP = build_stamp(BACKEND, COMPILE_ARGS, LINK_ARGS)
 
 
 def _make_ffibuilder(place: Callable[[str], str]) -> cffi.FFI:
@@ -204,14 +263,22 @@ def _make_ffibuilder(place: Callable[[str], str]) -> cffi.FFI:
     builder.cdef(_read(API_HEADER))
     builder.set_source(
         MODULE,
-        '#include "traffic.h"',
+        # The stamp in the generated source's text: its change is what makes
+        # setuptools rebuild a module whose files are all older than it.
+        f'/* traffic build stamp {STAMP} */\n#include "traffic.h"',
         sources=[place(source) for source in SOURCES],
         include_dirs=[place(CORE), *BACKEND.include_dirs],
-        depends=[place(os.path.join(CORE, name)) for name in ("traffic.h", "internal.h")],
+        # The libkqueue archive too: one rebuilt under the same prefix
+        # leaves the switches as they were, so only its date can say so.
+        depends=[
+            *(place(os.path.join(CORE, name)) for name in ("traffic.h", "internal.h")),
+            *BACKEND.extra_objects,
+        ],
         extra_objects=BACKEND.extra_objects,
         libraries=BACKEND.libraries,
-        extra_compile_args=CFLAGS + _env_flags("TRAFFIC_CFLAGS"),
-        extra_link_args=LDFLAGS + _env_flags("TRAFFIC_LDFLAGS"),
+        define_macros=[("TR_BUILD_STAMP", f'"{STAMP}"')],
+        extra_compile_args=COMPILE_ARGS,
+        extra_link_args=LINK_ARGS,
     )
     return builder
 
@@ -243,4 +310,4 @@ def build_in_place() -> str:
 
 
 if __name__ == "__main__":
-    print(f"built {build_in_place()} (backend: {BACKEND.name})")
+    print(f"built {build_in_place()} (backend: {BACKEND.name}, stamp: {STAMP})")

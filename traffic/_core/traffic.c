@@ -55,6 +55,17 @@ tr_live(long delta)
 	__atomic_add_fetch(&live_objects, delta, __ATOMIC_SEQ_CST);
 }
 
+#ifndef TR_BUILD_STAMP
+/* A compile outside traffic/_ffi_build.py (.ci/run's -fsyntax-only pass). */
+#define TR_BUILD_STAMP "unstamped"
+#endif
+
+const char *
+tr_build_stamp(void)
+{
+	return TR_BUILD_STAMP;
+}
+
 void
 tr_wake_cycle(struct tr_traffic *tr)
 {

@@ -202,6 +202,13 @@ int tr_traffic_stats(tr_traffic *traffic, tr_stats *stats);
 /* The kernel event backend compiled in: "epoll" or "kqueue". */
 const char *tr_backend(void);
 
+/*
+ * The stamp of the switches the core was built with (backend, sources,
+ * include directories, objects, flags): traffic/_ffi_build.py digests them
+ * and defines TR_BUILD_STAMP; "unstamped" when compiled without it.
+ */
+const char *tr_build_stamp(void);
+
 /* Traffic */
 int tr_traffic_create(tr_traffic **out);
 int tr_traffic_start(tr_traffic *traffic, int policy);
