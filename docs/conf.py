@@ -14,6 +14,9 @@ import sys
 # The checkout, for a build run without installing (the compiled core must
 # then have been built in place).
 sys.path.insert(0, os.path.abspath(".."))
+# traffic's own extension (faces_docs: the faces' members documented from
+# the private modules that define them).
+sys.path.insert(0, os.path.abspath("_ext"))
 
 import traffic.project as _project
 
@@ -27,6 +30,7 @@ today = _project.release_date
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "faces_docs",
 ]
 
 autodoc_member_order = "bysource"

@@ -509,7 +509,7 @@ def sync() -> None:
         def request(view: memoryview) -> tuple[int, int, int]:
             return tr.request(sender, view)
 
-        assert request(view_of())[0] == traffic._requests.PENDING
+        assert request(view_of())[0] == traffic._base._requests.PENDING
         report(layer, "request busy", caught_sync(request, view_of()))
         tr.withdraw(sender)
         sender.terminate()
@@ -530,7 +530,7 @@ def sync() -> None:
         report(layer, "request_fds descriptor not open", seen)
         report(layer, "request_fds str in fds", caught_sync(request([fd, "0"]), view_of()))
         report(layer, "request_fds empty message", caught_sync(request([fd]), empty_view()))
-        assert request([fd])(view_of())[0] == traffic._requests.PENDING
+        assert request([fd])(view_of())[0] == traffic._base._requests.PENDING
         report(layer, "request_fds busy", caught_sync(request([fd]), view_of()))
         tr.withdraw(sender)
         sender.terminate()

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio_support import UVLOOP_BACKEND, needs_uvloop
+from examples_support import example, start_example
 
 httpx = pytest.importorskip("httpx")
 hypercorn_config = pytest.importorskip("hypercorn.config")
@@ -672,18 +673,13 @@ def test_example_asgi_files(
     data = pseudorandom(3 * MiB + 11, 7)
     (root / "data.bin").write_bytes(data)
     path = tmp_path / "server.sock"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "asgi_files.py"),
-            str(root),
-            "--bind",
-            f"unix:{path}",
-            *options,
-        ],
-        stdout=subprocess.PIPE,
+    process = start_example(
+        example("asgi_files.py"),
+        str(root),
+        "--bind",
+        f"unix:{path}",
+        *options,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     running.append(process)
     assert process.stdout is not None

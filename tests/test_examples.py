@@ -14,49 +14,22 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from examples_support import example, launched, listening, run_example
 
-import traffic
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE = os.path.join(ROOT, "examples", "echo_sync.py")
+EXAMPLE = example("echo_sync.py")
 #: Bounds a hang of the subprocess, never a pass.
 TIMEOUT = 60
-
-
-def environment() -> dict[str, str]:
-    """The subprocess imports the same traffic as these tests."""
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.fixture
 def server() -> Iterator[tuple[subprocess.Popen[str], tuple[str, int]]]:
     """The example serving on an ephemeral port, and its address."""
-    process = subprocess.Popen(
-        [sys.executable, EXAMPLE, "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", line)
-        assert match, f"first line: {line!r}"
-        yield process, (match[1], int(match[2]))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=TIMEOUT)
+    with launched(EXAMPLE, "0", timeout=TIMEOUT) as process:
+        yield process, listening(process, TIMEOUT)
 
 
 def echo(address: tuple[str, int], payload: bytes, errors: list[BaseException]) -> None:
@@ -81,14 +54,7 @@ def echo(address: tuple[str, int], payload: bytes, errors: list[BaseException]) 
 
 
 def test_demo_is_the_main_job() -> None:
-    result = subprocess.run(
-        [sys.executable, EXAMPLE, "--demo"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=environment(),
-        cwd=ROOT,
-    )
+    result = run_example(EXAMPLE, "--demo", timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"listening on 127\.0\.0\.1:\d+", lines[0])
@@ -165,20 +131,10 @@ def test_server_ends_its_output_after_the_client_ends_its_input(
 def test_echo_cycle_serves_one_connection_with_eof_after_the_echo() -> None:
     """examples/echo_cycle.py, the README's ``with traffic:`` example: 1 MB
     echoed intact, EOF after it, and the server exits with its --once."""
-    process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "examples", "echo_cycle.py"), "--once"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", process.stdout.readline())
-        assert match
+    with launched(example("echo_cycle.py"), "--once", timeout=TIMEOUT) as process:
+        address = listening(process, TIMEOUT)
         payload = os.urandom(1 << 20)
-        with socket.create_connection((match[1], int(match[2])), timeout=TIMEOUT) as sock:
+        with socket.create_connection(address, timeout=TIMEOUT) as sock:
 
             def send() -> None:
                 sock.sendall(payload)
@@ -193,7 +149,3 @@ def test_echo_cycle_serves_one_connection_with_eof_after_the_echo() -> None:
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
         assert process.wait(timeout=TIMEOUT) == 0
         assert process.stderr is not None and process.stderr.read() == ""
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=TIMEOUT)

@@ -12,22 +12,12 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 
-import traffic
+from examples_support import example, launched, listening
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE = os.path.join(ROOT, "examples", "fd_handoff.py")
+EXAMPLE = example("fd_handoff.py")
 TIMEOUT = 60
-
-
-def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def read_line(sock: socket.socket) -> bytes:
@@ -41,20 +31,8 @@ def read_line(sock: socket.socket) -> bytes:
 
 
 def test_parent_hands_connections_to_a_worker() -> None:
-    process = subprocess.Popen(
-        [sys.executable, EXAMPLE, "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.fullmatch(r"listening on (\S+):(\d+)\n", line)
-        assert match, f"first line: {line!r}"
-        address = (match[1], int(match[2]))
+    with launched(EXAMPLE, "0", timeout=TIMEOUT) as process:
+        address = listening(process, TIMEOUT)
         workers: list[int] = []
         errors: list[BaseException] = []
 
@@ -91,7 +69,3 @@ def test_parent_hands_connections_to_a_worker() -> None:
         assert process.returncode == 0, err
         assert "Traceback" not in err
         assert out == ""
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=TIMEOUT)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from examples_support import run_example
 
 from conftest import open_fds, recv_all, recv_exactly, run_until
 from traffic import (
@@ -1123,16 +1124,7 @@ def test_libloop_server_receives_a_file_from_a_stdlib_client(tmp_path: Path) -> 
 def test_example_demo() -> None:
     """``examples/file_send_sync.py --demo``: serves itself a file and
     uploads, verifies the digests, exits 0."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--demo", "--size", str(8 << 20), "--clients", "3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=ROOT,
-    )
+    result = run_example(EXAMPLE, "--demo", "--size", str(8 << 20), "--clients", "3", timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"listening on 127\.0\.0\.1:\d+", lines[0])

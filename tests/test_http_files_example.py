@@ -21,27 +21,24 @@ import hashlib
 import http.client
 import os
 import random
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_examples import environment  # the subprocess imports the same traffic
+from examples_support import example, listening, reap, run_example, start_example
 
 pytest.importorskip(
     "h11", reason="examples/http_files.py speaks HTTP with h11 (pip install h11; the [test] extra)"
 )
 import h11  # after the skip: the module is optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLE = os.path.join(ROOT, "examples", "http_files.py")
+EXAMPLE = example("http_files.py")
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)")
 
@@ -91,27 +88,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
 def running(root: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """The example serving ``root`` on an ephemeral port, and the port; killed
     at the end if it is still running."""
-    process = subprocess.Popen(
-        [sys.executable, EXAMPLE, str(root), "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-    )
+    process = start_example(EXAMPLE, str(root), "0", *args)
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        if match is None:
-            process.kill()
-            _, err = process.communicate(timeout=TIMEOUT)
-            pytest.fail(f"first line: {line!r}; stderr: {err}")
-        yield process, int(match[1])
+        _, port = listening(process, TIMEOUT, host="127.0.0.1")
+        yield process, port
     finally:
-        if process.poll() is None:
-            process.kill()
-        _, err = process.communicate(timeout=TIMEOUT)
+        err = reap(process, TIMEOUT)
     # Reached only when the block passed: a server that crashed meanwhile
     # fails it too.
     assert "Traceback" not in (err or ""), err
@@ -551,13 +533,6 @@ def test_ctrl_c_stops_the_server_mid_download(site: Site) -> None:
 
 
 def test_refuses_a_root_that_is_not_a_directory(site: Site) -> None:
-    done = subprocess.run(
-        [sys.executable, EXAMPLE, str(site.root / "hello.txt")],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-        timeout=TIMEOUT,
-    )
+    done = run_example(EXAMPLE, str(site.root / "hello.txt"), timeout=TIMEOUT)
     assert done.returncode == 2
     assert "is not a directory" in done.stderr

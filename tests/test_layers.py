@@ -3,9 +3,16 @@
 - Only the core's faces (``libkqueue``, ``_requests``, ``datagrams``,
   ``libloop``, ``errors``) touch the compiled core: the trio, anyio and
   datagram layers go through the request module, so neither ``lib.`` nor
-  ``ffi.`` nor an import of ``._traffic`` appears in them.
-- The anyio layer imports nothing of the trio layer, and an asyncio program
-  that uses it never imports trio at all.
+  ``ffi.`` nor an import of ``traffic._traffic`` appears in them.  A layer
+  is its faces and the private folder behind them: the trio layer
+  ``trio_integration.py``, ``trio_datagrams.py`` and ``_trio/``; the anyio
+  layer ``anyio_backend.py``, ``anyio_datagrams.py`` and ``_anyio/``.
+- The anyio layer imports nothing of the trio layer (nor the trio layer
+  anything of the anyio layer), and an asyncio program that uses it never
+  imports trio at all.
+- No import circle among traffic's modules: what each imports when it is
+  imported (its top level, not under ``if TYPE_CHECKING:``, not inside a
+  function) never leads back to it.
 - What is protected from KeyboardInterrupt before trio is imported is
   protected once it is.
 - The integrations (``traffic.integrations``) are optional: ``import
@@ -17,33 +24,87 @@
 from __future__ import annotations
 
 import ast
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 from test_core_sync import run_python
 
+import traffic
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "traffic"
 
-#: The layers above the request module.
-LAYERS = ("trio_integration.py", "anyio_backend.py", "trio_datagrams.py", "anyio_datagrams.py")
 
-#: The trio layer's modules, which the anyio layer must not import.
-TRIO_LAYER = {"trio_integration", "trio_datagrams"}
+def layer(*faces: str, folder: str) -> list[str]:
+    """A layer's files, relative to the package: its faces, and every module
+    under its private folder (none while the folder does not exist)."""
+    behind = sorted(
+        path.relative_to(PACKAGE).as_posix() for path in (PACKAGE / folder).rglob("*.py")
+    )
+    return [*faces, *behind]
+
+
+#: The layers above the request module.
+TRIO_FILES = layer("trio_integration.py", "trio_datagrams.py", folder="_trio")
+ANYIO_FILES = layer("anyio_backend.py", "anyio_datagrams.py", folder="_anyio")
+LAYERS = (*TRIO_FILES, *ANYIO_FILES)
+
+#: The compiled core.
+CORE = "traffic._traffic"
+
+
+def in_layer(module: str, faces: Iterable[str], folder: str) -> bool:
+    """Whether ``module`` (absolute) is one of a layer's faces or under its
+    folder; ``traffic.NAME`` counts as the module the package resolves NAME
+    from (``traffic.TrafficStream``: the trio layer's)."""
+    package, _, name = module.partition(".")
+    if package == "traffic" and name in traffic._TRIO_LAYER:
+        module = f"traffic.{traffic._TRIO_LAYER[name]}"
+    return module in faces or module == folder or module.startswith(folder + ".")
+
+
+def in_trio_layer(module: str) -> bool:
+    return in_layer(module, ("traffic.trio_integration", "traffic.trio_datagrams"), "traffic._trio")
+
+
+def in_anyio_layer(module: str) -> bool:
+    return in_layer(module, ("traffic.anyio_backend", "traffic.anyio_datagrams"), "traffic._anyio")
 
 
 def tree(name: str) -> ast.Module:
     return ast.parse((PACKAGE / name).read_text(), filename=name)
 
 
-def imported_modules(module: ast.Module) -> list[tuple[str, int]]:
-    """(module, line) of every import, relative ones as written (``._traffic``)."""
+def module_name(name: str) -> str:
+    """The module of the file ``name`` (relative to the package)."""
+    parts = ["traffic", *Path(name).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def absolute(name: str, level: int, module: str | None) -> str:
+    """What ``from {"." * level}{module} import ...`` in the file ``name``
+    names, as an absolute module (``.._trio._stream``: ``traffic._trio._stream``)."""
+    if not level:
+        return module or ""
+    package = module_name(name)
+    if not name.endswith("__init__.py"):
+        package = package.rpartition(".")[0]
+    package = package.rsplit(".", level - 1)[0]
+    return f"{package}.{module}" if module else package
+
+
+def imported_modules(name: str, nodes: Iterable[ast.AST] | None = None) -> list[tuple[str, int]]:
+    """(module, line) of every import in the file ``name`` (or in ``nodes``
+    of it), each absolute; ``from M import x`` counts ``M`` and ``M.x``
+    (``x`` may be a module: ``from traffic import _traffic``)."""
     found = []
-    for node in ast.walk(module):
+    for node in ast.walk(tree(name)) if nodes is None else nodes:
         if isinstance(node, ast.ImportFrom):
-            found.append(("." * node.level + (node.module or ""), node.lineno))
-            if node.level and not node.module:  # from . import x
-                found.extend(("." + alias.name, node.lineno) for alias in node.names)
+            where = absolute(name, node.level, node.module)
+            found.append((where, node.lineno))
+            found.extend((f"{where}.{alias.name}", node.lineno) for alias in node.names)
         elif isinstance(node, ast.Import):
             found.extend((alias.name, node.lineno) for alias in node.names)
     return found
@@ -52,11 +113,7 @@ def imported_modules(module: ast.Module) -> list[tuple[str, int]]:
 @pytest.mark.parametrize("name", LAYERS)
 def test_a_layer_reaches_the_core_only_through_the_request_module(name: str) -> None:
     module = tree(name)
-    core = [
-        (where, line)
-        for where, line in imported_modules(module)
-        if where in ("._traffic", "traffic._traffic")
-    ]
+    core = [(where, line) for where, line in imported_modules(name) if where == CORE]
     assert core == [], f"{name} imports the compiled core: {core}"
     uses = [
         f"{node.value.id}.{node.attr} (line {node.lineno})"
@@ -68,14 +125,144 @@ def test_a_layer_reaches_the_core_only_through_the_request_module(name: str) -> 
     assert uses == [], f"{name} calls the core directly: {uses}"
 
 
-@pytest.mark.parametrize("name", ["anyio_backend.py", "anyio_datagrams.py"])
+@pytest.mark.parametrize("name", ANYIO_FILES)
 def test_the_anyio_layer_imports_nothing_of_the_trio_layer(name: str) -> None:
-    trio_layer = [
-        (where, line)
-        for where, line in imported_modules(tree(name))
-        if where.lstrip(".").removeprefix("traffic.") in TRIO_LAYER
-    ]
+    trio_layer = [(where, line) for where, line in imported_modules(name) if in_trio_layer(where)]
     assert trio_layer == [], f"{name} imports the trio layer: {trio_layer}"
+
+
+@pytest.mark.parametrize("name", TRIO_FILES)
+def test_the_trio_layer_imports_nothing_of_the_anyio_layer(name: str) -> None:
+    anyio_layer = [(where, line) for where, line in imported_modules(name) if in_anyio_layer(where)]
+    assert anyio_layer == [], f"{name} imports the anyio layer: {anyio_layer}"
+
+
+def test_the_layer_rules_resolve_relative_imports() -> None:
+    """What the rules above compare: absolute names, from the folders too."""
+    assert absolute("trio_integration.py", 1, "_traffic") == CORE
+    assert absolute("_trio/_stream.py", 2, "_traffic") == CORE
+    assert absolute("_trio/_stream.py", 1, "_open") == "traffic._trio._open"
+    assert absolute("_trio/__init__.py", 1, "_open") == "traffic._trio._open"
+    assert absolute("_anyio/_x/_y.py", 3, None) == "traffic"
+    assert in_trio_layer(absolute("_anyio/_stream.py", 2, "_trio._stream"))
+    assert in_trio_layer("traffic.TrafficStream")
+    assert not in_trio_layer("traffic._trio_parking")
+    assert in_trio_layer("traffic.SocketView")  # resolved from traffic.trio_integration
+    assert in_anyio_layer(absolute("_trio/_stream.py", 2, "anyio_backend"))
+
+
+# No import circle
+
+
+#: The modules checked for circles: the package's, but the benchmark's and
+#: the integrations' (nothing of traffic imports them).
+MODULES = sorted(
+    path.relative_to(PACKAGE).as_posix()
+    for path in PACKAGE.rglob("*.py")
+    if path.relative_to(PACKAGE).parts[0] not in ("bench", "integrations")
+)
+
+
+def type_checking(test: ast.expr) -> bool:
+    return ast.unparse(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def at_import(nodes: Iterable[ast.AST]) -> Iterator[ast.AST]:
+    """The nodes run when the module is imported: not in a function's
+    body, nor under ``if TYPE_CHECKING:`` (its ``else`` runs)."""
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        yield node
+        if isinstance(node, ast.If) and type_checking(node.test):
+            yield from at_import(node.orelse)
+        else:
+            yield from at_import(ast.iter_child_nodes(node))
+
+
+def runs(target: str, importer: str, modules: Iterable[str]) -> Iterator[str]:
+    """The modules an import of ``target`` in ``importer`` runs: ``target``
+    and, first, each package above it, but ``importer``'s own packages
+    (running already)."""
+    parts = target.split(".")
+    for end in range(1, len(parts) + 1):
+        module = ".".join(parts[:end])
+        if module in modules and module != importer and not importer.startswith(module + "."):
+            yield module
+
+
+def imports_at_import(name: str, modules: Iterable[str]) -> Iterator[tuple[str, int]]:
+    """(module, line) of what the file ``name`` runs when it is imported.
+
+    ``from P import x`` runs ``P.x`` if it is a module; else ``x`` is a name
+    ``P`` must have bound already, even where ``P`` is a package above the
+    importer (``from traffic import Traffic`` in ``traffic.libkqueue``)."""
+    importer = module_name(name)
+    for node in at_import(tree(name).body):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            where = absolute(name, node.level, node.module)
+            submodules = [f"{where}.{alias.name}" for alias in node.names]
+            targets = [where, *(module for module in submodules if module in modules)]
+            if where in modules and where != importer and set(submodules) - set(modules):
+                yield where, node.lineno
+        else:
+            continue
+        for target in targets:
+            for module in runs(target, importer, modules):
+                yield module, node.lineno
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {module it runs when imported: line}, among MODULES."""
+    modules = {module_name(name): name for name in MODULES}
+    graph: dict[str, dict[str, int]] = {}
+    for importer, name in modules.items():
+        edges = graph.setdefault(importer, {})
+        for module, line in imports_at_import(name, modules):
+            edges.setdefault(module, line)
+    return graph
+
+
+def circle(graph: dict[str, dict[str, int]]) -> list[str]:
+    """A circle of ``graph`` (``a (line 3) -> b (line 9) -> a``), or []."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        if module in path:
+            ring = [*path[path.index(module) :], module]
+            return [f"{a} (line {graph[a][b]})" for a, b in itertools.pairwise(ring)] + [module]
+        if module in done:
+            return []
+        path.append(module)
+        for target in graph[module]:
+            if found := visit(target):
+                return found
+        path.pop()
+        done.add(module)
+        return []
+
+    for module in sorted(graph):
+        if found := visit(module):
+            return found
+    return []
+
+
+def test_no_import_circle() -> None:
+    graph = import_graph()
+    assert "traffic.libkqueue" in graph["traffic"]  # the graph is read at all
+    found = circle(graph)
+    assert found == [], "an import circle: " + " -> ".join(found)
+
+
+def test_a_circle_is_found() -> None:
+    """The check above can fail: a circle made by hand, and one through a
+    package's name."""
+    graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {}}
+    assert circle(graph) == ["a (line 1)", "b (line 2)", "c (line 3)", "a"]
+    assert circle({"a": {"b": 1}, "b": {}}) == []
 
 
 ASYNCIO_ECHO = """
@@ -119,7 +306,7 @@ def test_an_asyncio_program_never_imports_trio() -> None:
 KI_MARKED_LATER = """
 import sys
 
-from traffic._requests import protected
+from traffic._base._requests import protected
 
 
 @protected

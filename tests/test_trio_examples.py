@@ -8,66 +8,32 @@ exits 0 only if all matched.  Timeouts bound a hang, never decide a pass.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from examples_support import example, launched, listening, run_example
 
-import traffic
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "examples", "trio_echo.py")
-CLIENT = os.path.join(ROOT, "examples", "trio_echo_client.py")
+SERVER = example("trio_echo.py")
+CLIENT = example("trio_echo_client.py")
 #: Bounds a hang of a subprocess, never a pass.
 TIMEOUT = 30
-
-
-def environment() -> dict[str, str]:
-    """The subprocesses import the same traffic as these tests."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.fixture
 def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
     """The example server on an ephemeral port, and the port."""
-    process = subprocess.Popen(
-        [sys.executable, SERVER],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        assert match, f"first line: {line!r}"
-        yield process, int(match[1])
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=TIMEOUT)
+    with launched(SERVER, timeout=TIMEOUT) as process:
+        _, port = listening(process, TIMEOUT, host="127.0.0.1")
+        yield process, port
 
 
 def run_client(port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, CLIENT, str(port), *args],
-        capture_output=True,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-        timeout=TIMEOUT,
-    )
+    return run_example(CLIENT, str(port), *args, timeout=TIMEOUT)
 
 
 def test_client_against_server(server: tuple[subprocess.Popen[str], int]) -> None:

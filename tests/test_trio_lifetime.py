@@ -429,7 +429,8 @@ def test_a_receive_asks_the_core_for_no_more_than_the_runs_scratch_holds(
     Each layer asks for at most the scratch's room, whatever its own
     default receive size says by then (here: the trio layer's, raised after
     the scratch was made; anyio's is 64 KiB)."""
-    from traffic import _sockets, _trio_parking
+    from traffic import _trio_parking
+    from traffic._base import _sockets
 
     a, b = socket.socketpair()
     b.sendall(b"x" * 10_000)
@@ -457,7 +458,7 @@ def test_ctrl_c_after_the_core_took_a_receive_loses_nothing(
     KeyboardInterrupt, so the interrupt reaches the task where it parks; the
     abort fails (the transfer happened) and the task returns the bytes, and
     the interrupt comes at its next checkpoint."""
-    from traffic._requests import Requests
+    from traffic._base._requests import Requests
 
     a, b = socket.socketpair()
     kernel_side = a.dup()  # to see what the kernel still holds

@@ -46,7 +46,6 @@ import re
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import termios
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -56,6 +55,7 @@ from typing import Any
 
 import pytest
 import trio
+from examples_support import launched, listening
 from trio_support import wait_for
 
 import traffic
@@ -745,22 +745,9 @@ async def test_trio_websocket_tls(tls: tuple[Any, Any]) -> None:
 def test_example_serves(tmp_path: Path) -> None:
     """examples/websocket_echo.py as a user runs it: echoes text and binary
     for websockets' sync client, and Ctrl-C stops it with status 0."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(traffic.__file__)))
-    env = dict(os.environ, PYTHONPATH=package_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        assert match, f"first line: {line!r}"
-        with ws_sync_client.connect(f"ws://127.0.0.1:{match[1]}/", proxy=None) as websocket:
+    with launched(EXAMPLE, "--port", "0", timeout=TIMEOUT, cwd=tmp_path) as process:
+        _, port = listening(process, TIMEOUT, host="127.0.0.1")
+        with ws_sync_client.connect(f"ws://127.0.0.1:{port}/", proxy=None) as websocket:
             for message in [*MESSAGES[:2], os.urandom(100_000)]:
                 websocket.send(message)
                 assert websocket.recv() == message
@@ -768,7 +755,3 @@ def test_example_serves(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=TIMEOUT)
         assert process.returncode == 0, err
         assert err.strip() == "stopped", err
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=TIMEOUT)

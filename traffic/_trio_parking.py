@@ -6,7 +6,7 @@ this machinery; it knows neither layer's exceptions (each passes its own
 refusal table) and imports nothing of them.
 
 A task that transfers checks for cancellation, hands the core its request
-(:meth:`~traffic._requests.Requests.submit`, which exports the memory there
+(:meth:`~traffic._base._requests.Requests.submit`, which exports the memory there
 and then), and either takes a ``cancel_shielded_checkpoint`` (the request
 completed inline) or parks with ``wait_task_rescheduled``; :func:`transfer`
 is that sequence, and the hot paths (a stream's send and receive) spell out
@@ -39,9 +39,9 @@ from typing import Any
 import outcome
 import trio
 
-from . import _sockets
-from ._files import Region
-from ._requests import (
+from ._base import _sockets
+from ._base._files import Region
+from ._base._requests import (
     COMPLETING,
     WITHDRAWN,
     Refusals,
@@ -50,7 +50,8 @@ from ._requests import (
     mark_protected,
     protected,
 )
-from .libkqueue import Traffic, Transit, cycle_policy
+from ._base._the_traffic import Traffic, cycle_policy
+from ._base._transit import Transit
 
 __all__ = [
     "Delivery",
@@ -292,7 +293,7 @@ async def transfer_pinned(
 ) -> Result:
     """:func:`transfer` with traffic's own long-lived export ``pin``
     (``size`` bytes; ``keep`` is what to keep alive while the request
-    waits): see :meth:`~traffic._requests.Requests.submit_pinned`."""
+    waits): see :meth:`~traffic._base._requests.Requests.submit_pinned`."""
     await checkpoint_if_cancelled()
     done = delivery.requests.submit_pinned(transit, pin, size, keep, refusals)
     return await conclude(delivery, transit, done)

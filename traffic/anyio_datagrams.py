@@ -32,17 +32,13 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._requests import DONE, FAULT, TERMINATED, Result
-from ._sockets import socket_identity
-from .anyio_backend import (
-    RawSocketView,
-    _Parking,
-    _parking,
-    _take,
-    check_socket,
-    resolve_port,
-    unix_local_socket,
-)
+from ._anyio._adopt import FromSocket, SocketChecks, _take
+from ._anyio._connect import resolve_port
+from ._anyio._listen import unix_local_socket
+from ._anyio._parking import _Parking, _parking
+from ._anyio._stream import RawSocketView
+from ._base._requests import DONE, FAULT, TERMINATED, Result
+from ._base._sockets import socket_identity
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
 
 __all__ = [
@@ -60,8 +56,9 @@ __all__ = [
 RECEIVE_BATCH = 8
 
 
-class _Datagrams:
-    """What the four socket classes share: the transits, guards and inbox."""
+class _Datagrams(FromSocket):
+    """What the four socket classes share: the transits, guards and inbox,
+    and anyio's ``from_socket`` (what each takes is its ``_socket_checks``)."""
 
     _parking: _Parking
 
@@ -180,17 +177,12 @@ def _anyio_address(address: Any) -> Any:
 
 
 class TrafficUDPSocket(_Datagrams, anyio.abc.UDPSocket):
-    """anyio's ``UDPSocket``, served by traffic's core."""
+    """anyio's ``UDPSocket``, served by traffic's core.
 
-    @classmethod
-    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUDPSocket:
-        """Wrap a bound UDP socket (or its descriptor), taking ownership.
+    :meth:`from_socket` takes a bound UDP socket.
+    """
 
-        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
-        """
-        check_socket(sock_or_fd, socket.SOCK_DGRAM, bound=True)
-        await anyio.lowlevel.checkpoint()
-        return cls(_take(sock_or_fd))
+    _socket_checks = SocketChecks(socket.SOCK_DGRAM, bound=True)
 
     async def receive(self) -> tuple[bytes, tuple[str, int]]:
         """The next datagram and its sender's ``(host, port)``."""
@@ -203,17 +195,12 @@ class TrafficUDPSocket(_Datagrams, anyio.abc.UDPSocket):
 
 
 class TrafficConnectedUDPSocket(_Datagrams, anyio.abc.ConnectedUDPSocket):
-    """anyio's ``ConnectedUDPSocket``, served by traffic's core."""
+    """anyio's ``ConnectedUDPSocket``, served by traffic's core.
 
-    @classmethod
-    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficConnectedUDPSocket:
-        """Wrap a connected UDP socket (or its descriptor), taking ownership.
+    :meth:`from_socket` takes a connected UDP socket.
+    """
 
-        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
-        """
-        check_socket(sock_or_fd, socket.SOCK_DGRAM, connected=True)
-        await anyio.lowlevel.checkpoint()
-        return cls(_take(sock_or_fd))
+    _socket_checks = SocketChecks(socket.SOCK_DGRAM, connected=True)
 
     async def receive(self) -> bytes:
         """The next datagram from the peer."""
@@ -226,17 +213,12 @@ class TrafficConnectedUDPSocket(_Datagrams, anyio.abc.ConnectedUDPSocket):
 
 
 class TrafficUNIXDatagramSocket(_Datagrams, anyio.abc.UNIXDatagramSocket):
-    """anyio's ``UNIXDatagramSocket``, served by traffic's core."""
+    """anyio's ``UNIXDatagramSocket``, served by traffic's core.
 
-    @classmethod
-    async def from_socket(cls, sock_or_fd: socket.socket | int) -> TrafficUNIXDatagramSocket:
-        """Wrap an AF_UNIX datagram socket (or its descriptor), taking ownership.
+    :meth:`from_socket` takes an ``AF_UNIX`` datagram socket.
+    """
 
-        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
-        """
-        check_socket(sock_or_fd, socket.SOCK_DGRAM, family=socket.AF_UNIX)
-        await anyio.lowlevel.checkpoint()
-        return cls(_take(sock_or_fd))
+    _socket_checks = SocketChecks(socket.SOCK_DGRAM, family=socket.AF_UNIX)
 
     async def receive(self) -> tuple[bytes, str]:
         """The next datagram and its sender's path."""
@@ -249,20 +231,12 @@ class TrafficUNIXDatagramSocket(_Datagrams, anyio.abc.UNIXDatagramSocket):
 
 
 class TrafficConnectedUNIXDatagramSocket(_Datagrams, anyio.abc.ConnectedUNIXDatagramSocket):
-    """anyio's ``ConnectedUNIXDatagramSocket``, served by traffic's core."""
+    """anyio's ``ConnectedUNIXDatagramSocket``, served by traffic's core.
 
-    @classmethod
-    async def from_socket(
-        cls, sock_or_fd: socket.socket | int
-    ) -> TrafficConnectedUNIXDatagramSocket:
-        """Wrap a connected AF_UNIX datagram socket (or its descriptor), taking
-        ownership.
+    :meth:`from_socket` takes a connected ``AF_UNIX`` datagram socket.
+    """
 
-        ``ValueError`` (anyio's checks, :func:`check_socket`) for another.
-        """
-        check_socket(sock_or_fd, socket.SOCK_DGRAM, connected=True, family=socket.AF_UNIX)
-        await anyio.lowlevel.checkpoint()
-        return cls(_take(sock_or_fd))
+    _socket_checks = SocketChecks(socket.SOCK_DGRAM, connected=True, family=socket.AF_UNIX)
 
     async def receive(self) -> bytes:
         """The next datagram from the peer."""

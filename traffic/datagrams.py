@@ -27,9 +27,10 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from ._base._checks import Polarity
+from ._base._transit import Transit, wrap_socketpair
 from ._traffic import ffi, lib
 from .errors import TransitClosedError, TransitError
-from .libkqueue import Polarity, Transit, wrap_socketpair
 
 __all__ = [
     "Datagram",
@@ -356,7 +357,7 @@ class Datagrams(Transit):
         memory, size = super()._buffer(resource.buffer)
         records = ffi.from_buffer(resource.buffer)
         damaged = lib.tr_datagrams_check(records, size, self._polarity) < 0
-        ffi.release(records)  # before anything raises: see traffic._requests
+        ffi.release(records)  # before anything raises: see traffic._base._requests
         if damaged:
             raise ValueError("the DatagramArray's records are damaged")
         return memory, size

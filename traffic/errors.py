@@ -5,7 +5,7 @@ success and a negative errno, or ``TR_ETERMINATED``, on failure.  :func:`check`
 turns the failure of a synchronous call into an exception (the few codes
 that mean a misuse, such as ``EBUSY`` for a transit already in a Traffic,
 are told apart where the call is made, in :mod:`traffic.libkqueue`).  A
-threaded Traffic's requests are refused through ``traffic._requests``,
+threaded Traffic's requests are refused through ``traffic._base._requests``,
 which classifies the code once and raises what the caller's layer maps it
 to: trio's or anyio's ``ClosedResourceError`` and ``BusyResourceError``,
 or these exceptions for :class:`~traffic.libkqueue.Traffic`'s own request

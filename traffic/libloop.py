@@ -84,9 +84,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from ._base._the_traffic import Traffic
+from ._base._transit import Transit
 from ._traffic import lib
 from .errors import TransitClosedError
-from .libkqueue import Traffic, Transit
 
 __all__ = ["Loop", "Timer"]
 

@@ -33,11 +33,12 @@ from typing import Any
 
 import trio
 
-from ._requests import DONE, FAULT, TERMINATED, Result
-from ._sockets import Guard, SocketView, socket_identity
+from ._base._requests import DONE, FAULT, TERMINATED, Result
+from ._base._sockets import Guard, SocketView, socket_identity
+from ._trio._primitives import _REFUSALS, _broken
+from ._trio._stream import _detach
 from ._trio_parking import delivery, transfer_pinned
 from .datagrams import MAX_UDP_PAYLOAD, Datagrams, Inbox, is_numeric, outgoing, udp_socket
-from .trio_integration import _REFUSALS, _broken, _detach
 
 __all__ = [
     "TrafficConnectedDatagramSocket",

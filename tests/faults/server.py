@@ -407,7 +407,7 @@ class Server:
 
             parking: Any = _trio_parking.delivery()
         else:
-            from traffic.anyio_backend import _AsyncioParking
+            from traffic._anyio._asyncio_parking import _AsyncioParking
 
             parking = _AsyncioParking.current()
         requests = parking.requests

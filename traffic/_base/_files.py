@@ -29,8 +29,9 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FileEndedError, OutOfRangeError
+from ._checks import MAX_DESCRIPTOR
 from ._requests import DONE, FAULT, FILE_ENDED, TERMINATED, Result
-from .errors import FileEndedError, OutOfRangeError
 
 __all__ = ["UNTIL_END", "Region", "conclude", "fault", "receive_region", "send_region"]
 
@@ -134,8 +135,6 @@ def _descriptor(file: Any, doing: str, reading: bool) -> tuple[int, Any]:
 
 def _check_descriptor(fd: int, doing: str) -> None:
     """:class:`~traffic.errors.OutOfRangeError` for a number beyond a C ``int``."""
-    from .libkqueue import MAX_DESCRIPTOR  # (libkqueue imports this module)
-
     if fd > MAX_DESCRIPTOR:
         raise OutOfRangeError(f"{doing}(): {fd} is beyond any descriptor number")
 

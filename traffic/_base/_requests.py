@@ -48,7 +48,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, NoReturn, TypeVar
 
-from ._traffic import ffi, lib
+from .._traffic import ffi, lib
 
 __all__ = [
     "COMPLETING",

@@ -46,7 +46,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .. import anyio_backend
-from .._sockets import SocketView
+from .._base._sockets import SocketView
 from ..anyio_backend import TrafficSocketStream
 
 __all__ = ["HostErrors", "NetworkBackend", "NetworkStream"]

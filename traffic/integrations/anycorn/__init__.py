@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover (the test extra installs it)
         "traffic.integrations.anycorn needs anycorn: pip install 'traffic[anycorn]'"
     ) from exc
 
+from ... import _faces
 from .._workers import warn_process_options
 from ._worker import KernelTLSWarning, worker_serve
 
@@ -74,3 +75,6 @@ async def serve(
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
+
+
+_faces.publish(__name__, globals())

@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover (the test extra installs it)
         "traffic.integrations.hypercorn needs hypercorn: pip install 'traffic[hypercorn]'"
     ) from exc
 
+from ... import _faces
 from .._workers import warn_process_options
 from ._worker import worker_serve
 
@@ -71,3 +72,6 @@ async def serve(
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
+
+
+_faces.publish(__name__, globals())
