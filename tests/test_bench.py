@@ -25,8 +25,10 @@ import traffic
 from traffic.bench import (
     build,
     driver,
+    file_workloads,
     http_client,
     http_server,
+    http_workloads,
     instructions,
     report,
     servers,
@@ -275,15 +277,15 @@ def file_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def file_fixture(file_client: Path) -> Iterator[workloads.FileFixture]:
+def file_fixture(file_client: Path) -> Iterator[file_workloads.FileFixture]:
     notes: list[str] = []
-    with workloads.FileFixture.made(
+    with file_workloads.FileFixture.made(
         file_client, FILE_BYTES, UPLOAD_BYTES, FILE_CONNECTIONS, notes
     ) as fixture:
         yield fixture
 
 
-def test_file_client_checks_files(file_fixture: workloads.FileFixture, tmp_path: Path) -> None:
+def test_file_client_checks_files(file_fixture: file_workloads.FileFixture, tmp_path: Path) -> None:
     """``file_client verify`` takes the pattern file it made, and refuses one
     byte changed, one missing or one too many."""
     client, made = file_fixture.client, file_fixture.download
@@ -349,7 +351,7 @@ def _fake_download(
     return done
 
 
-def test_file_client_checks_every_byte_downloaded(file_fixture: workloads.FileFixture) -> None:
+def test_file_client_checks_every_byte_downloaded(file_fixture: file_workloads.FileFixture) -> None:
     """The download client checks each byte against the pattern wherever the
     receives split it, and refuses a connection that brings a wrong byte,
     fewer bytes or more than expected."""
@@ -376,7 +378,7 @@ def test_file_client_checks_every_byte_downloaded(file_fixture: workloads.FileFi
 @pytest.mark.parametrize("case", ["download-unix-cold", "upload-tcp"])
 @pytest.mark.parametrize("name", sorted(servers.FILE_SERVERS))
 def test_file_servers_transfer_everything(
-    name: str, case: str, file_fixture: workloads.FileFixture
+    name: str, case: str, file_fixture: file_workloads.FileFixture
 ) -> None:
     """Every file row serves a download (over AF_UNIX, the file's pages
     dropped first) and an upload (over TCP): every byte arrives, as the
@@ -384,7 +386,9 @@ def test_file_servers_transfer_everything(
     why = file_row_unavailable(name)
     if why is not None:
         pytest.skip(why)
-    measured = workloads.file_transfer(name, case, file_fixture, workloads.Placement.make("none"))
+    measured = file_workloads.file_transfer(
+        name, case, file_fixture, workloads.Placement.make("none")
+    )
     each = UPLOAD_BYTES if case.startswith("upload") else FILE_BYTES
     assert measured.metrics["bytes"] == FILE_CONNECTIONS * each
     assert measured.metrics["gbps"] > 0
@@ -399,7 +403,7 @@ def test_file_cases_planned() -> None:
     rows without a file server n/a in it."""
     notes: list[str] = []
     cases, _, _ = driver.plan(driver.parse_args(["--only", "file"]), notes)
-    assert [c.param for c in cases] == list(workloads.FILE_CASES)
+    assert [c.param for c in cases] == list(file_workloads.FILE_CASES)
     assert [c.label for c in cases][:2] == ["download tcp warm", "download tcp cold"]
     assert "256 MiB" in cases[0].note and "warm" in cases[0].note
     args = driver.parse_args(["--only", "file", "--file-cases", "upload-unix,download-unix-cold"])
@@ -451,7 +455,7 @@ def test_file_workload_end_to_end(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert results["meta"]["file"] == {"mib": 2, "upload_mib": 1, "connections": 2}
     cases = results["cases"]
-    assert [c["param"] for c in cases] == list(workloads.FILE_CASES)
+    assert [c["param"] for c in cases] == list(file_workloads.FILE_CASES)
     lacking = servers.file_methods_missing("traffic-trio")
     for case in cases:
         assert case["workload"] == "file"
@@ -549,7 +553,7 @@ def test_http_client_rows_get_every_response(http_binaries: dict[str, Path]) -> 
     placement = workloads.Placement.make("none")
 
     def run(name: str) -> workloads.Measured:
-        return workloads.http_client(
+        return http_workloads.http_client(
             name, 0.1, 0.1, placement, http_binaries, 4, HTTP_DOWNLOAD_BYTES, check=True
         )
 
@@ -647,8 +651,8 @@ def http_load(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def http_file() -> Iterator[workloads.HttpFile]:
-    with workloads.HttpFile.made(HTTP_FILE_BYTES) as made:
+def http_file() -> Iterator[http_workloads.HttpFile]:
+    with http_workloads.HttpFile.made(HTTP_FILE_BYTES) as made:
         yield made
 
 
@@ -695,7 +699,9 @@ def _response(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra) + body
 
 
-def test_http_load_checks_every_response(http_load: Path, http_file: workloads.HttpFile) -> None:
+def test_http_load_checks_every_response(
+    http_load: Path, http_file: http_workloads.HttpFile
+) -> None:
     """The load generator counts whole responses, opens a new connection
     where the server says it closes one, refuses a wrong byte or checksum,
     and reports a download that breaks off, with how far it got."""
@@ -752,7 +758,7 @@ def http_server_unavailable(name: str) -> str | None:
 MAY_BREAK = {"anycorn-asyncio", "anycorn-uvloop"}
 
 
-def test_http_server_rows_serve(tmp_path: Path, http_file: workloads.HttpFile) -> None:
+def test_http_server_rows_serve(tmp_path: Path, http_file: http_workloads.HttpFile) -> None:
     """Every row of the http-server workload installed here serves both
     phases (4 connections, a 1 MiB file) to the load generator, which
     checked every response; the rows run side by side (a process each)."""
@@ -765,7 +771,7 @@ def test_http_server_rows_serve(tmp_path: Path, http_file: workloads.HttpFile) -
     placement = workloads.Placement.make("none")
 
     def run(name: str) -> workloads.Measured:
-        return workloads.http_server(name, 0.2, 0.1, placement, binaries, http_file, 4, 1)
+        return http_workloads.http_server(name, 0.2, 0.1, placement, binaries, http_file, 4, 1)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         measured = dict(zip(rows, pool.map(run, rows), strict=True))

@@ -10,7 +10,7 @@ Work per server CPU-second (all threads) stands beside raw rates, and a row
 whose client used more than 0.8 of a core is marked client-bound.
 
 The file workload (``--only file``) is one case per direction, socket family
-and page-cache state (``--file-cases``, :data:`workloads.FILE_CASES`): a
+and page-cache state (``--file-cases``, :data:`file_workloads.FILE_CASES`): a
 download of one file to ``--file-connections`` connections, and an upload
 of ``--upload-mib`` per connection into a tmpfs.  Its rows are those of
 :data:`servers.FILE_SERVERS`, ``asyncio-sendfile`` and ``uvloop-streams``
@@ -54,7 +54,17 @@ from pathlib import Path
 from typing import Any
 
 from ..libkqueue import backend, cycle_policy
-from . import build, http_client, http_server, report, servers, stream, workloads
+from . import (
+    build,
+    file_workloads,
+    http_client,
+    http_server,
+    http_workloads,
+    report,
+    servers,
+    stream,
+    workloads,
+)
 from .report import Case
 
 WORKLOADS = ("echo", "accept", "stream", "idle", "file", "http-client", "http-server")
@@ -170,57 +180,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--file-cases",
-        type=_names(workloads.FILE_CASES),
+        type=_names(file_workloads.FILE_CASES),
         help="file workload cases, comma-separated (default all: "
-        f"{','.join(workloads.FILE_CASES)})",
+        f"{','.join(file_workloads.FILE_CASES)})",
     )
     parser.add_argument(
         "--file-mib",
         type=_positive,
-        help=f"MiB of the file each download connection gets (default {workloads.FILE_MIB})",
+        help=f"MiB of the file each download connection gets (default {file_workloads.FILE_MIB})",
     )
     parser.add_argument(
         "--upload-mib",
         type=_positive,
-        help=f"MiB each upload connection sends (default {workloads.UPLOAD_MIB})",
+        help=f"MiB each upload connection sends (default {file_workloads.UPLOAD_MIB})",
     )
     parser.add_argument(
         "--file-connections",
         type=_positive,
-        help=f"connections of each file transfer (default {workloads.FILE_CONNECTIONS})",
+        help=f"connections of each file transfer (default {file_workloads.FILE_CONNECTIONS})",
     )
     parser.add_argument(
         "--http-in-flight",
         type=_positive,
-        default=workloads.HTTP_IN_FLIGHT,
+        default=http_workloads.HTTP_IN_FLIGHT,
         help="http-client workload: requests in flight, each on a kept-alive connection "
-        f"(default {workloads.HTTP_IN_FLIGHT})",
+        f"(default {http_workloads.HTTP_IN_FLIGHT})",
     )
     parser.add_argument(
         "--http-download-mib",
         type=_positive,
-        default=workloads.HTTP_DOWNLOAD_MIB,
-        help=f"http-client workload: MiB of each download (default {workloads.HTTP_DOWNLOAD_MIB})",
+        default=http_workloads.HTTP_DOWNLOAD_MIB,
+        help="http-client workload: MiB of each download "
+        f"(default {http_workloads.HTTP_DOWNLOAD_MIB})",
     )
     parser.add_argument(
         "--http-connections",
         type=_positive,
-        default=workloads.HTTP_CONNECTIONS,
+        default=http_workloads.HTTP_CONNECTIONS,
         help="http-server workload: keep-alive connections of the request phase, one request "
-        f"in flight on each (default {workloads.HTTP_CONNECTIONS})",
+        f"in flight on each (default {http_workloads.HTTP_CONNECTIONS})",
     )
     parser.add_argument(
         "--http-file-mib",
         type=_positive,
-        default=workloads.HTTP_FILE_MIB,
-        help=f"http-server workload: MiB of the file served (default {workloads.HTTP_FILE_MIB})",
+        default=http_workloads.HTTP_FILE_MIB,
+        help="http-server workload: MiB of the file served "
+        f"(default {http_workloads.HTTP_FILE_MIB})",
     )
     parser.add_argument(
         "--http-file-connections",
         type=_positive,
-        default=workloads.HTTP_FILE_CONNECTIONS,
+        default=http_workloads.HTTP_FILE_CONNECTIONS,
         help="http-server workload: connections downloading the file at once "
-        f"(default {workloads.HTTP_FILE_CONNECTIONS})",
+        f"(default {http_workloads.HTTP_FILE_CONNECTIONS})",
     )
     parser.add_argument(
         "--quick",
@@ -245,13 +257,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.idle_connections is None:
         args.idle_connections = QUICK_IDLE_CONNECTIONS if quick else workloads.IDLE_CONNECTIONS
     if args.file_cases is None:
-        args.file_cases = list(QUICK_FILE_CASES if quick else workloads.FILE_CASES)
+        args.file_cases = list(QUICK_FILE_CASES if quick else file_workloads.FILE_CASES)
     if args.file_mib is None:
-        args.file_mib = QUICK_FILE_MIB if quick else workloads.FILE_MIB
+        args.file_mib = QUICK_FILE_MIB if quick else file_workloads.FILE_MIB
     if args.upload_mib is None:
-        args.upload_mib = QUICK_UPLOAD_MIB if quick else workloads.UPLOAD_MIB
+        args.upload_mib = QUICK_UPLOAD_MIB if quick else file_workloads.UPLOAD_MIB
     if args.file_connections is None:
-        args.file_connections = workloads.FILE_CONNECTIONS
+        args.file_connections = file_workloads.FILE_CONNECTIONS
     if args.repeat < 1 or args.seconds <= 0:
         parser.error("--repeat must be >= 1 and --seconds > 0")
     return args
@@ -338,7 +350,7 @@ def plan(args: argparse.Namespace, notes: list[str]) -> tuple[list[Case], list[s
                 continue
             cases.append(case)
         elif workload == "file":
-            for name in workloads.FILE_CASES:
+            for name in file_workloads.FILE_CASES:
                 if name in args.file_cases:
                     cases.append(Case("file", name, name.replace("-", " "), _file_note(name, args)))
         elif workload == "http-client":
@@ -371,12 +383,12 @@ def run_one(
     args: argparse.Namespace,
     placement: workloads.Placement,
     binaries: dict[str, Path],
-    fixture: workloads.FileFixture | None = None,
-    http_file: workloads.HttpFile | None = None,
+    fixture: file_workloads.FileFixture | None = None,
+    http_file: http_workloads.HttpFile | None = None,
 ) -> workloads.Measured:
     if case.workload == "http-server":
         assert http_file is not None
-        return workloads.http_server(
+        return http_workloads.http_server(
             server,
             args.seconds,
             args.warmup,
@@ -388,9 +400,9 @@ def run_one(
         )
     if case.workload == "file":
         assert fixture is not None
-        return workloads.file_transfer(server, case.param, fixture, placement)
+        return file_workloads.file_transfer(server, case.param, fixture, placement)
     if case.workload == "http-client":
-        return workloads.http_client(
+        return http_workloads.http_client(
             server,
             args.seconds,
             args.warmup,
@@ -495,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(case.workload == "file" for _, case, _ in steps):
             try:
                 fixture = stack.enter_context(
-                    workloads.FileFixture.made(
+                    file_workloads.FileFixture.made(
                         binaries["file_client"],
                         args.file_mib << 20,
                         args.upload_mib << 20,
@@ -508,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         http_file = None
         if any(case.workload == "http-server" for _, case, _ in steps):
-            http_file = stack.enter_context(workloads.HttpFile.made(args.http_file_mib << 20))
+            http_file = stack.enter_context(http_workloads.HttpFile.made(args.http_file_mib << 20))
         for repeat, case, server in steps:
             progress.step(f"{case.label} | {server} | repeat {repeat + 1}/{args.repeat}")
             row = case.rows[server]
