@@ -13,7 +13,7 @@ class's bases), reading the class's checks as data (a
 leaves a refused socket with its caller; :func:`_take` then takes the
 descriptor out of a socket that passed.
 
-Imports anyio, ``traffic._base._sockets``, ``traffic.libkqueue`` and
+Imports anyio, ``traffic._base._sockets``, ``traffic._base`` and
 ``traffic.errors``; nothing else of the anyio layer.
 """
 

@@ -12,7 +12,7 @@ dictionaries is in the loop's thread.  The cycle thread only writes the
 completion descriptor (once per batch); the reader callback collects.
 
 Imports asyncio, anyio, ``traffic._anyio._errors``, ``traffic._base._requests``,
-``traffic._base._sockets``, ``traffic._base._files`` (types) and ``traffic.libkqueue``;
+``traffic._base._sockets``, ``traffic._base._files`` (types) and ``traffic._base``;
 ``traffic._anyio._parking`` for types only (it imports this module).
 """
 

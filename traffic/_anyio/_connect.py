@@ -6,7 +6,7 @@ The connection is made with a plain non-blocking socket and anyio's
 in 0-65535 (the datagram factories use it too).
 
 Imports anyio, ``traffic._anyio._stream`` and ``_unix_stream`` and
-``traffic.libkqueue``; ``exceptiongroup`` before Python 3.11.
+``traffic._base``; ``exceptiongroup`` before Python 3.11.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ listeners; TCP ones come in anyio's own ``MultiListener``.
 :func:`unix_local_socket` binds an ``AF_UNIX`` socket of either kind (the
 datagram factories use it too).
 
-Imports anyio, ``traffic._anyio._listener`` and ``traffic.libkqueue``;
+Imports anyio, ``traffic._anyio._listener`` and ``traffic._base``;
 ``exceptiongroup`` before Python 3.11.
 """
 

@@ -8,7 +8,7 @@ happened are kept for the next.
 
 Imports anyio, ``traffic._anyio._stream``, ``_unix_stream``, ``_adopt``,
 ``_errors`` and ``_parking``, ``traffic._base._requests``, ``traffic._base._sockets``
-and ``traffic.libkqueue``.
+and ``traffic._base``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ transfer that does not complete at once:
 Imports asyncio (its types, and the running loop), sniffio,
 ``traffic._anyio._asyncio_parking`` and ``_errors``,
 ``traffic._base._requests``, ``traffic._base._files`` (types) and
-``traffic.libkqueue``; ``traffic._trio_parking`` only when a stream is
+``traffic._base``; ``traffic._trio_parking`` only when a stream is
 made on trio.
 """
 

@@ -11,7 +11,7 @@ Descriptor passing on ``AF_UNIX`` streams is
 
 Imports anyio, ``traffic._anyio._adopt``, ``_errors``, ``_parking`` and
 ``_asyncio_parking``, ``traffic._base._requests``, ``traffic._base._sockets``,
-``traffic._base._files`` and ``traffic.libkqueue``; ``traffic._trio_parking``
+``traffic._base._files`` and ``traffic._base``; ``traffic._trio_parking``
 only when the first stream is made on trio.
 """
 

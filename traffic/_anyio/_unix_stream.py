@@ -6,7 +6,7 @@ An ``AF_UNIX`` stream's transits are a ``Descriptors`` pair from the start
 flags, with anyio's argument checks.
 
 Imports anyio, ``traffic._anyio._stream``, ``_adopt`` and ``_errors``,
-``traffic._base._requests``, ``traffic._base._sockets`` and ``traffic.libkqueue``.
+``traffic._base._requests``, ``traffic._base._sockets`` and ``traffic._base``.
 """
 
 from __future__ import annotations

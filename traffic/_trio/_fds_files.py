@@ -9,7 +9,7 @@ stream.
 
 Imports trio, ``traffic._trio._primitives``, ``traffic._trio._stream``,
 ``traffic._trio_parking``, ``traffic._base._requests``, ``traffic._base._sockets``,
-``traffic._base._files`` and ``traffic.libkqueue``.
+``traffic._base._files`` and ``traffic._base``.
 """
 
 from __future__ import annotations

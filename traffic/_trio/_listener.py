@@ -2,7 +2,7 @@
 
 Imports trio, ``traffic._trio._primitives``, ``traffic._trio._stream``,
 ``traffic._trio_parking``, ``traffic._base._requests``, ``traffic._base._sockets``
-and ``traffic.libkqueue``.
+and ``traffic._base``.
 """
 
 from __future__ import annotations

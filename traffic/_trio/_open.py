@@ -2,7 +2,7 @@
 AF_UNIX listener) makes the socket, then traffic takes it.
 
 Imports trio, ``traffic._trio._stream``, ``traffic._trio._listener`` and
-``traffic.libkqueue``.
+``traffic._base``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ moved by the core (``_transfer_region``, for the streams and the file
 primitives).
 
 Imports trio, ``traffic._trio_parking``, ``traffic._base._requests``,
-``traffic._base._sockets``, ``traffic._base._files``, ``traffic.libkqueue`` and
+``traffic._base._sockets``, ``traffic._base._files``, ``traffic._base`` and
 ``traffic.errors``; nothing else of the trio layer.
 """
 

@@ -7,7 +7,7 @@ listener and the datagram sockets too).
 
 Imports trio, ``traffic._trio._primitives``, ``traffic._trio_parking``,
 ``traffic._base._requests``, ``traffic._base._sockets``, ``traffic._base._files`` and
-``traffic.libkqueue``.
+``traffic._base``.
 """
 
 from __future__ import annotations
