@@ -18,6 +18,9 @@ reader's stale buffer) to the end of what moved.
 The size of a file to send is read once (``fstat``), when the region is
 made: a file that ends earlier than that while it is sent ends the
 transfer with :class:`~traffic.errors.FileEndedError`.
+
+Imports ``traffic._base._requests`` (the outcomes), ``traffic._base._checks``
+and :mod:`traffic.errors`; neither trio, anyio nor asyncio.
 """
 
 from __future__ import annotations
