@@ -35,18 +35,14 @@ from __future__ import annotations
 import functools
 import importlib
 import ipaddress
-import json
 import pkgutil
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
+from traffic_record import Record
 
-_current: list[str] = ["<session>"]
-_connections: dict[str, dict[str, int]] = {}
-_violations: list[dict[str, str]] = []
-_undo: list[Callable[[], None]] = []
-_info: dict[str, Any] = {}
+_record = Record()
 
 
 def _is_loopback(host: object) -> bool:
@@ -63,31 +59,17 @@ def _is_loopback(host: object) -> bool:
         return False
 
 
-def _count(key: str) -> None:
-    counts = _connections.setdefault(_current[0], {})
-    counts[key] = counts.get(key, 0) + 1
-
-
-def _setattr(target: Any, name: str, value: Any) -> None:
-    if name in vars(target):
-        old = vars(target)[name]
-        _undo.append(lambda: setattr(target, name, old))
-    else:  # inherited: undone by deleting the override
-        _undo.append(lambda: delattr(target, name))
-    setattr(target, name, value)
-
-
 def _counting(kind: str, original: Any) -> Any:
     @functools.wraps(original)
     async def connect(self: Any, *args: Any, **kwargs: Any) -> Any:
-        _count(f"{kind}_asked")
+        _record.count(f"{kind}_asked")
         # httpcore passes everything by keyword (host=, port= / path=).
         where = args[0] if args else kwargs.get("host" if kind == "tcp" else "path")
         if kind == "tcp" and not _is_loopback(where):
-            _violations.append({"nodeid": _current[0], "what": f"connect_tcp({where!r})"})
+            _record.refuse(f"connect_tcp({where!r})")
             raise OSError(f"host suites: no connect_tcp to {where!r} (not loopback)")
         stream = await original(self, *args, **kwargs)
-        _count(f"{kind}_opened")
+        _record.count(f"{kind}_opened")
         return stream
 
     connect.__traffic_hosts_counting__ = True  # type: ignore[attr-defined]
@@ -119,7 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for module_info in pkgutil.iter_modules(httpcore._async.__path__, "httpcore._async."):
         module = importlib.import_module(module_info.name)
         if getattr(module, "AutoBackend", None) is auto:
-            _setattr(module, "AutoBackend", TrafficBackend)
+            _record.patch(module, "AutoBackend", TrafficBackend)
             patched.append(f"{module.__name__}.AutoBackend")
     if not patched:
         raise pytest.UsageError("traffic_hosts: no httpcore._async module builds AutoBackend()")
@@ -127,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # httpx's default transport (the client's own and its proxies').
     if httpx._client.AsyncHTTPTransport is not httpx._transports.default.AsyncHTTPTransport:
         raise pytest.UsageError("traffic_hosts: httpx._client.AsyncHTTPTransport is not httpx's")
-    _setattr(httpx._client, "AsyncHTTPTransport", AsyncHTTPTransport)
+    _record.patch(httpx._client, "AsyncHTTPTransport", AsyncHTTPTransport)
     patched.append("httpx._client.AsyncHTTPTransport")
 
     # The counters, on traffic's backend class and on any subclass of it that
@@ -140,14 +122,14 @@ def pytest_configure(config: pytest.Config) -> None:
     for kind, name in (("tcp", "connect_tcp"), ("unix", "connect_unix_socket")):
         for cls in classes:
             if cls is TrafficBackend or name in vars(cls):
-                _setattr(cls, name, _counting(kind, getattr(cls, name)))
+                _record.patch(cls, name, _counting(kind, getattr(cls, name)))
 
     # What the defaults are now.
     pool = httpcore.AsyncConnectionPool()
     client = httpx.AsyncClient()
     transport = client._transport
     transport_backend = getattr(getattr(transport, "_pool", None), "_network_backend", None)
-    _info.update(
+    _record.info.update(
         patched=patched,
         traffic_backend=f"{TrafficBackend.__module__}.{TrafficBackend.__qualname__}",
         pool_backend=type(pool._network_backend).__qualname__,
@@ -164,23 +146,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    while _undo:
-        _undo.pop()()
+    _record.restore()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
-    _current[0] = item.nodeid
-    try:
+    with _record.running(item.nodeid):
         return (yield)
-    finally:
-        _current[0] = "<session>"
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("traffic_report")
     if path:
-        report = {"info": _info, "connections": _connections, "violations": _violations}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
+        _record.write(path)

@@ -45,44 +45,15 @@ test ``{"streams": n, "listeners": n}``).
 
 from __future__ import annotations
 
-import functools
-import json
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
+from traffic_record import Record
 
-_current: list[str] = ["<session>"]
-_connections: dict[str, dict[str, int]] = {}
-_undo: list[Callable[[], None]] = []
-_info: dict[str, Any] = {}
+_record = Record()
 _SELF_CHECK = "<self-check>"
-
-
-def _count(key: str) -> None:
-    counts = _connections.setdefault(_current[0], {})
-    counts[key] = counts.get(key, 0) + 1
-
-
-def _setattr(target: Any, name: str, value: Any) -> None:
-    if name in vars(target):
-        old = vars(target)[name]
-        _undo.append(lambda: setattr(target, name, old))
-    else:  # inherited: undone by deleting the override
-        _undo.append(lambda: delattr(target, name))
-    setattr(target, name, value)
-
-
-def _counting(key: str, original: Any) -> Any:
-    @functools.wraps(original)
-    def made(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        _count(key)  # counted once made: a refused socket is not traffic's
-        return result
-
-    made.__traffic_hypercorn_counting__ = True  # type: ignore[attr-defined]
-    return made
 
 
 def _stream_class() -> type:
@@ -170,21 +141,24 @@ def pytest_configure(config: pytest.Config) -> None:
         ) from exc
 
     original_serve = hypercorn.trio.serve
-    _setattr(hypercorn.trio, "serve", serve)
-    _setattr(trio.testing, "memory_stream_pair", traffic_stream_pair)
+    _record.patch(hypercorn.trio, "serve", serve)
+    _record.patch(trio.testing, "memory_stream_pair", traffic_stream_pair)
     _streams[:] = [_stream_class()]
-    _setattr(TrafficStream, "_setup", _counting("streams", TrafficStream._setup))
-    _setattr(TrafficListener, "__init__", _counting("listeners", TrafficListener.__init__))
+    for target, name, key in (
+        (TrafficStream, "_setup", "streams"),
+        (TrafficListener, "__init__", "listeners"),
+    ):
+        original = getattr(target, name)
+        _record.patch(
+            target, name, _record.counting(key, original, "__traffic_hypercorn_counting__")
+        )
     patched = ["hypercorn.trio.serve", "trio.testing.memory_stream_pair"]
 
-    _current[0] = _SELF_CHECK
-    try:
+    with _record.running(_SELF_CHECK):
         check = trio.run(_self_check)
-    finally:
-        _current[0] = "<session>"
-    counted = _connections.pop(_SELF_CHECK, {})
+    counted = _record.connections.pop(_SELF_CHECK, {})
     (cls,) = _streams
-    _info.update(
+    _record.info.update(
         patched=patched,
         serve=f"{serve.__module__}.{serve.__qualname__}",
         serve_is_traffic=hypercorn.trio.serve is serve and serve is not original_serve,
@@ -198,24 +172,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    while _undo:
-        _undo.pop()()
+    _record.restore()
     _streams.clear()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
-    _current[0] = item.nodeid
-    try:
+    with _record.running(item.nodeid):
         return (yield)
-    finally:
-        _current[0] = "<session>"
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("traffic_report")
     if path:
-        report = {"info": _info, "connections": _connections, "violations": []}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
+        _record.write(path)
