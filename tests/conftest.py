@@ -13,6 +13,7 @@ bounded loops and fail only when the condition never holds.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import select
 import signal
@@ -233,3 +234,27 @@ class Collector:
             self.error = transit.error
         elif transit.exhausted:
             transit.acquire(bytearray(self.size))
+
+
+class MessagesOf(logging.Handler):
+    """Collects a logger's messages as text (pytest's caplog keeps the
+    records, whose tracebacks would keep the test's streams alive past the
+    leak check); the logger does not propagate meanwhile, for the same reason."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(name)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self.logger.addHandler(self)
+        self.propagate = self.logger.propagate
+        self.logger.propagate = False  # pytest's own capture keeps records too
+        return self.messages
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.propagate = self.propagate

@@ -12,7 +12,6 @@ caught them in, kept in the plain test run:
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import resource
 import socket
@@ -27,37 +26,13 @@ import trio
 from anyio_support import BACKENDS
 
 import traffic
-from conftest import open_fds
+from conftest import MessagesOf, open_fds
 from traffic.anyio_backend import create_tcp_listener
 
 
 @pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
-
-
-class MessagesOf(logging.Handler):
-    """A logger's messages as text, the logger not propagating meanwhile
-    (records with tracebacks would keep the streams alive past the leak
-    check)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.logger = logging.getLogger(name)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> list[str]:
-        self.logger.addHandler(self)
-        self.propagate = self.logger.propagate
-        self.logger.propagate = False
-        return self.messages
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self)
-        self.logger.propagate = self.propagate
 
 
 async def eventually(condition: Callable[[], bool], attempts: int = 500) -> bool:

@@ -7,7 +7,6 @@ process: the descriptor counts include both ends.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import resource
 import socket
@@ -20,7 +19,7 @@ import trio.testing
 from trio_support import receive_exactly, wait_for
 
 import traffic
-from conftest import open_fds
+from conftest import MessagesOf, open_fds
 from traffic import TrafficListener, TrafficStream
 
 CLIENTS = 1000
@@ -194,30 +193,6 @@ async def test_open_tcp_stream_and_listeners() -> None:
         await resource_.aclose()
     with pytest.raises(OSError):
         await traffic.open_tcp_stream("127.0.0.1", port)  # nobody listens any more
-
-
-class MessagesOf(logging.Handler):
-    """Collects a logger's messages as text (pytest's caplog keeps the
-    records, whose tracebacks would keep the test's streams alive past the
-    leak check); the logger does not propagate meanwhile, for the same reason."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.logger = logging.getLogger(name)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> list[str]:
-        self.logger.addHandler(self)
-        self.propagate = self.logger.propagate
-        self.logger.propagate = False  # pytest's own capture keeps records too
-        return self.messages
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self)
-        self.logger.propagate = self.propagate
 
 
 @pytest.mark.trio

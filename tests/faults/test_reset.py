@@ -15,6 +15,7 @@ baseline.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,32 @@ def parked(server: Server, victims: list[Client]) -> bool:
     return True
 
 
+def reset(net: support.Net, ns: str, server: Server, clients: list[Client]) -> dict[str, float]:
+    """``ss -K`` each client's connection on the side its label ends with
+    (``server`` or ``client``); when each was reset, by label."""
+    killed_at = {}
+    for client in clients:
+        killed_at[client.label] = time.monotonic()
+        if client.label.endswith("server"):
+            kill(net, ns, server.port, client.port)
+        else:
+            kill(net, ns, client.port, server.port)
+    return killed_at
+
+
+def ended(server: Server, clients: list[Client], what: str) -> dict[str, dict[str, Any]]:
+    """The server's records of ``clients`` once every handler has ended
+    (within 10 s), by label."""
+
+    def done() -> bool:
+        conns = server.stats()["conns"]
+        return all(conns[c.label]["t_end"] is not None for c in clients)
+
+    support.wait_for(done, 10, f"[{server.layer}] {what}")
+    conns = server.stats()["conns"]
+    return {c.label: conns[c.label] for c in clients}
+
+
 def test_reset_from_the_network_wakes_parked_operations() -> None:
     with support.net() as net:
         support.need_tools("ss")
@@ -85,26 +112,12 @@ def test_reset_from_the_network_wakes_parked_operations() -> None:
                     engine.open(echo_client(server, f"normal{n}", 1 << 20, n, netns=ns))
                     for n in range(3)
                 ]
-            killed_at = {}
+            killed_at = {server: reset(net, ns, server, victims[server]) for server in servers}
             for server in servers:
+                records = ended(server, victims[server], "the victims wake")
                 for client in victims[server]:
-                    killed_at[server, client.label] = time.monotonic()
-                    if client.label.endswith("server"):
-                        kill(net, ns, server.port, client.port)
-                    else:
-                        kill(net, ns, client.port, server.port)
-
-            for server in servers:
-
-                def woken(server: Server = server) -> bool:
-                    conns = server.stats()["conns"]
-                    return all(conns[c.label]["t_end"] is not None for c in victims[server])
-
-                support.wait_for(woken, 10, f"[{server.layer}] the victims wake")
-                conns = server.stats()["conns"]
-                for client in victims[server]:
-                    record = conns[client.label]
-                    took = record["t_end"] - killed_at[server, client.label]
+                    record = records[client.label]
+                    took = record["t_end"] - killed_at[server][client.label]
                     assert took < support.AT_ONCE, (
                         f"[{server.layer}] {client.label} woke {took:.2f} s after the reset"
                     )
@@ -146,23 +159,12 @@ def test_reset_from_the_network_wakes_parked_operations() -> None:
                     )
 
                 support.wait_for(moving, 10, f"[{server.layer}] the busy echoes move")
-                for client in busy[server]:
-                    killed_at[server, client.label] = time.monotonic()
-                    if client.label.endswith("server"):
-                        kill(net, ns, server.port, client.port)
-                    else:
-                        kill(net, ns, client.port, server.port)
+                killed_at[server] = reset(net, ns, server, busy[server])
             for server in servers:
-
-                def stopped(server: Server = server) -> bool:
-                    conns = server.stats()["conns"]
-                    return all(conns[c.label]["t_end"] is not None for c in busy[server])
-
-                support.wait_for(stopped, 10, f"[{server.layer}] the busy echoes end")
-                conns = server.stats()["conns"]
+                records = ended(server, busy[server], "the busy echoes end")
                 for client in busy[server]:
-                    record = conns[client.label]
-                    took = record["t_end"] - killed_at[server, client.label]
+                    record = records[client.label]
+                    took = record["t_end"] - killed_at[server][client.label]
                     assert took < support.AT_ONCE, (server.layer, client.label, took)
                     outcomes = record["outcomes"]
                     assert len(outcomes) == 3 and any(o.startswith("broken:") for o in outcomes), (
