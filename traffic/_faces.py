@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["publish"]
+__all__ = ["is_private", "publish"]
 
 
-def _private(module: str) -> bool:
+def is_private(module: str) -> bool:
     """Whether ``module`` is one of traffic's private modules."""
     parts = module.split(".")
     return parts[0] == "traffic" and any(part.startswith("_") for part in parts[1:])
@@ -37,7 +37,7 @@ def publish(face: str, namespace: dict[str, Any]) -> None:
             return
         seen.add(id(obj))
         module = getattr(obj, "__module__", None)
-        if not isinstance(module, str) or not _private(module):
+        if not isinstance(module, str) or not is_private(module):
             return
         try:
             obj.__module__ = face

@@ -18,6 +18,8 @@ from typing import Any
 
 from sphinx.pycode import ModuleAnalyzer
 
+from traffic._faces import is_private
+
 FACES = (
     "traffic.libkqueue",
     "traffic.datagrams",
@@ -30,16 +32,11 @@ FACES = (
 )
 
 
-def _private(modname: str) -> bool:
-    parts = modname.split(".")
-    return parts[0] == "traffic" and any(part.startswith("_") for part in parts[1:])
-
-
 def _defining(face: ModuleType, name: str) -> str | None:
     """The private module of traffic whose source defines the face's ``name``."""
     value = getattr(face, name, None)
     for modname, module in list(sys.modules.items()):
-        if not _private(modname) or vars(module).get(name, face) is not value:
+        if not is_private(modname) or vars(module).get(name, face) is not value:
             continue
         try:
             analyzer = ModuleAnalyzer.for_module(modname)
@@ -84,7 +81,7 @@ def _follow(app: Any, modname: str, fullname: str) -> str | None:
 def _public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[type]) -> None:
     """Leave traffic's private mixins (``FromSocket``) out of "Bases:": what
     they give is documented on the class, and their path may move."""
-    bases[:] = [base for base in bases if not _private(base.__module__)]
+    bases[:] = [base for base in bases if not is_private(base.__module__)]
 
 
 def _lend_all(app: Any) -> None:
