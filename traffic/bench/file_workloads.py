@@ -41,6 +41,7 @@ from .workloads import (
     _expect,
     _watchdog,
     cpu_seconds,
+    read_through,
     running_server,
 )
 
@@ -133,10 +134,7 @@ class FileFixture:
 
     def warm(self) -> None:
         """Read the download file through, so all of it is in the page cache."""
-        with open(self.download, "rb", buffering=0) as f:
-            buffer = bytearray(1 << 20)
-            while f.readinto(buffer):
-                pass
+        read_through(self.download)
 
     def drop(self) -> None:
         """Drop the download file's pages from the page cache (no root needed:

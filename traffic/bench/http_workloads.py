@@ -40,6 +40,7 @@ from .workloads import (
     _watchdog,
     base_name,
     cpu_seconds,
+    read_through,
     running_server,
 )
 
@@ -172,10 +173,7 @@ class HttpFile:
 
     def warm(self) -> None:
         """Read the file through, so every row serves it from the page cache."""
-        with open(self.path, "rb", buffering=0) as f:
-            buffer = bytearray(1 << 20)
-            while f.readinto(buffer):
-                pass
+        read_through(self.path)
 
 
 def http_server(

@@ -126,6 +126,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def read_through(path: Path) -> None:
+    """Read the file at ``path`` through, so all of it is in the page cache."""
+    with open(path, "rb", buffering=0) as f:
+        buffer = bytearray(1 << 20)
+        while f.readinto(buffer):
+            pass
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
