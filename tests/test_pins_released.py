@@ -593,29 +593,41 @@ async def test_trio_cancelled_memoryview_sends_and_receives(seed: int) -> None:
     rng = random.Random(seed)
     graveyard: list[Any] = []
     for round_ in range(ROUNDS):
-        await trio_round(rng, pseudorandom(128 << 10, seed * 100 + round_), graveyard)
+        payload = pseudorandom(128 << 10, seed * 100 + round_)
+        await trio_round(rng, payload, graveyard, stalled=round_ == ROUNDS - 1)
         gc.collect()
     assert graveyard, "no send was cancelled: the test did not test"
     graveyard.clear()
     gc.collect()
 
 
-async def trio_round(rng: random.Random, payload: bytes, graveyard: list[Any]) -> None:
-    """One connection of :func:`test_trio_cancelled_memoryview_sends_and_receives`."""
+async def trio_round(
+    rng: random.Random, payload: bytes, graveyard: list[Any], *, stalled: bool = False
+) -> None:
+    """One connection of :func:`test_trio_cancelled_memoryview_sends_and_receives`.
+
+    Whether a send with a random deadline of a few hundred microseconds
+    parks long enough to be cancelled depends on the machine's speed; a
+    ``stalled`` round makes sure one is: its first send offers all of the
+    payload (more than the two socket buffers hold) while the receiver
+    waits, and is cancelled after 50 ms."""
     ours, peer = tcp_sockets(buffer=16384)
     sender, receiver = TrafficStream(ours), TrafficStream(peer)
     offered = memoryview(bytearray(payload))[1:]
     returned = 0
     received = bytearray()
     into = memoryview(bytearray(70000))[3:]
+    receiver_may_start = trio.Event()
+    if not stalled:
+        receiver_may_start.set()
 
     async def send_until_cancelled() -> None:
         nonlocal returned
         offset = 0
         try:
             while offset < len(offered):
-                size = rng.randint(1, 64 << 10)
-                with trio.move_on_after(rng.uniform(0, 300e-6)) as scope:
+                size = len(offered) if stalled else rng.randint(1, 64 << 10)
+                with trio.move_on_after(0.05 if stalled else rng.uniform(0, 300e-6)) as scope:
                     try:
                         await sender.send_all(offered[offset : offset + size])
                     except trio.Cancelled as exc:
@@ -626,9 +638,11 @@ async def trio_round(rng: random.Random, payload: bytes, graveyard: list[Any]) -
                 offset = min(offset + size, len(offered))
                 returned = offset
         finally:
+            receiver_may_start.set()
             await sender.aclose()  # the receiver's EOF
 
     async def receive_to_eof() -> None:
+        await receiver_may_start.wait()
         while True:
             with trio.move_on_after(rng.uniform(0, 300e-6)):
                 n = await traffic.recv_into(receiver._receiver, into)
@@ -653,10 +667,13 @@ async def trio_round(rng: random.Random, payload: bytes, graveyard: list[Any]) -
 async def test_anyio_cancelled_memoryview_sends(seed: int) -> None:
     """anyio's ``send`` of memoryview slices cancelled at random moments, a
     stdlib peer reading in a thread: a prefix of what was offered arrives,
-    holding every send that returned; the collector runs between rounds."""
+    holding every send that returned; the collector runs between rounds.
+    The last round is stalled, as in the trio test above: its first send
+    offers all of the payload before the peer reads, and is cancelled."""
     rng = random.Random(seed)
     graveyard: list[Any] = []
     for round_ in range(ROUNDS):
+        stalled = round_ == ROUNDS - 1
         payload = pseudorandom(128 << 10, seed * 100 + round_)
         ours, peer = tcp_sockets(buffer=16384)
         stream = await tab.TrafficSocketStream.from_socket(ours)
@@ -670,16 +687,20 @@ async def test_anyio_cancelled_memoryview_sends(seed: int) -> None:
                 received.extend(chunk)
 
         async with anyio.create_task_group() as group:
-            group.start_soon(anyio.to_thread.run_sync, read_to_eof)
+            if not stalled:
+                group.start_soon(anyio.to_thread.run_sync, read_to_eof)
             offset = 0
             while offset < len(offered):
-                size = rng.randint(1, 64 << 10)
-                with anyio.move_on_after(rng.uniform(0, 300e-6)) as scope:
+                size = len(offered) if stalled else rng.randint(1, 64 << 10)
+                with anyio.move_on_after(0.05 if stalled else rng.uniform(0, 300e-6)) as scope:
                     try:
                         await stream.send(offered[offset : offset + size])
                     except anyio.get_cancelled_exc_class() as exc:
                         graveyard.append([exc, graveyard])  # a cycle
                         raise
+                if stalled:
+                    stalled = False
+                    group.start_soon(anyio.to_thread.run_sync, read_to_eof)
                 if scope.cancelled_caught:
                     break
                 offset = min(offset + size, len(offered))
